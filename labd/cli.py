@@ -1,0 +1,19 @@
+"""The ``labd`` command line.
+
+Each subcommand lives beside the code it drives and is registered here, so
+this module stays a readable index of what the command can do.
+"""
+
+from __future__ import annotations
+
+import click
+
+from labd import __version__
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="labd")
+def main() -> None:
+    """labd runs per-user JupyterLab servers on Kubernetes for JupyterHub."""
