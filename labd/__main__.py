@@ -1,0 +1,5 @@
+"""Run the labd command line with ``python -m labd``."""
+
+from labd.cli import main
+
+main(prog_name="labd")

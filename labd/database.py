@@ -1,0 +1,129 @@
+"""Database engines for SQLite and PostgreSQL, from the same code.
+
+SQLite is the embedded default and needs care to behave under concurrent
+writers (see TRAPS.md):
+
+* Python's sqlite3 driver sends no ``BEGIN`` before a ``SELECT``, so a
+  transaction that reads and then writes starts as a reader and fails at once
+  with ``SQLITE_BUSY`` when another connection holds the write lock, whatever
+  the busy timeout.  labd takes the transaction handling away from the driver
+  (``isolation_level = None``) and emits ``BEGIN IMMEDIATE`` itself for write
+  transactions: the write lock is taken up front, where the busy timeout
+  applies.
+* Writers inside one process queue on an `asyncio.Lock` rather than in
+  SQLite's busy handler, which sleeps in growing steps and would add latency
+  under load.  Other processes (``labd labs``, a second daemon by mistake) are
+  still kept safe by ``BEGIN IMMEDIATE`` and the busy timeout.
+* WAL lets readers proceed while a writer commits; foreign keys are off
+  unless asked for on every connection.
+
+PostgreSQL needs none of this: its write transactions take row locks as they
+go, and the store's ``SELECT ... FOR UPDATE`` makes read-then-write safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+__all__ = ["SUPPORTED_DRIVERS", "Database"]
+
+SUPPORTED_DRIVERS: Final = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+_SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
+_WRITE_OPTION: Final = "labd_write"
+
+
+class Database:
+    """An async engine with read and write transactions.
+
+    Parameters
+    ----------
+    url
+        A SQLAlchemy async URL: ``sqlite+aiosqlite:///path`` or
+        ``postgresql+asyncpg://...``.
+    pool_size
+        Connections kept open to PostgreSQL.
+    echo
+        Log every statement (debugging only).
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        parsed = make_url(url)
+        if parsed.drivername not in SUPPORTED_DRIVERS:
+            raise ValueError(
+                f"Unsupported database driver {parsed.drivername!r};"
+                f" use one of {', '.join(SUPPORTED_DRIVERS)}"
+            )
+        self.url = parsed
+        self.dialect: Final = parsed.get_backend_name()
+        options: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        if self.dialect == "sqlite":
+            options["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:
+            options.update(pool_size=pool_size, max_overflow=pool_size)
+        self.engine: AsyncEngine = create_async_engine(parsed, **options)
+        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self._sqlite_writer = asyncio.Lock() if self.dialect == "sqlite" else None
+        if self.dialect == "sqlite":
+            _install_sqlite_handlers(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether this is the embedded SQLite database."""
+        return self.dialect == "sqlite"
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """Open a read transaction (rolled back at the end)."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """Open a write transaction, committed if the block succeeds.
+
+        On SQLite the transaction starts with ``BEGIN IMMEDIATE`` and writers
+        of this process take turns; see the module docstring.
+        """
+        if self._sqlite_writer is None:
+            async with self._write_engine.begin() as conn:
+                yield conn
+            return
+        async with self._sqlite_writer, self._write_engine.begin() as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def _install_sqlite_handlers(engine: AsyncEngine) -> None:
+    """Take transaction control from the SQLite driver (see the module doc)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        # The driver must not open transactions on its own.
+        dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA synchronous=FULL",
+            f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,718 @@
+"""Persistence of labs, their audit history and their progress events.
+
+Every change of a lab's state goes through `LabStore.transition`, which in
+one write transaction:
+
+1. reads the lab row under a row lock (``SELECT ... FOR UPDATE`` on
+   PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` already holds the write lock),
+2. asks the state machine whether the trigger is legal and where it leads,
+3. updates the row with ``WHERE id = :id AND version = :version`` and bumps
+   the version,
+4. appends one ``lab_transitions`` row carrying that new version, and any
+   progress events.
+
+So a trigger either happens with its audit row or not at all, and because
+``(lab_id, version)`` is unique in ``lab_transitions``, the history of a lab
+has exactly one row per version: no gap, no duplicate.
+
+Optimistic concurrency: a caller that decided what to do from an earlier read
+passes ``expected_version``.  If another writer got there first, the versions
+differ and `StaleLabError` is raised with nothing written; the caller re-reads
+and decides again.  Two writers racing on one lab cannot both win: the second
+one either finds a new version (stale) or a new state (the trigger may now be
+illegal).
+
+Bookkeeping that is not a state change (retry counters, the last pod phase
+seen, deadlines) goes through `LabStore.update`, which leaves the version
+alone: the version counts transitions, so it always equals the length of the
+lab's history.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from labd.database import Database
+from labd.machine import API_STATUS, LIVE_STATES, ApiStatus, LabState, Trigger, next_state
+from labd.schema import lab_events, lab_transitions, labs
+
+__all__ = [
+    "Actor",
+    "EventRecord",
+    "EventType",
+    "LabChanges",
+    "LabExistsError",
+    "LabNotFoundError",
+    "LabRecord",
+    "LabStore",
+    "NewEvent",
+    "StaleLabError",
+    "TransitionRecord",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """Return the current time in UTC."""
+    return datetime.now(tz=UTC)
+
+
+class Actor(enum.StrEnum):
+    """Who caused a transition, as recorded in the audit history."""
+
+    HUB = "hub"
+    USER = "user"
+    SCHEDULER = "scheduler"
+    RECONCILER = "reconciler"
+    WATCHER = "watcher"
+    OPERATOR = "operator"
+
+
+class EventType(enum.StrEnum):
+    """Types of progress events (the SSE ``event:`` field)."""
+
+    INFO = "info"
+    ERROR = "error"
+    FAILED = "failed"
+    COMPLETE = "complete"
+
+
+class LabChanges(TypedDict, total=False):
+    """Columns that may change along with, or apart from, a transition."""
+
+    spec: dict[str, Any]
+    internal_url: str | None
+    pod_phase: str | None
+    last_error: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    deadline_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A progress event to append to a lab's current operation."""
+
+    type: EventType
+    """What kind of event this is."""
+
+    message: str
+    """Human-readable text shown by JupyterHub."""
+
+    progress: int | None = None
+    """Percent complete, 1 to 100, when the event marks progress."""
+
+    terminal: bool = False
+    """Whether this event ends its operation (streams end after it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A stored progress event."""
+
+    id: int
+    """Unique, increasing per lab in commit order; the SSE event id."""
+
+    lab_id: str
+    """The lab the event belongs to."""
+
+    operation: int
+    """Number of the lab operation (spawn, delete) it belongs to."""
+
+    type: EventType
+    """What kind of event this is."""
+
+    message: str
+    """Human-readable text."""
+
+    progress: int | None
+    """Percent complete, when given."""
+
+    terminal: bool
+    """Whether this event ended its operation."""
+
+    created_at: datetime
+    """When it was recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabRecord:
+    """One row of ``labs``."""
+
+    id: str
+    """Lab id (UUID string); also the ``labd.io/lab-id`` label."""
+
+    username: str
+    """JupyterHub username."""
+
+    slug: str
+    """Kubernetes-safe form of the username."""
+
+    namespace: str
+    """The lab's namespace."""
+
+    state: LabState
+    """State machine state."""
+
+    spec: dict[str, Any]
+    """What was asked: options, image, size, resources, user, quota."""
+
+    internal_url: str | None
+    """URL of the lab inside the cluster, once its objects exist."""
+
+    pod_phase: str | None
+    """Last pod phase seen."""
+
+    last_error: str | None
+    """Why the last operation failed, if it did."""
+
+    operation: int
+    """Number of the current operation (1 = the spawn)."""
+
+    attempts: int
+    """Failed tries of the current step."""
+
+    next_attempt_at: datetime | None
+    """When the scheduler should look at the lab again."""
+
+    deadline_at: datetime | None
+    """When the current operation times out."""
+
+    version: int
+    """Number of transitions so far (optimistic concurrency token)."""
+
+    created_at: datetime
+    """When the row was created."""
+
+    updated_at: datetime
+    """When the row last changed."""
+
+    deleted_at: datetime | None
+    """When the lab reached ``deleted``."""
+
+    @property
+    def status(self) -> ApiStatus | None:
+        """The status the API reports, or `None` for a deleted lab."""
+        return API_STATUS[self.state]
+
+    @property
+    def is_live(self) -> bool:
+        """Whether this is the user's current lab (not deleting or deleted)."""
+        return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One row of the audit history."""
+
+    id: int
+    lab_id: str
+    username: str
+    version: int
+    from_state: str
+    to_state: str
+    trigger: str
+    actor: str
+    reason: str | None
+    details: dict[str, Any] | None
+    created_at: datetime
+
+
+class LabExistsError(Exception):
+    """The user already has a current lab."""
+
+    def __init__(self, username: str) -> None:
+        super().__init__(f"User {username} already has a lab")
+        self.username = username
+
+
+class LabNotFoundError(Exception):
+    """No lab with that id."""
+
+    def __init__(self, lab_id: str) -> None:
+        super().__init__(f"No lab with id {lab_id}")
+        self.lab_id = lab_id
+
+
+class StaleLabError(Exception):
+    """Another writer changed the lab since the caller read it."""
+
+    def __init__(self, lab_id: str, expected: int, actual: int) -> None:
+        super().__init__(f"Lab {lab_id} is at version {actual}, not {expected}")
+        self.lab_id = lab_id
+        self.expected = expected
+        self.actual = actual
+
+
+_LIVE = [state.value for state in LIVE_STATES]
+
+
+class LabStore:
+    """Queries and transactional writes on the lab tables.
+
+    Parameters
+    ----------
+    database
+        Where the tables live.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    async def create_lab(
+        self,
+        *,
+        username: str,
+        slug: str,
+        namespace: str,
+        spec: dict[str, Any],
+        actor: Actor,
+        trigger: Trigger = Trigger.REQUEST,
+        lab_id: str | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        changes: LabChanges | None = None,
+        events: Sequence[NewEvent] = (),
+    ) -> LabRecord:
+        """Create a lab row with its first transition out of ``new``.
+
+        Parameters
+        ----------
+        username, slug, namespace, spec
+            The lab's identity and what was asked.
+        actor
+            Who asked.
+        trigger
+            ``request`` for a create, ``adopt`` for objects found in the
+            cluster without a row (then ``changes["pod_phase"]`` decides the
+            state).
+        lab_id
+            The id to use; a new UUID if not given (adoption keeps the id from
+            the objects' labels).
+        reason, details
+            Recorded in the audit row.
+        changes
+            Other columns to set.
+        events
+            Progress events of the first operation.
+
+        Raises
+        ------
+        LabExistsError
+            If the user already has a current lab.
+        """
+        changes = changes or {}
+        state = next_state(LabState.NEW, trigger, pod_phase=changes.get("pod_phase"))
+        now = utcnow()
+        lab_id = lab_id or str(uuid.uuid4())
+        values: dict[str, Any] = {
+            "id": lab_id,
+            "username": username,
+            "slug": slug,
+            "namespace": namespace,
+            "state": state.value,
+            "spec": spec,
+            "operation": 1,
+            "attempts": 0,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+            **changes,
+        }
+        try:
+            async with self._db.write() as conn:
+                row = (await conn.execute(insert(labs).values(values).returning(labs))).one()
+                await self._record(
+                    conn,
+                    row,
+                    from_state=LabState.NEW,
+                    trigger=trigger,
+                    actor=actor,
+                    reason=reason,
+                    details=details,
+                    events=events,
+                )
+        except IntegrityError as exc:
+            if _is_live_username_violation(exc):
+                raise LabExistsError(username) from exc
+            raise
+        return _lab(row)
+
+    async def transition(
+        self,
+        lab_id: str,
+        trigger: Trigger,
+        *,
+        actor: Actor,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        expected_version: int | None = None,
+        changes: LabChanges | None = None,
+        events: Sequence[NewEvent] = (),
+        new_operation: bool = False,
+    ) -> LabRecord:
+        """Apply ``trigger`` to a lab, atomically with its audit row.
+
+        Parameters
+        ----------
+        lab_id
+            The lab.
+        trigger
+            What happened.
+        actor, reason, details
+            Recorded in the audit row.
+        expected_version
+            The version the caller based its decision on; `StaleLabError` if
+            the lab has moved on since.
+        changes
+            Other columns to set in the same transaction.
+        events
+            Progress events to append, to the new operation if one starts.
+        new_operation
+            Whether the transition starts a new operation (a delete, or a
+            cleanup), whose events form a new stream.
+
+        Returns
+        -------
+        LabRecord
+            The lab after the transition.
+
+        Raises
+        ------
+        InvalidTransitionError
+            If the trigger is not legal from the lab's state; nothing is
+            written.
+        LabNotFoundError
+            If there is no such lab.
+        StaleLabError
+            If ``expected_version`` is given and not current.
+        LabExistsError
+            If the transition would give the user two current labs.
+        """
+        changes = changes or {}
+        try:
+            async with self._db.write() as conn:
+                current = await self._lock(conn, lab_id)
+                if expected_version is not None and current.version != expected_version:
+                    raise StaleLabError(lab_id, expected_version, current.version)
+                state = next_state(
+                    current.state,
+                    trigger,
+                    pod_phase=changes.get("pod_phase", current.pod_phase),
+                )
+                now = utcnow()
+                values: dict[str, Any] = {
+                    "state": state.value,
+                    "version": current.version + 1,
+                    "updated_at": now,
+                    **changes,
+                }
+                if state is LabState.DELETED:
+                    values["deleted_at"] = now
+                if new_operation:
+                    values["operation"] = current.operation + 1
+                statement = (
+                    update(labs)
+                    .where(labs.c.id == lab_id, labs.c.version == current.version)
+                    .values(values)
+                    .returning(labs)
+                )
+                row = (await conn.execute(statement)).one_or_none()
+                if row is None:
+                    # Unreachable while the row lock holds; kept so that a
+                    # change of isolation can never let two writers win.
+                    raise StaleLabError(lab_id, current.version, current.version + 1)
+                await self._record(
+                    conn,
+                    row,
+                    from_state=current.state,
+                    trigger=trigger,
+                    actor=actor,
+                    reason=reason,
+                    details=details,
+                    events=events,
+                )
+        except IntegrityError as exc:
+            if _is_live_username_violation(exc):
+                raise LabExistsError(current.username) from exc
+            raise
+        return _lab(row)
+
+    async def update(
+        self,
+        lab_id: str,
+        changes: LabChanges,
+        *,
+        expected_version: int | None = None,
+        events: Sequence[NewEvent] = (),
+    ) -> LabRecord:
+        """Change bookkeeping columns without a state change.
+
+        Raises
+        ------
+        LabNotFoundError
+            If there is no such lab.
+        StaleLabError
+            If ``expected_version`` is given and not current.
+        """
+        async with self._db.write() as conn:
+            current = await self._lock(conn, lab_id)
+            if expected_version is not None and current.version != expected_version:
+                raise StaleLabError(lab_id, expected_version, current.version)
+            statement = (
+                update(labs)
+                .where(labs.c.id == lab_id)
+                .values({**changes, "updated_at": utcnow()})
+                .returning(labs)
+            )
+            row = (await conn.execute(statement)).one()
+            await self._insert_events(conn, row, events)
+        return _lab(row)
+
+    async def add_events(self, lab_id: str, events: Sequence[NewEvent]) -> list[EventRecord]:
+        """Append progress events to the lab's current operation.
+
+        The lab row is locked while the events are inserted, so the events of
+        one lab are committed in id order and a reader that follows ids never
+        skips one.
+        """
+        async with self._db.write() as conn:
+            current = await self._lock(conn, lab_id)
+            return await self._insert_events(conn, current, events)
+
+    async def get_lab(self, lab_id: str) -> LabRecord:
+        """Return one lab by id.
+
+        Raises
+        ------
+        LabNotFoundError
+            If there is no such lab.
+        """
+        async with self._db.read() as conn:
+            row = (await conn.execute(select(labs).where(labs.c.id == lab_id))).one_or_none()
+        if row is None:
+            raise LabNotFoundError(lab_id)
+        return _lab(row)
+
+    async def get_current_lab(self, username: str) -> LabRecord | None:
+        """Return the user's current lab, or the one being deleted, if any.
+
+        A live lab wins over a deleting one (a new spawn may wait for the
+        previous lab's cleanup).
+        """
+        statement = (
+            select(labs)
+            .where(labs.c.username == username, labs.c.state != LabState.DELETED.value)
+            .order_by(labs.c.state.in_(_LIVE).desc(), labs.c.created_at.desc())
+            .limit(1)
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        return None if row is None else _lab(row)
+
+    async def get_latest_lab(self, username: str) -> LabRecord | None:
+        """Return the user's most recent lab, deleted or not."""
+        statement = (
+            select(labs)
+            .where(labs.c.username == username)
+            .order_by(labs.c.created_at.desc(), labs.c.id.desc())
+            .limit(1)
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        return None if row is None else _lab(row)
+
+    async def list_labs(self, states: Iterable[LabState] | None = None) -> list[LabRecord]:
+        """Return labs, optionally only those in some states, by username."""
+        statement = select(labs).order_by(labs.c.username, labs.c.created_at)
+        if states is not None:
+            statement = statement.where(labs.c.state.in_([s.value for s in states]))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_lab(row) for row in rows]
+
+    async def count_by_state(self) -> dict[LabState, int]:
+        """Return how many labs are in each state (deleted ones included)."""
+        statement = select(labs.c.state, func.count()).group_by(labs.c.state)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return {LabState(state): count for state, count in rows}
+
+    async def history(
+        self, username: str, *, limit: int = 100, before: int | None = None
+    ) -> list[TransitionRecord]:
+        """Return a user's audit trail over all their labs, newest first.
+
+        Parameters
+        ----------
+        username
+            Whose history.
+        limit
+            At most this many rows.
+        before
+            Only rows with a smaller id (for paging).
+        """
+        statement = (
+            select(lab_transitions)
+            .where(lab_transitions.c.username == username)
+            .order_by(lab_transitions.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            statement = statement.where(lab_transitions.c.id < before)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_transition(row) for row in rows]
+
+    async def lab_history(self, lab_id: str) -> list[TransitionRecord]:
+        """Return every transition of one lab, oldest first."""
+        statement = (
+            select(lab_transitions)
+            .where(lab_transitions.c.lab_id == lab_id)
+            .order_by(lab_transitions.c.version)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_transition(row) for row in rows]
+
+    async def events(
+        self, lab_id: str, operation: int, *, after: int | None = None
+    ) -> list[EventRecord]:
+        """Return the events of one operation of a lab, in order.
+
+        Parameters
+        ----------
+        lab_id
+            The lab.
+        operation
+            Which of its operations.
+        after
+            Only events with a larger id (``Last-Event-ID`` resume).
+        """
+        statement = (
+            select(lab_events)
+            .where(lab_events.c.lab_id == lab_id, lab_events.c.operation == operation)
+            .order_by(lab_events.c.id)
+        )
+        if after is not None:
+            statement = statement.where(lab_events.c.id > after)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_event(row) for row in rows]
+
+    async def _lock(self, conn: AsyncConnection, lab_id: str) -> LabRecord:
+        statement = select(labs).where(labs.c.id == lab_id).with_for_update()
+        row = (await conn.execute(statement)).one_or_none()
+        if row is None:
+            raise LabNotFoundError(lab_id)
+        return _lab(row)
+
+    async def _record(
+        self,
+        conn: AsyncConnection,
+        row: Row[Any],
+        *,
+        from_state: LabState,
+        trigger: Trigger,
+        actor: Actor,
+        reason: str | None,
+        details: dict[str, Any] | None,
+        events: Sequence[NewEvent],
+    ) -> None:
+        await conn.execute(
+            insert(lab_transitions).values(
+                lab_id=row.id,
+                username=row.username,
+                version=row.version,
+                from_state=from_state.value,
+                to_state=row.state,
+                trigger=trigger.value,
+                actor=actor.value,
+                reason=reason,
+                details=details,
+                created_at=row.updated_at,
+            )
+        )
+        await self._insert_events(conn, _lab(row), events)
+
+    async def _insert_events(
+        self, conn: AsyncConnection, lab: LabRecord | Row[Any], events: Sequence[NewEvent]
+    ) -> list[EventRecord]:
+        if not events:
+            return []
+        now = utcnow()
+        values = [
+            {
+                "lab_id": lab.id,
+                "operation": lab.operation,
+                "type": event.type.value,
+                "message": event.message,
+                "progress": event.progress,
+                "terminal": event.terminal,
+                "created_at": now,
+            }
+            for event in events
+        ]
+        # One INSERT per event keeps ids in list order on every database.
+        records = []
+        for value in values:
+            row = (
+                await conn.execute(insert(lab_events).values(value).returning(lab_events))
+            ).one()
+            records.append(_event(row))
+        return records
+
+
+def _is_live_username_violation(exc: IntegrityError) -> bool:
+    text = str(exc.orig)
+    return "uq_labs_username_live" in text or "labs.username" in text
+
+
+def _lab(row: Row[Any]) -> LabRecord:
+    m = row._mapping
+    return LabRecord(
+        id=m["id"],
+        username=m["username"],
+        slug=m["slug"],
+        namespace=m["namespace"],
+        state=LabState(m["state"]),
+        spec=m["spec"],
+        internal_url=m["internal_url"],
+        pod_phase=m["pod_phase"],
+        last_error=m["last_error"],
+        operation=m["operation"],
+        attempts=m["attempts"],
+        next_attempt_at=m["next_attempt_at"],
+        deadline_at=m["deadline_at"],
+        version=m["version"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        deleted_at=m["deleted_at"],
+    )
+
+
+def _transition(row: Row[Any]) -> TransitionRecord:
+    return TransitionRecord(**row._mapping)
+
+
+def _event(row: Row[Any]) -> EventRecord:
+    m = row._mapping
+    return EventRecord(
+        id=m["id"],
+        lab_id=m["lab_id"],
+        operation=m["operation"],
+        type=EventType(m["type"]),
+        message=m["message"],
+        progress=m["progress"],
+        terminal=m["terminal"],
+        created_at=m["created_at"],
+    )

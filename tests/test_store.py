@@ -1,0 +1,370 @@
+"""The lab record in SQL: transitions, audit history, events, concurrency.
+
+Every test here runs on SQLite and on PostgreSQL (the ``database`` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from labd.database import Database
+from labd.machine import InvalidTransitionError, LabState, Trigger
+from labd.schema import lab_events, lab_transitions, labs
+from labd.store import (
+    Actor,
+    EventType,
+    LabExistsError,
+    LabNotFoundError,
+    LabRecord,
+    LabStore,
+    NewEvent,
+    StaleLabError,
+)
+from tests.test_machine import LEGAL
+
+S = LabState
+T = Trigger
+
+# The shortest trigger sequence from a fresh request to each state.
+PATHS: dict[LabState, list[Trigger]] = {
+    S.REQUESTED: [],
+    S.CREATING: [T.START],
+    S.STARTING: [T.START, T.OBJECTS_READY],
+    S.RUNNING: [T.START, T.OBJECTS_READY, T.POD_RUNNING],
+    S.EXITED: [T.START, T.OBJECTS_READY, T.POD_RUNNING, T.POD_EXITED],
+    S.FAILED: [T.FAIL],
+    S.DELETING: [T.DELETE],
+    S.DELETED: [T.DELETE, T.DELETED],
+}
+
+_names = itertools.count()
+
+
+async def new_lab(store: LabStore, username: str | None = None) -> LabRecord:
+    username = username or f"user{next(_names)}"
+    return await store.create_lab(
+        username=username,
+        slug=username.lower(),
+        namespace=f"labd-{username.lower()}",
+        spec={"size": "small"},
+        actor=Actor.HUB,
+        reason="create",
+        events=[NewEvent(EventType.INFO, f"Starting lab creation for {username}", 1)],
+    )
+
+
+async def lab_in(store: LabStore, state: LabState) -> LabRecord:
+    lab = await new_lab(store)
+    for trigger in PATHS[state]:
+        lab = await store.transition(lab.id, trigger, actor=Actor.SCHEDULER)
+    assert lab.state is state
+    return lab
+
+
+async def count(database: Database, table: object) -> int:
+    async with database.read() as conn:
+        return int((await conn.scalar(select(func.count()).select_from(table))) or 0)  # type: ignore[arg-type]
+
+
+async def test_create_records_the_first_transition_and_events(database: Database) -> None:
+    store = LabStore(database)
+    lab = await new_lab(store, "alice")
+    assert lab.state is S.REQUESTED
+    assert lab.version == 1
+    assert lab.operation == 1
+    assert lab.created_at.tzinfo is UTC
+    assert await store.get_lab(lab.id) == lab
+    [row] = await store.lab_history(lab.id)
+    assert (row.from_state, row.to_state, row.trigger, row.actor) == ("new", "requested", "request", "hub")
+    assert row.version == 1
+    assert row.username == "alice"
+    [event] = await store.events(lab.id, 1)
+    assert (event.type, event.message, event.progress) == (EventType.INFO, "Starting lab creation for alice", 1)
+
+
+@pytest.mark.parametrize("source", [s for s in LabState if s is not S.NEW])
+async def test_every_trigger_from_every_persisted_state(database: Database, source: LabState) -> None:
+    store = LabStore(database)
+    for trigger in Trigger:
+        lab = await lab_in(store, source)
+        before = await store.lab_history(lab.id)
+        expected = LEGAL.get((source, trigger))
+        if expected is None:
+            with pytest.raises(InvalidTransitionError):
+                await store.transition(
+                    lab.id,
+                    trigger,
+                    actor=Actor.SCHEDULER,
+                    changes={"last_error": "must not be written"},
+                    events=[NewEvent(EventType.ERROR, "must not be written")],
+                )
+            after = await store.get_lab(lab.id)
+            assert after == lab, f"{trigger} from {source} wrote to the lab"
+            assert await store.lab_history(lab.id) == before
+            continue
+        moved = await store.transition(
+            lab.id,
+            trigger,
+            actor=Actor.WATCHER,
+            reason=f"test {trigger}",
+            details={"source": source.value},
+        )
+        assert moved.state is expected
+        assert moved.version == lab.version + 1
+        history = await store.lab_history(lab.id)
+        assert len(history) == moved.version
+        last = history[-1]
+        assert (last.from_state, last.to_state, last.trigger) == (source, expected, trigger)
+        assert (last.actor, last.reason, last.details) == ("watcher", f"test {trigger}", {"source": source.value})
+        assert (moved.deleted_at is not None) == (expected is S.DELETED)
+
+
+async def test_history_has_one_row_per_version_without_gaps(database: Database) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.DELETED)
+    history = await store.lab_history(lab.id)
+    assert [row.version for row in history] == list(range(1, lab.version + 1))
+    assert [row.to_state for row in history] == ["requested", "deleting", "deleted"]
+    for earlier, later in itertools.pairwise(history):
+        assert earlier.to_state == later.from_state
+        assert earlier.created_at <= later.created_at
+
+
+async def test_stale_version_is_refused_and_nothing_written(database: Database) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.RUNNING)
+    await store.update(lab.id, {"pod_phase": "Running"})
+    moved = await store.transition(lab.id, T.DELETE, actor=Actor.HUB, expected_version=lab.version)
+    with pytest.raises(StaleLabError) as info:
+        await store.transition(lab.id, T.POD_EXITED, actor=Actor.WATCHER, expected_version=lab.version)
+    assert (info.value.expected, info.value.actual) == (lab.version, moved.version)
+    assert await store.get_lab(lab.id) == moved
+    with pytest.raises(StaleLabError):
+        await store.update(lab.id, {"attempts": 3}, expected_version=lab.version)
+    assert (await store.get_lab(lab.id)).attempts == 0
+
+
+async def test_unknown_lab(database: Database) -> None:
+    store = LabStore(database)
+    with pytest.raises(LabNotFoundError):
+        await store.get_lab("no-such-lab")
+    with pytest.raises(LabNotFoundError):
+        await store.transition("no-such-lab", T.DELETE, actor=Actor.HUB)
+    assert await store.get_current_lab("nobody") is None
+    assert await store.get_latest_lab("nobody") is None
+
+
+async def test_one_live_lab_per_user(database: Database) -> None:
+    store = LabStore(database)
+    first = await new_lab(store, "bob")
+    with pytest.raises(LabExistsError):
+        await new_lab(store, "bob")
+    for state_path in ([T.FAIL], [T.CLEANUP]):
+        for trigger in state_path:
+            first = await store.transition(first.id, trigger, actor=Actor.SCHEDULER)
+        if first.is_live:
+            with pytest.raises(LabExistsError):
+                await new_lab(store, "bob")
+    # The previous lab is being deleted: the user's next lab may exist beside it.
+    assert first.state is S.DELETING
+    second = await new_lab(store, "bob")
+    assert await store.get_current_lab("bob") == second
+    # The old lab may not come back to life next to the new one.
+    with pytest.raises(LabExistsError):
+        await store.transition(first.id, T.DELETE_FAILED, actor=Actor.SCHEDULER)
+    assert (await store.get_lab(first.id)).state is S.DELETING
+    await store.transition(first.id, T.DELETED, actor=Actor.SCHEDULER)
+    assert await store.get_latest_lab("bob") == second
+    assert await count(database, labs) == 2
+
+
+async def test_update_changes_bookkeeping_only(database: Database) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.STARTING)
+    later = datetime.now(tz=UTC) + timedelta(seconds=30)
+    updated = await store.update(
+        lab.id,
+        {"attempts": 2, "next_attempt_at": later, "pod_phase": "Pending", "last_error": "429"},
+        events=[NewEvent(EventType.INFO, "Pulling image", 35)],
+    )
+    assert (updated.state, updated.version) == (lab.state, lab.version)
+    assert updated.attempts == 2
+    assert updated.next_attempt_at == later
+    assert updated.next_attempt_at.tzinfo is UTC
+    assert len(await store.lab_history(lab.id)) == lab.version
+    assert [e.message for e in await store.events(lab.id, 1)][-1] == "Pulling image"
+
+
+async def test_events_follow_operations(database: Database) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.RUNNING)
+    await store.add_events(lab.id, [NewEvent(EventType.COMPLETE, "Lab started", terminal=True)])
+    lab = await store.transition(
+        lab.id,
+        T.DELETE,
+        actor=Actor.HUB,
+        new_operation=True,
+        events=[NewEvent(EventType.INFO, "Shutting down Kubernetes pod", 25)],
+    )
+    assert lab.operation == 2
+    spawn = await store.events(lab.id, 1)
+    delete = await store.events(lab.id, 2)
+    assert [e.type for e in spawn] == [EventType.INFO, EventType.COMPLETE]
+    assert spawn[-1].terminal
+    assert [e.message for e in delete] == ["Shutting down Kubernetes pod"]
+    assert spawn[-1].id < delete[0].id
+    assert await store.events(lab.id, 1, after=spawn[0].id) == spawn[1:]
+    with pytest.raises(LabNotFoundError):
+        await store.add_events("missing", [NewEvent(EventType.INFO, "x")])
+
+
+async def test_history_pages_newest_first(database: Database) -> None:
+    store = LabStore(database)
+    first = await lab_in(store, S.DELETED)
+    await new_lab(store, first.username)
+    rows = await store.history(first.username, limit=100)
+    assert [r.to_state for r in rows] == ["requested", "deleted", "deleting", "requested"]
+    page = await store.history(first.username, limit=2)
+    rest = await store.history(first.username, limit=2, before=page[-1].id)
+    assert page + rest == rows
+
+
+async def test_lists_and_counts(database: Database) -> None:
+    store = LabStore(database)
+    running = await lab_in(store, S.RUNNING)
+    failed = await lab_in(store, S.FAILED)
+    await lab_in(store, S.DELETED)
+    assert [lab.id for lab in await store.list_labs([S.RUNNING])] == [running.id]
+    assert {lab.id for lab in await store.list_labs([S.RUNNING, S.FAILED])} == {running.id, failed.id}
+    assert await store.count_by_state() == {S.RUNNING: 1, S.FAILED: 1, S.DELETED: 1}
+
+
+async def test_adoption_rebuilds_a_row_with_the_given_id(database: Database) -> None:
+    store = LabStore(database)
+    lab = await store.create_lab(
+        lab_id="5f7a3c1e-0000-4000-8000-000000000001",
+        username="carol",
+        slug="carol",
+        namespace="labd-carol",
+        spec={},
+        actor=Actor.RECONCILER,
+        trigger=T.ADOPT,
+        changes={"pod_phase": "Running", "internal_url": "http://lab.labd-carol:8888/"},
+    )
+    assert (lab.id, lab.state, lab.internal_url) == (
+        "5f7a3c1e-0000-4000-8000-000000000001",
+        S.RUNNING,
+        "http://lab.labd-carol:8888/",
+    )
+    [row] = await store.lab_history(lab.id)
+    assert (row.trigger, row.actor, row.to_state) == ("adopt", "reconciler", "running")
+
+
+# Concurrency: each contender has its own engine, so these are real separate
+# connections racing in the database (and, on SQLite, for the write lock).
+
+CONTENDERS = 12
+
+
+async def _contenders(url: str) -> list[LabStore]:
+    return [LabStore(Database(url)) for _ in range(CONTENDERS)]
+
+
+async def _dispose(stores: list[LabStore]) -> None:
+    for store in stores:
+        await store._db.dispose()
+
+
+async def test_racing_transitions_have_one_winner(database: Database, database_url: str) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.RUNNING)
+    stores = await _contenders(database_url)
+    try:
+        # Half decide from the version they read, half trust the machine alone.
+        results = await asyncio.gather(
+            *(
+                s.transition(
+                    lab.id,
+                    T.DELETE if i % 2 else T.POD_EXITED,
+                    actor=Actor.HUB,
+                    expected_version=lab.version if i < CONTENDERS // 2 else None,
+                )
+                for i, s in enumerate(stores)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await _dispose(stores)
+    winners = [r for r in results if isinstance(r, LabRecord)]
+    losers = [r for r in results if not isinstance(r, LabRecord)]
+    assert all(isinstance(r, StaleLabError | InvalidTransitionError) for r in losers), losers
+    final = await store.get_lab(lab.id)
+    history = await store.lab_history(lab.id)
+    assert [row.version for row in history] == list(range(1, final.version + 1))
+    assert history[-1].to_state == final.state
+    # A POD_EXITED winner can be followed by a DELETE winner (exited -> deleting):
+    # every winner is one audited transition, and no two claimed the same version.
+    assert len(winners) == final.version - lab.version
+    assert len({w.version for w in winners}) == len(winners)
+    assert 1 <= len(winners) <= 2
+
+
+async def test_racing_identical_transitions_have_exactly_one_winner(
+    database: Database, database_url: str
+) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.STARTING)
+    stores = await _contenders(database_url)
+    try:
+        results = await asyncio.gather(
+            *(s.transition(lab.id, T.POD_RUNNING, actor=Actor.WATCHER) for s in stores),
+            return_exceptions=True,
+        )
+    finally:
+        await _dispose(stores)
+    assert sum(isinstance(r, LabRecord) for r in results) == 1
+    assert sum(isinstance(r, InvalidTransitionError) for r in results) == CONTENDERS - 1
+    final = await store.get_lab(lab.id)
+    assert (final.state, final.version) == (S.RUNNING, lab.version + 1)
+    assert len(await store.lab_history(lab.id)) == final.version
+
+
+async def test_racing_creates_have_one_winner(database: Database, database_url: str) -> None:
+    stores = await _contenders(database_url)
+    try:
+        results = await asyncio.gather(
+            *(new_lab(s, "dave") for s in stores), return_exceptions=True
+        )
+    finally:
+        await _dispose(stores)
+    assert sum(isinstance(r, LabRecord) for r in results) == 1
+    assert sum(isinstance(r, LabExistsError) for r in results) == CONTENDERS - 1
+    assert await count(database, labs) == 1
+    assert await count(database, lab_transitions) == 1
+    assert await count(database, lab_events) == 1
+
+
+async def test_concurrent_writers_on_many_labs_never_see_database_locked(
+    database: Database, database_url: str
+) -> None:
+    store = LabStore(database)
+    created = [await new_lab(store) for _ in range(CONTENDERS)]
+    stores = await _contenders(database_url)
+
+    async def drive(s: LabStore, lab: LabRecord) -> LabRecord:
+        for trigger in PATHS[S.DELETED]:
+            lab = await s.transition(lab.id, trigger, actor=Actor.SCHEDULER)
+            await s.add_events(lab.id, [NewEvent(EventType.INFO, trigger.value)])
+        return lab
+
+    try:
+        finals = await asyncio.gather(*(drive(s, lab) for s, lab in zip(stores, created, strict=True)))
+    finally:
+        await _dispose(stores)
+    assert {lab.state for lab in finals} == {S.DELETED}
+    assert await count(database, lab_transitions) == CONTENDERS * 3
