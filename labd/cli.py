@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from labd import __version__
+from labd.config_command import check_config
 
 __all__ = ["main"]
 
@@ -17,3 +18,6 @@ __all__ = ["main"]
 @click.version_option(__version__, prog_name="labd")
 def main() -> None:
     """labd runs per-user JupyterLab servers on Kubernetes for JupyterHub."""
+
+
+main.add_command(check_config)

@@ -1,0 +1,1277 @@
+"""labd configuration: one YAML settings file plus ``LABD_*`` environment.
+
+The whole configuration is validated once, at start, so that a typo or an
+impossible value stops the daemon with a message naming the key and the
+reason instead of surfacing later as a failed spawn. Every model forbids
+unknown keys (a misspelt key is an error, never silently ignored) and is
+frozen (configuration does not change while labd runs).
+
+Sources, highest priority first:
+
+1. ``LABD_*`` environment variables; nested keys are joined with ``__``
+   (``LABD_TIMEOUTS__SPAWN=120``) and complex values may be JSON
+   (``LABD_SIZES='{"small": {...}}'``).
+2. The YAML settings file given to `load_config`.
+3. The defaults below, which are enough to start labd with no file at all.
+
+The file and the environment are merged key by key before validation, so an
+environment variable overrides one nested key without replacing its
+siblings from the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = [
+    "ENV_PREFIX",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "ImageClass",
+    "ImageConfig",
+    "ImageReference",
+    "ImagesConfig",
+    "KubernetesConfig",
+    "LabConfig",
+    "Resources",
+    "RetryConfig",
+    "SizeConfig",
+    "TimeoutsConfig",
+    "VolumeConfig",
+    "format_bytes",
+    "load_config",
+    "parse_quantity",
+]
+
+ENV_PREFIX = "LABD_"
+"""Prefix of the environment variables that override the settings file."""
+
+_ENV_NESTED_DELIMITER = "__"
+
+ImageClass = Literal["release", "weekly", "daily", "experimental", "other"]
+"""The class of a lab image, as offered by ``image_class`` in a spawn."""
+
+_IMAGE_CLASSES: tuple[ImageClass, ...] = ("release", "weekly", "daily", "experimental", "other")
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+# ---------------------------------------------------------------------------
+# Problems and errors
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with the configuration."""
+
+    location: str
+    """Where: a dotted key path (``sizes.small.limits.cpu``), or the file."""
+
+    message: str
+    """Why it is wrong, never echoing a secret."""
+
+    env_var: str | None = None
+    """The environment variable that supplied the bad value, if any."""
+
+    def __str__(self) -> str:
+        if self.env_var and self.location:
+            return f"{self.env_var} ({self.location}): {self.message}"
+        where = self.env_var or self.location
+        return f"{where}: {self.message}" if where else self.message
+
+
+class ConfigError(Exception):
+    """The configuration cannot be loaded; `problems` says why.
+
+    Parameters
+    ----------
+    problems
+        Everything found wrong, in a stable order.
+    """
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# ---------------------------------------------------------------------------
+# Quantities
+
+
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?:(?P<exponent>[eE][+-]?\d+)|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?"
+)
+_SUFFIX_FACTORS: dict[str, float] = {
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+    "Pi": 2.0**50,
+    "Ei": 2.0**60,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+}
+
+
+def parse_quantity(text: str | int | float) -> float:
+    """Parse a Kubernetes resource quantity.
+
+    Parameters
+    ----------
+    text
+        A number, or a string such as ``"4Gi"``, ``"512Mi"``, ``"1G"``,
+        ``"500m"`` (milli), ``"1e3"`` or ``"2.5"``.
+
+    Returns
+    -------
+    float
+        The quantity in base units (bytes, or cores for CPU).
+
+    Raises
+    ------
+    ValueError
+        If the text is not a quantity; the message says what is wrong.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"invalid quantity {text!r}: expected a number or a string like '4Gi'")
+    if isinstance(text, int | float):
+        value = float(text)
+    elif isinstance(text, str):
+        stripped = text.strip()
+        match = _QUANTITY.fullmatch(stripped)
+        if not match:
+            raise ValueError(_explain_bad_quantity(stripped))
+        value = float(match["number"] + (match["exponent"] or ""))
+        if match["suffix"]:
+            value *= _SUFFIX_FACTORS[match["suffix"]]
+    else:
+        raise ValueError(f"invalid quantity {text!r}: expected a number or a string like '4Gi'")
+    if not math.isfinite(value):
+        raise ValueError(f"invalid quantity {text!r}: not a finite number")
+    return value
+
+
+def _explain_bad_quantity(text: str) -> str:
+    if not text:
+        return "invalid quantity '': empty"
+    number = re.match(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", text)
+    if number is None:
+        return f"invalid quantity {text!r}: does not start with a number"
+    suffix = text[number.end() :]
+    return (
+        f"invalid quantity {text!r}: unknown suffix {suffix!r} "
+        "(use Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, m, or an exponent like 1e3)"
+    )
+
+
+def _parse_cpu(value: Any) -> Any:
+    if isinstance(value, str | int | float):
+        return parse_quantity(value)
+    return value
+
+
+def _parse_bytes(value: Any) -> Any:
+    if not isinstance(value, str | int | float):
+        return value
+    quantity = parse_quantity(value)
+    if quantity != math.floor(quantity):
+        raise ValueError(f"{value!r} is not a whole number of bytes")
+    return int(quantity)
+
+
+Cpu = Annotated[float, BeforeValidator(_parse_cpu)]
+Bytes = Annotated[int, BeforeValidator(_parse_bytes)]
+
+
+def format_bytes(size: int) -> str:
+    """Render a byte count in binary units for people (``4 GiB``, ``1.5 MiB``).
+
+    Parameters
+    ----------
+    size
+        A number of bytes.
+
+    Returns
+    -------
+    str
+        The largest binary unit that keeps the number at least 1, with at
+        most two decimals.
+    """
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            text = f"{value:.2f}".rstrip("0").rstrip(".")
+            return f"{text} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------
+# Image references
+
+
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = (
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])"  # host
+    r"(?::[0-9]+)?"  # port
+)
+_NAME = re.compile(
+    rf"(?:(?P<registry>{_DOMAIN})/)?(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+)
+_PATH = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_NAME_MAX_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReference:
+    """A parsed Docker/OCI image reference with a tag, a digest, or both.
+
+    The grammar is that of the distribution project's ``reference``
+    package: ``[registry[:port]/]path[:tag][@digest]``. Parsing keeps the
+    reference as written (no ``docker.io`` is added), so ``str`` gives back
+    the original text.
+    """
+
+    registry: str | None
+    """Registry host with optional port, or `None` when not written."""
+
+    repository: str
+    """Repository path inside the registry (``labd/sciplat-lab``)."""
+
+    tag: str | None
+    """Tag (``w_2026_47``), or `None` for a digest-only reference."""
+
+    digest: str | None
+    """Digest (``sha256:`` and 64 hex digits), or `None`."""
+
+    @property
+    def base(self) -> str:
+        """The image without tag and digest: ``registry/repository``."""
+        if self.registry is None:
+            return self.repository
+        return f"{self.registry}/{self.repository}"
+
+    def __str__(self) -> str:
+        text = self.base
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        """Parse a reference that must carry a tag, a digest, or both.
+
+        Parameters
+        ----------
+        text
+            A reference such as ``registry.example/lab:w_2026_47`` or
+            ``registry.example/lab@sha256:<64 hex>``.
+
+        Returns
+        -------
+        ImageReference
+            The parsed reference.
+
+        Raises
+        ------
+        ValueError
+            If the reference is malformed or has neither tag nor digest.
+        """
+        if not text:
+            raise ValueError("image reference is empty")
+        if any(c.isspace() for c in text):
+            raise ValueError(f"{text!r} contains whitespace")
+        rest, at, digest = text.partition("@")
+        if at and not _DIGEST.fullmatch(digest):
+            raise ValueError(
+                f"{text!r} has a malformed digest {digest!r} "
+                "(expected 'sha256:' and 64 lowercase hex digits)"
+            )
+        name, tag = rest, None
+        last_slash = rest.rfind("/")
+        colon = rest.rfind(":")
+        if colon > last_slash:
+            name, tag = rest[:colon], rest[colon + 1 :]
+            if not _TAG.fullmatch(tag):
+                raise ValueError(
+                    f"{text!r} has a malformed tag {tag!r} (letters, digits, '_', '.' and '-', "
+                    "at most 128, not starting with '.' or '-')"
+                )
+        match = _NAME.fullmatch(name)
+        if not match:
+            hint = " (the repository must be lowercase)" if _NAME.fullmatch(name.lower()) else ""
+            raise ValueError(f"{text!r} has a malformed repository name {name!r}{hint}")
+        if len(name) > _NAME_MAX_LENGTH:
+            raise ValueError(f"{text!r} has a name longer than {_NAME_MAX_LENGTH} characters")
+        if tag is None and not at:
+            raise ValueError(f"{text!r} has neither tag nor digest")
+        registry, path = match["registry"], match["path"]
+        # As Docker does: a first component is a registry only if it looks
+        # like a host (a dot, a port or "localhost"); otherwise it is part
+        # of the repository path ("library/ubuntu") and must be lowercase.
+        if registry is not None and not (
+            "." in registry or ":" in registry or registry == "localhost"
+        ):
+            registry, path = None, f"{registry}/{path}"
+            if not _PATH.fullmatch(path):
+                raise ValueError(
+                    f"{text!r} has a malformed repository name {name!r} "
+                    "(the repository must be lowercase)"
+                )
+        return cls(registry=registry, repository=path, tag=tag, digest=digest if at else None)
+
+
+# ---------------------------------------------------------------------------
+# Models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Model):
+    """CPU and memory of one side (requests or limits) of a lab size."""
+
+    cpu: Cpu = Field(
+        gt=0, description="CPU cores; a number or a quantity such as `500m` (0.5 cores)."
+    )
+    memory: Bytes = Field(
+        gt=0, description="Memory in bytes; a number or a quantity such as `4Gi` or `512Mi`."
+    )
+
+
+class SizeConfig(_Model):
+    """A lab size users can pick: what the lab is guaranteed and capped at."""
+
+    limits: Resources = Field(description="Hard caps for the lab container.")
+    requests: Resources = Field(
+        description="Guaranteed resources (what Kubernetes schedules by); at most `limits`."
+    )
+    description: str | None = Field(
+        default=None, description="Text shown next to the size on the spawn form."
+    )
+
+    @model_validator(mode="after")
+    def _check_requests_within_limits(self) -> Self:
+        problems = []
+        if self.requests.cpu > self.limits.cpu:
+            problems.append(
+                f"requests.cpu {self.requests.cpu} exceeds limits.cpu {self.limits.cpu}"
+            )
+        if self.requests.memory > self.limits.memory:
+            problems.append(
+                f"requests.memory {format_bytes(self.requests.memory)} exceeds "
+                f"limits.memory {format_bytes(self.limits.memory)}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _default_sizes() -> dict[str, SizeConfig]:
+    def size(limit_cpu: float, limit_gib: int, request_cpu: float, request_gib: int) -> SizeConfig:
+        return SizeConfig(
+            limits=Resources(cpu=limit_cpu, memory=limit_gib * 2**30),
+            requests=Resources(cpu=request_cpu, memory=request_gib * 2**30),
+        )
+
+    return {
+        "small": size(1, 4, 0.25, 1),
+        "medium": size(2, 8, 0.5, 2),
+        "large": size(4, 16, 1, 4),
+    }
+
+
+class ImageConfig(_Model):
+    """One lab image offered to users."""
+
+    reference: str = Field(
+        description=(
+            "Docker/OCI reference with a tag, a digest or both, "
+            "e.g. `registry.example/lab:w_2026_47@sha256:<64 hex>`."
+        )
+    )
+    name: str | None = Field(
+        default=None, description="Display name on the spawn form; defaults to the tag."
+    )
+    image_class: ImageClass | None = Field(
+        default=None,
+        description=(
+            "`release`, `weekly`, `daily`, `experimental` or `other`; when unset, derived "
+            "from the tag by `images.class_patterns` (always set after loading)."
+        ),
+    )
+
+    @field_validator("reference")
+    @classmethod
+    def _check_reference(cls, value: str) -> str:
+        return str(ImageReference.parse(value))
+
+    @property
+    def parsed(self) -> ImageReference:
+        """The reference, parsed."""
+        return ImageReference.parse(self.reference)
+
+    @property
+    def tag(self) -> str | None:
+        """The reference's tag, if it has one."""
+        return self.parsed.tag
+
+    @property
+    def display_name(self) -> str:
+        """`name`, else the tag, else the whole reference."""
+        return self.name or self.tag or self.reference
+
+
+def _natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders digit runs numerically (``r9`` before ``r10``)."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|\D+", text)
+    )
+
+
+class ImagesConfig(_Model):
+    """The lab images users may choose from."""
+
+    class_patterns: dict[str, str] = Field(
+        default_factory=lambda: {
+            "release": r"^r\d+(_\d+)*$",
+            "weekly": r"^w_\d{4}_\d{2}$",
+            "daily": r"^d_\d{4}_\d{2}_\d{2}$",
+        },
+        description=(
+            "Image class to regular expression (Python `re`, searched in the tag) used to "
+            "classify images without `image_class`; first match wins, no match is `other`."
+        ),
+    )
+    available: list[ImageConfig] = Field(
+        min_length=1, description="Every image users may spawn, in spawn-form order."
+    )
+    recommended: str = Field(
+        description="Tag or full reference of the recommended image; must be in `available`."
+    )
+
+    @field_validator("class_patterns")
+    @classmethod
+    def _check_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            if name not in _IMAGE_CLASSES:
+                raise ValueError(
+                    f"unknown image class {name!r} (use one of: {', '.join(_IMAGE_CLASSES)})"
+                )
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{name}: invalid regular expression {pattern!r}: {exc}") from exc
+        return value
+
+    @field_validator("available")
+    @classmethod
+    def _classify(cls, value: list[ImageConfig], info: ValidationInfo) -> list[ImageConfig]:
+        seen: dict[str, int] = {}
+        for index, image in enumerate(value):
+            if image.reference in seen:
+                raise ValueError(
+                    f"[{index}] {image.reference!r} duplicates available[{seen[image.reference]}]"
+                )
+            seen[image.reference] = index
+        patterns = info.data.get("class_patterns")
+        if patterns is None:
+            return value
+        return [
+            image
+            if image.image_class is not None
+            else image.model_copy(update={"image_class": _classify_tag(image.tag, patterns)})
+            for image in value
+        ]
+
+    @field_validator("recommended")
+    @classmethod
+    def _check_recommended(cls, value: str, info: ValidationInfo) -> str:
+        available: list[ImageConfig] | None = info.data.get("available")
+        if available is not None:
+            _find_image(available, value)
+        return value
+
+    def by_tag(self, tag: str) -> ImageConfig | None:
+        """Return the first available image with this tag, if any.
+
+        Parameters
+        ----------
+        tag
+            An image tag, such as ``w_2026_47``.
+
+        Returns
+        -------
+        ImageConfig or None
+            The image, or `None` if no available image has that tag.
+        """
+        return next((image for image in self.available if image.tag == tag), None)
+
+    def recommended_image(self) -> ImageConfig:
+        """Return the image named by `recommended`.
+
+        Returns
+        -------
+        ImageConfig
+            The recommended image (validated to exist when loading).
+        """
+        return _find_image(self.available, self.recommended)
+
+    def latest(self, image_class: ImageClass) -> ImageConfig | None:
+        """Return the latest image of a class, by natural order of the tags.
+
+        Parameters
+        ----------
+        image_class
+            The class, such as ``weekly``.
+
+        Returns
+        -------
+        ImageConfig or None
+            The image of that class with the greatest tag (digits compare
+            as numbers, so ``r10`` is after ``r9``), or `None` if there is
+            no tagged image of that class.
+        """
+        candidates = [
+            image
+            for image in self.available
+            if image.image_class == image_class and image.tag is not None
+        ]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda image: _natural_key(image.tag or ""))
+
+
+def _classify_tag(tag: str | None, patterns: Mapping[str, str]) -> ImageClass:
+    if tag is not None:
+        for name in _IMAGE_CLASSES:
+            pattern = patterns.get(name)
+            if pattern is not None and re.search(pattern, tag):
+                return name
+    return "other"
+
+
+def _find_image(available: list[ImageConfig], wanted: str) -> ImageConfig:
+    """Find the image a tag or reference names, or raise a `ValueError`."""
+    matches = [image for image in available if image.reference == wanted or image.tag == wanted]
+    if not matches:
+        try:
+            ref = ImageReference.parse(wanted)
+        except ValueError:
+            ref = None
+        if ref is not None:
+            matches = [
+                image
+                for image in available
+                if image.parsed.base == ref.base
+                and ref.tag in (None, image.tag)
+                and ref.digest in (None, image.parsed.digest)
+            ]
+    if not matches:
+        names = ", ".join(image.reference for image in available)
+        raise ValueError(f"{wanted!r} is not among the available images ({names})")
+    if len(matches) > 1:
+        names = ", ".join(image.reference for image in matches)
+        raise ValueError(f"{wanted!r} is ambiguous: it matches {names}")
+    return matches[0]
+
+
+def _default_images() -> ImagesConfig:
+    reference = "ghcr.io/labd/sciplat-lab:w_2026_47"
+    return ImagesConfig(available=[ImageConfig(reference=reference)], recommended=reference)
+
+
+class KubernetesConfig(_Model):
+    """How labd reaches the Kubernetes API."""
+
+    kubeconfig: Path | None = Field(
+        default=None,
+        description=(
+            "Kubeconfig file; unset means the client's default (`$KUBECONFIG` or "
+            "`~/.kube/config`) unless `in_cluster`."
+        ),
+    )
+    context: str | None = Field(
+        default=None, description="Kubeconfig context; unset means the current context."
+    )
+    in_cluster: bool = Field(
+        default=False,
+        description="Use the pod's service account (labd runs in the cluster); excludes "
+        "`kubeconfig` and `context`.",
+    )
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Timeout of one Kubernetes API call, in seconds."
+    )
+    max_concurrent_operations: int = Field(
+        default=32, gt=0, description="Kubernetes operations the scheduler runs at once."
+    )
+    watch_timeout: float = Field(
+        default=90.0,
+        gt=0,
+        description="Seconds of silence after which the pod watch is restarted.",
+    )
+
+    @field_validator("in_cluster")
+    @classmethod
+    def _check_in_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        if value:
+            clashes = [key for key in ("kubeconfig", "context") if info.data.get(key) is not None]
+            if clashes:
+                raise ValueError(f"in_cluster cannot be combined with {' or '.join(clashes)}")
+        return value
+
+
+class VolumeConfig(_Model):
+    """A persistent volume claimed for each lab and mounted in its container."""
+
+    name: str = Field(description="Volume and PVC name suffix; a DNS label.")
+    mount_path: str = Field(description="Absolute path of the mount inside the lab.")
+    storage: Bytes = Field(
+        gt=0, description="Requested size in bytes; a number or a quantity such as `10Gi`."
+    )
+    storage_class: str | None = Field(
+        default=None, description="StorageClass of the PVC; unset means the cluster default."
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = Field(
+        default="ReadWriteOnce", description="PVC access mode."
+    )
+    read_only: bool = Field(default=False, description="Mount the volume read-only.")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        _check_dns_label(value, max_length=63)
+        return value
+
+    @field_validator("mount_path")
+    @classmethod
+    def _check_mount_path(cls, value: str) -> str:
+        if not PurePosixPath(value).is_absolute():
+            raise ValueError(f"{value!r} is not an absolute path")
+        return value
+
+
+class LabConfig(_Model):
+    """What every lab gets, whatever the user asked for."""
+
+    uid: int = Field(
+        default=1000,
+        description="UID of the lab process when the hub sends no user identity; never 0.",
+    )
+    gid: int = Field(
+        default=1000, ge=0, description="GID of the lab process when the hub sends none."
+    )
+    port: int = Field(default=8888, ge=1, le=65535, description="Port JupyterLab listens on.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables for every lab (names must be valid).",
+    )
+    hub_namespace: str = Field(
+        default="jupyterhub",
+        description="Namespace of JupyterHub, allowed in by each lab's NetworkPolicy.",
+    )
+    internal_url_template: str = Field(
+        default="http://lab.{namespace}:{port}{service_prefix}",
+        description=(
+            "URL the hub uses to reach a lab; placeholders `{namespace}`, `{port}` and "
+            "`{service_prefix}` only."
+        ),
+    )
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Image pull policy of the lab container."
+    )
+    pod_delete_grace: int = Field(
+        default=5, ge=0, description="Grace period in seconds when deleting a lab pod."
+    )
+    resource_quota: bool = Field(
+        default=False,
+        description="Add a ResourceQuota to each lab namespace equal to the size's limits.",
+    )
+    volumes: list[VolumeConfig] = Field(
+        default_factory=list, description="Persistent volumes claimed for each lab."
+    )
+
+    @field_validator("uid")
+    @classmethod
+    def _check_uid(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 is root; labs run as a non-root user")
+        if value < 0:
+            raise ValueError(f"{value} is negative")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not _ENV_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"invalid environment variable name(s): {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("hub_namespace")
+    @classmethod
+    def _check_hub_namespace(cls, value: str) -> str:
+        _check_dns_label(value, max_length=63)
+        return value
+
+    @field_validator("internal_url_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        allowed = {"namespace", "port", "service_prefix"}
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(value)]
+        except ValueError as exc:
+            raise ValueError(f"malformed template: {exc}") from exc
+        unknown = [f for f in fields if f is not None and f not in allowed]
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)} "
+                "(allowed: {namespace}, {port}, {service_prefix})"
+            )
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("volumes")
+    @classmethod
+    def _check_volumes(cls, value: list[VolumeConfig]) -> list[VolumeConfig]:
+        for attribute in ("name", "mount_path"):
+            seen: set[str] = set()
+            for volume in value:
+                key: str = getattr(volume, attribute)
+                if key in seen:
+                    raise ValueError(f"two volumes have {attribute} {key!r}")
+                seen.add(key)
+        return value
+
+
+class TimeoutsConfig(_Model):
+    """How long lab operations may take before they fail."""
+
+    spawn: float = Field(
+        default=600, gt=0, description="Seconds from create until the lab must be running."
+    )
+    delete: float = Field(
+        default=300, gt=0, description="Seconds a delete may take before it fails."
+    )
+
+
+class RetryConfig(_Model):
+    """Exponential backoff of failed Kubernetes steps."""
+
+    initial: float = Field(default=1.0, gt=0, description="First retry delay, in seconds.")
+    maximum: float = Field(
+        default=60.0, gt=0, description="Longest retry delay, in seconds; at least `initial`."
+    )
+
+    @field_validator("maximum")
+    @classmethod
+    def _check_maximum(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("initial")
+        if initial is not None and value < initial:
+            raise ValueError(f"{value:g} is less than retry.initial {initial:g}")
+        return value
+
+
+def _check_dns_label(value: str, *, max_length: int) -> None:
+    if not _DNS_LABEL.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a DNS label (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit)"
+        )
+    if len(value) > max_length:
+        raise ValueError(f"{value!r} is longer than {max_length} characters")
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port``; raise `ValueError` if malformed."""
+    host, colon, port_text = address.rpartition(":")
+    if not colon or not host:
+        raise ValueError(f"{address!r} is not host:port")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"{address!r}: unclosed '[' around the IPv6 address")
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ValueError(f"{address!r}: invalid IPv6 address {host!r}") from exc
+    elif ":" in host:
+        raise ValueError(f"{address!r}: put an IPv6 address in brackets, as in [::1]:8080")
+    else:
+        labels = host.split(".")
+        if all(label.isdigit() for label in labels):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError as exc:
+                raise ValueError(f"{address!r}: invalid IPv4 address {host!r}") from exc
+        elif len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"{address!r}: invalid host name {host!r}")
+    if not port_text.isdigit():
+        raise ValueError(f"{address!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"{address!r}: port {port} is out of range (0-65535)")
+    return host, port
+
+
+class Config(BaseSettings):
+    """The validated labd configuration.
+
+    Build it with `load_config`, which reads the settings file and the
+    environment and turns every validation failure into a `ConfigError`.
+    ``Config()`` alone gives the defaults plus ``LABD_*`` variables from
+    the process environment.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///labd.db",
+        description=(
+            "SQLAlchemy URL of the database, with an async driver: `sqlite+aiosqlite` "
+            "or `postgresql+asyncpg`."
+        ),
+    )
+    bind_address: str = Field(
+        default="127.0.0.1:8080",
+        description="`host:port` the HTTP API listens on (`[::1]:8080` for IPv6; port 0 "
+        "picks a free port).",
+    )
+    path_prefix: str = Field(
+        default="",
+        description="URL prefix of every route: empty, or starting with `/` and not ending "
+        "with `/`.",
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description="File of SHA-256 token hashes with their roles; unset means no tokens.",
+    )
+    max_body_size: int = Field(
+        default=65536, gt=0, description="Largest accepted request body, in bytes."
+    )
+    kubernetes: KubernetesConfig = Field(
+        default_factory=KubernetesConfig, description="Access to the Kubernetes API."
+    )
+    namespace_prefix: str = Field(
+        default="labd",
+        description="Lab namespaces are `<prefix>-<user slug>`; a DNS label of at most 40 "
+        "characters.",
+    )
+    lab: LabConfig = Field(default_factory=LabConfig, description="Settings of every lab.")
+    sizes: dict[str, SizeConfig] = Field(
+        default_factory=_default_sizes,
+        min_length=1,
+        description="Lab sizes by name (lowercase DNS labels; case-insensitive).",
+    )
+    default_size: str = Field(
+        default="medium", description="Size preselected on the spawn form; must be in `sizes`."
+    )
+    images: ImagesConfig = Field(
+        default_factory=_default_images, description="Lab images users may choose from."
+    )
+    timeouts: TimeoutsConfig = Field(
+        default_factory=TimeoutsConfig, description="Deadlines of lab operations."
+    )
+    reconcile_interval: float = Field(
+        default=300,
+        gt=0,
+        description="Seconds between full reconciles of labs against Kubernetes.",
+    )
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig, description="Backoff of failed Kubernetes steps."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="`json` lines, `console` for people, or `auto`: console on a terminal, "
+        "JSON otherwise.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read keyword arguments and ``LABD_*`` variables, no dotenv or secrets."""
+        return (init_settings, env_settings)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):
+            # SQLAlchemy's message repeats the URL, password and all.
+            raise ValueError("not a valid SQLAlchemy URL (driver://user:pass@host/db)") from None
+        driver = url.drivername
+        if driver in _ASYNC_DRIVERS.values():
+            return value
+        backend = driver.partition("+")[0]
+        if backend in _ASYNC_DRIVERS:
+            raise ValueError(
+                f"driver {driver!r} is not async; use {_ASYNC_DRIVERS[backend]!r} "
+                f"({_ASYNC_DRIVERS[backend]}://...)"
+            )
+        raise ValueError(
+            f"unsupported database driver {driver!r}; use sqlite+aiosqlite or postgresql+asyncpg"
+        )
+
+    @field_validator("bind_address")
+    @classmethod
+    def _check_bind_address(cls, value: str) -> str:
+        _split_host_port(value)
+        return value
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _check_path_prefix(cls, value: str) -> str:
+        if value == "":
+            return value
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} must start with '/'")
+        if value.endswith("/"):
+            raise ValueError(f"{value!r} must not end with '/' (use '' for no prefix)")
+        if "//" in value or any(c.isspace() or c in "?#%" for c in value):
+            raise ValueError(f"{value!r} is not a plain URL path")
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _check_token_file(cls, value: Path | None) -> Path | None:
+        if value is not None and str(value) in ("", "."):
+            raise ValueError("must name a file")
+        return value
+
+    @field_validator("namespace_prefix")
+    @classmethod
+    def _check_namespace_prefix(cls, value: str) -> str:
+        _check_dns_label(value, max_length=40)
+        return value
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _normalise_size_names(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        normalised: dict[str, Any] = {}
+        for name, size in value.items():
+            if not isinstance(name, str):
+                raise ValueError(f"size name {name!r} is not a string")
+            key = name.lower()
+            if key in normalised:
+                raise ValueError(f"size {name!r} is defined twice (names are case-insensitive)")
+            _check_dns_label(key, max_length=63)
+            normalised[key] = size
+        return normalised
+
+    @field_validator("default_size")
+    @classmethod
+    def _check_default_size(cls, value: str, info: ValidationInfo) -> str:
+        value = value.lower()
+        sizes: dict[str, SizeConfig] | None = info.data.get("sizes")
+        if sizes is not None and value not in sizes:
+            raise ValueError(f"unknown size {value!r} (configured: {', '.join(sorted(sizes))})")
+        return value
+
+    @property
+    def bind_host(self) -> str:
+        """Host part of `bind_address`, without IPv6 brackets."""
+        return _split_host_port(self.bind_address)[0]
+
+    @property
+    def bind_port(self) -> int:
+        """Port part of `bind_address`."""
+        return _split_host_port(self.bind_address)[1]
+
+    @property
+    def database_url_display(self) -> str:
+        """`database_url` with any password replaced by ``***``, safe to log."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys, which YAML would drop."""
+
+
+def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first defined on line {seen[key] + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(where, "no such file")]) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigProblem(where, "is a directory, not a file")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(where, f"not UTF-8 text ({exc.reason})")]) from None
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(where, f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.load(text, Loader=_YamlLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        position = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = exc.problem or "invalid YAML"
+        if exc.context:
+            started = exc.context_mark
+            where_started = f" started on line {started.line + 1}" if started else ""
+            problem = f"{problem} ({exc.context}{where_started})"
+        raise ConfigError(
+            [ConfigProblem(where, f"YAML syntax error: {position}{problem}")]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem(where, f"YAML syntax error: {exc}")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    where,
+                    f"the top level must be a mapping of keys to values, not {_yaml_type(data)}",
+                )
+            ]
+        )
+    return data
+
+
+def _yaml_type(value: object) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
+
+
+class _EnvironSource(EnvSettingsSource):
+    """The ``LABD_*`` variables of a given mapping instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._environ.items()}
+
+
+def _env_paths(environ: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Map each ``LABD_*`` variable to the key path it sets."""
+    prefix = ENV_PREFIX.lower()
+    return {
+        name: tuple(name[len(prefix) :].lower().split(_ENV_NESTED_DELIMITER))
+        for name in environ
+        if name.lower().startswith(prefix)
+    }
+
+
+def _resolves(data: Any, loc: tuple[str | int, ...]) -> bool:
+    for part in loc:
+        in_mapping = isinstance(data, Mapping) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (in_mapping or in_list):
+            return False
+        data = data[part]
+    return True
+
+
+def _env_var_for(
+    loc: tuple[str | int, ...], env_data: Mapping[str, Any], env_paths: dict[str, tuple[str, ...]]
+) -> str | None:
+    """Name the variable(s) that supplied the value at `loc`, if any did."""
+    if not loc or not _resolves(env_data, loc):
+        return None
+    keys = tuple(str(part).lower() for part in loc)
+    covering = [(len(path), name) for name, path in env_paths.items() if keys[: len(path)] == path]
+    if covering:
+        return max(covering)[1]
+    inside = sorted(name for name, path in env_paths.items() if path[: len(keys)] == keys)
+    return ", ".join(inside) or None
+
+
+def _format_loc(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def _problems_from(
+    exc: ValidationError, env_data: Mapping[str, Any], environ: Mapping[str, str]
+) -> list[ConfigProblem]:
+    paths = _env_paths(environ)
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = tuple(error["loc"])
+        message = error["msg"]
+        context = error.get("ctx") or {}
+        if error["type"] in ("value_error", "assertion_error") and "error" in context:
+            message = str(context["error"])
+        elif error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling)"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        # A missing key has no value to trace; its parent's origin is the
+        # best hint (an environment variable that created a partial entry).
+        origin = loc[:-1] if error["type"] == "missing" else loc
+        problems.append(
+            ConfigProblem(_format_loc(loc), message, env_var=_env_var_for(origin, env_data, paths))
+        )
+    return problems
+
+
+def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate the configuration.
+
+    Parameters
+    ----------
+    path
+        The YAML settings file, or `None` for defaults and environment only.
+    environ
+        Where ``LABD_*`` overrides come from; `os.environ` if `None`.
+
+    Returns
+    -------
+    Config
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or parsed, or any value is invalid. Its
+        ``problems`` list every failure found, each naming the key (and the
+        environment variable, when one supplied the value).
+    """
+    if environ is None:
+        environ = os.environ
+    file_data = _read_settings_file(path) if path is not None else {}
+    try:
+        env_data = _EnvironSource(Config, environ)()
+    except SettingsError as exc:
+        raise ConfigError([_problem_from_settings_error(exc, environ)]) from None
+    try:
+        return Config.model_validate(_merge(file_data, _align_size_names(file_data, env_data)))
+    except ValidationError as exc:
+        raise ConfigError(_problems_from(exc, env_data, environ)) from None
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge `override` into `base` key by key, recursing into mappings."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = _merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _align_size_names(file_data: dict[str, Any], env_data: dict[str, Any]) -> dict[str, Any]:
+    """Spell size names from the environment as the file does, so they merge.
+
+    Environment names are case-insensitive and arrive lowercased; a file's
+    ``Small`` must still receive ``LABD_SIZES__SMALL__...`` rather than
+    collide with it as a duplicate size.
+    """
+    file_sizes, env_sizes = file_data.get("sizes"), env_data.get("sizes")
+    if not isinstance(file_sizes, dict) or not isinstance(env_sizes, dict):
+        return env_data
+    spelling = {name.lower(): name for name in file_sizes if isinstance(name, str)}
+    renamed = {spelling.get(name.lower(), name): size for name, size in env_sizes.items()}
+    return {**env_data, "sizes": renamed}
+
+
+def _problem_from_settings_error(exc: SettingsError, environ: Mapping[str, str]) -> ConfigProblem:
+    """Explain an environment value pydantic-settings could not decode (bad JSON)."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match[1] if match else ""
+    names = [name for name, path in _env_paths(environ).items() if path[:1] == (field,)]
+    cause = exc.__cause__
+    reason = f"not valid JSON ({cause})" if cause else "cannot be decoded"
+    return ConfigProblem(field, reason, env_var=", ".join(sorted(names)) or None)

@@ -1,0 +1,664 @@
+"""Tests for labd.config and the check-config command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pydantic import ValidationError
+
+from labd.cli import main
+from labd.config import (
+    Config,
+    ConfigError,
+    ImageConfig,
+    ImageReference,
+    ImagesConfig,
+    LabConfig,
+    SizeConfig,
+    format_bytes,
+    load_config,
+    parse_quantity,
+)
+from labd.config_command import check_config
+
+DATA = Path(__file__).parent / "data" / "config"
+EXAMPLE = Path(__file__).parent.parent / "systemd" / "labd.example.yaml"
+DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
+DIGEST_A = "sha256:" + "0123456789abcdef" * 4
+GiB = 2**30
+
+
+def problems_of(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:
+    """Load a configuration that must fail and return its problem lines."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=environ or {})
+    lines = str(info.value).splitlines()
+    assert lines == [str(problem) for problem in info.value.problems]
+    return lines
+
+
+# Loading valid configurations
+
+
+def test_defaults_without_file() -> None:
+    config = load_config(None, environ={})
+    assert config.database_url == "sqlite+aiosqlite:///labd.db"
+    assert (config.bind_host, config.bind_port) == ("127.0.0.1", 8080)
+    assert config.path_prefix == ""
+    assert config.token_file is None
+    assert config.max_body_size == 65536
+    assert config.kubernetes.kubeconfig is None
+    assert not config.kubernetes.in_cluster
+    assert config.namespace_prefix == "labd"
+    assert config.lab.uid == 1000
+    assert config.lab.internal_url_template == "http://lab.{namespace}:{port}{service_prefix}"
+    assert list(config.sizes) == ["small", "medium", "large"]
+    assert config.sizes["medium"].limits.cpu == 2.0
+    assert config.sizes["medium"].limits.memory == 8 * GiB
+    assert config.sizes["small"].requests.cpu == 0.25
+    assert config.default_size == "medium"
+    recommended = config.images.recommended_image()
+    assert recommended.reference == "ghcr.io/labd/sciplat-lab:w_2026_47"
+    assert recommended.image_class == "weekly"
+    assert config.timeouts.spawn == 600
+    assert config.reconcile_interval == 300
+    assert (config.retry.initial, config.retry.maximum) == (1.0, 60.0)
+    assert (config.log_level, config.log_format) == ("info", "auto")
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing set\n")
+    assert load_config(path, environ={}) == load_config(None, environ={})
+
+
+def test_full_file() -> None:
+    config = load_config(DATA / "full.yaml", environ={})
+    assert config.database_url == "postgresql+asyncpg://labd:s3cret@db.example:5432/labd"
+    assert config.database_url_display == "postgresql+asyncpg://labd:***@db.example:5432/labd"
+    assert (config.bind_host, config.bind_port) == ("::1", 9090)
+    assert config.path_prefix == "/labd"
+    assert config.token_file == Path("/etc/labd/tokens")
+    assert config.max_body_size == 131072
+    kube = config.kubernetes
+    assert kube.kubeconfig == Path("/etc/labd/kubeconfig")
+    assert kube.context == "lab-cluster"
+    assert (kube.request_timeout, kube.max_concurrent_operations, kube.watch_timeout) == (
+        10,
+        8,
+        60,
+    )
+    assert config.namespace_prefix == "nb"
+    lab = config.lab
+    assert (lab.uid, lab.gid, lab.port) == (2000, 2001, 8889)
+    assert lab.env == {"EXTERNAL_URL": "https://lab.example", "FIREFLY_ROUTE": "/firefly"}
+    assert lab.hub_namespace == "hub"
+    assert lab.pull_policy == "Always"
+    assert lab.pod_delete_grace == 0
+    assert lab.resource_quota
+    home, datasets = lab.volumes
+    assert (home.name, home.mount_path, home.storage, home.storage_class) == (
+        "home",
+        "/home",
+        10 * GiB,
+        "fast",
+    )
+    assert (datasets.storage, datasets.access_mode, datasets.read_only) == (
+        10**12,
+        "ReadOnlyMany",
+        True,
+    )
+    assert list(config.sizes) == ["tiny", "large"]
+    tiny = config.sizes["tiny"]
+    assert (tiny.limits.cpu, tiny.limits.memory) == (0.5, GiB)
+    assert (tiny.requests.cpu, tiny.requests.memory) == (0.1, 256 * 2**20)
+    assert tiny.description == "For reading notebooks"
+    assert config.sizes["large"].limits.memory == 32 * 10**9
+    assert config.default_size == "tiny"
+    assert (config.timeouts.spawn, config.timeouts.delete) == (900, 120)
+    assert config.reconcile_interval == 60
+    assert (config.retry.initial, config.retry.maximum) == (0.5, 30)
+    assert (config.log_level, config.log_format) == ("debug", "json")
+
+
+def test_full_file_images() -> None:
+    images = load_config(DATA / "full.yaml", environ={}).images
+    classes = {image.reference.split("@")[0]: image.image_class for image in images.available}
+    assert classes == {
+        "registry.example/lab:w_2026_47": "weekly",
+        "registry.example/lab:w_2026_46": "weekly",
+        "registry.example/lab:r9_1": "release",
+        "registry.example/lab:r10_0": "release",
+        "registry.example/lab:d_2026_11_24": "daily",
+        "registry.example/lab:exp_new_kernel": "experimental",
+        "registry.example/lab:custom": "experimental",
+        "localhost:5000/lab": "other",
+    }
+    recommended = images.recommended_image()
+    assert recommended.reference == f"registry.example/lab:w_2026_47@{DIGEST_A}"
+    assert recommended.display_name == "Weekly 2026_47"
+    assert images.by_tag("r9_1") is images.available[2]
+    assert images.by_tag("nope") is None
+    latest_release = images.latest("release")
+    assert latest_release is not None
+    assert latest_release.tag == "r10_0"
+    latest_weekly = images.latest("weekly")
+    assert latest_weekly is not None
+    assert latest_weekly.tag == "w_2026_47"
+    assert images.latest("other") is None
+
+
+def test_example_file_validates() -> None:
+    config = load_config(EXAMPLE, environ={})
+    assert config.images.recommended_image().image_class == "weekly"
+
+
+def test_models_are_frozen() -> None:
+    config = load_config(None, environ={})
+    with pytest.raises(ValidationError, match="frozen"):
+        config.log_level = "debug"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        config.timeouts.spawn = 1  # type: ignore[misc]
+
+
+# Environment overrides
+
+
+def test_env_overrides_file() -> None:
+    environ = {
+        "LABD_DATABASE_URL": "sqlite+aiosqlite:////var/lib/labd/labd.db",
+        "LABD_KUBERNETES__KUBECONFIG": "/run/kubeconfig",
+        "LABD_TIMEOUTS__SPAWN": "120",
+        "labd_log_level": "warning",
+        "LABD_SIZES__LARGE__LIMITS__MEMORY": "64Gi",
+        "UNRELATED": "ignored",
+    }
+    config = load_config(DATA / "full.yaml", environ=environ)
+    assert config.database_url == "sqlite+aiosqlite:////var/lib/labd/labd.db"
+    assert config.kubernetes.kubeconfig == Path("/run/kubeconfig")
+    assert config.kubernetes.context == "lab-cluster"  # sibling kept from the file
+    assert config.timeouts.spawn == 120
+    assert config.timeouts.delete == 120  # from the file
+    assert config.log_level == "warning"
+    assert config.sizes["large"].limits.memory == 64 * GiB
+    assert config.sizes["large"].requests.memory == 8 * GiB
+
+
+def test_env_json_value() -> None:
+    environ = {
+        "LABD_LAB__ENV": '{"EXTERNAL_URL": "https://x.example"}',
+        "LABD_IMAGES": (
+            '{"recommended": "r1", "available": [{"reference": "registry.example/lab:r1"}]}'
+        ),
+    }
+    config = load_config(None, environ=environ)
+    assert config.lab.env == {"EXTERNAL_URL": "https://x.example"}
+    assert config.images.recommended_image().image_class == "release"
+
+
+def test_env_defaults_to_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABD_RECONCILE_INTERVAL", "42")
+    assert load_config(None).reconcile_interval == 42
+    assert Config().reconcile_interval == 42
+
+
+def test_env_errors_name_the_variable() -> None:
+    environ = {"LABD_TIMEOUTS__SPAWN": "soon", "LABD_TIMEOUTS__SPWAN": "1"}
+    assert problems_of(None, environ) == [
+        "LABD_TIMEOUTS__SPAWN (timeouts.spawn): "
+        "Input should be a valid number, unable to parse string as a number",
+        "LABD_TIMEOUTS__SPWAN (timeouts.spwan): unknown key (check the spelling)",
+    ]
+
+
+def test_env_error_in_cross_field_check() -> None:
+    environ = {"LABD_SIZES__TINY__LIMITS__CPU": "0.05"}
+    assert problems_of(DATA / "full.yaml", environ) == [
+        "LABD_SIZES__TINY__LIMITS__CPU (sizes.tiny): requests.cpu 0.1 exceeds limits.cpu 0.05"
+    ]
+
+
+def test_env_entry_replaces_default_sizes() -> None:
+    environ = {"LABD_SIZES__SMALL__LIMITS__CPU": "0.1"}
+    assert problems_of(None, environ) == [
+        "LABD_SIZES__SMALL__LIMITS__CPU (sizes.small.limits.memory): required key is missing",
+        "LABD_SIZES__SMALL__LIMITS__CPU (sizes.small.requests): required key is missing",
+    ]
+
+
+def test_env_bad_json() -> None:
+    (line,) = problems_of(None, {"LABD_SIZES": "{small"})
+    assert line.startswith("LABD_SIZES (sizes): not valid JSON (")
+
+
+def test_env_bad_database_url_hides_password() -> None:
+    environ = {"LABD_DATABASE_URL": "mysql+aiomysql://labd:hunter2@db/labd"}
+    (line,) = problems_of(None, environ)
+    assert line == (
+        "LABD_DATABASE_URL (database_url): unsupported database driver 'mysql+aiomysql'; "
+        "use sqlite+aiosqlite or postgresql+asyncpg"
+    )
+
+
+# Invalid files, one precise message each
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("size_without_limits", ["sizes.small.limits: required key is missing"]),
+        (
+            "wrong_types",
+            [
+                "max_body_size: Input should be a valid integer, unable to parse string as an "
+                "integer",
+                "kubernetes.in_cluster: Input should be a valid boolean, unable to interpret "
+                "input",
+                "lab.uid: 0 is root; labs run as a non-root user",
+                "lab.port: Input should be a valid integer",
+                "lab.env: invalid environment variable name(s): 'bad-name'",
+                "log_level: Input should be 'debug', 'info', 'warning' or 'error'",
+            ],
+        ),
+        (
+            "requests_exceed_limits",
+            [
+                "sizes.small: requests.cpu 2.0 exceeds limits.cpu 1.0",
+                "sizes.medium: requests.memory 8 GiB exceeds limits.memory 4 GiB",
+            ],
+        ),
+        (
+            "unknown_default_size",
+            ["default_size: unknown size 'huge' (configured: large, medium, small)"],
+        ),
+        (
+            "unknown_recommended",
+            [
+                "images.recommended: 'w_2026_48' is not among the available images "
+                "(registry.example/lab:w_2026_47, registry.example/lab:w_2026_46)"
+            ],
+        ),
+        (
+            "bad_references",
+            [
+                "images.available[1].reference: 'registry.example/Lab:w_2026_47' has a "
+                "malformed repository name 'registry.example/Lab' (the repository must be "
+                "lowercase)",
+                "images.available[2].reference: 'foo' has neither tag nor digest",
+                "images.available[3].reference: 'registry.example/lab@sha256:abc' has a "
+                "malformed digest 'sha256:abc' (expected 'sha256:' and 64 lowercase hex digits)",
+                "images.available[4].reference: 'registry.example/lab:.hidden' has a malformed "
+                "tag '.hidden' (letters, digits, '_', '.' and '-', at most 128, not starting "
+                "with '.' or '-')",
+                "images.available[5].reference: 'registry.example//lab:1' has a malformed "
+                "repository name 'registry.example//lab'",
+                "images.available[6].reference: 'registry.example/lab:w 1' contains whitespace",
+            ],
+        ),
+        (
+            "typo",
+            [
+                "timeouts.spwan: unknown key (check the spelling)",
+                "namspace_prefix: unknown key (check the spelling)",
+            ],
+        ),
+        (
+            "bad_quantity",
+            [
+                "sizes.small.limits.memory: invalid quantity '4GB': unknown suffix 'GB' (use Ki, "
+                "Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, m, or an exponent like 1e3)",
+                "sizes.small.requests.cpu: invalid quantity 'lots': does not start with a number",
+            ],
+        ),
+        (
+            "bad_database_driver",
+            [
+                "database_url: driver 'postgresql' is not async; use 'postgresql+asyncpg' "
+                "(postgresql+asyncpg://...)"
+            ],
+        ),
+        (
+            "bad_bind_address",
+            ["bind_address: '127.0.0.1:70000': port 70000 is out of range (0-65535)"],
+        ),
+    ],
+)
+def test_bad_file(name: str, expected: list[str]) -> None:
+    assert problems_of(DATA / f"{name}.yaml") == expected
+
+
+def test_bad_database_url_never_shows_password() -> None:
+    (line,) = problems_of(DATA / "bad_database_driver.yaml")
+    assert "hunter2" not in line
+    (line,) = problems_of(None, {"LABD_DATABASE_URL": "postgresql+asyncpg://u:hunter2@h:port/x"})
+    assert "hunter2" not in line
+    assert line.endswith("not a valid SQLAlchemy URL (driver://user:pass@host/db)")
+
+
+def test_yaml_syntax_error() -> None:
+    path = DATA / "syntax_error.yaml"
+    assert problems_of(path) == [
+        f"{path}: YAML syntax error: line 4, column 1: expected ',' or '}}', but got "
+        "'<scalar>' (while parsing a flow mapping started on line 3)"
+    ]
+
+
+def test_not_a_mapping() -> None:
+    path = DATA / "not_a_mapping.yaml"
+    assert problems_of(path) == [
+        f"{path}: the top level must be a mapping of keys to values, not a list"
+    ]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+    assert problems_of(path) == [f"{path}: no such file"]
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert problems_of(tmp_path) == [f"{tmp_path}: is a directory, not a file"]
+
+
+def test_duplicate_yaml_key(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("log_level: info\nlog_level: debug\n")
+    assert problems_of(path) == [
+        f"{path}: YAML syntax error: line 2, column 1: duplicate key 'log_level' "
+        "(first defined on line 1)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("bind_address: localhost", "bind_address: 'localhost' is not host:port"),
+        (
+            "bind_address: '::1:8080'",
+            "bind_address: '::1:8080': put an IPv6 address in brackets, as in [::1]:8080",
+        ),
+        ("bind_address: '[::g]:80'", "bind_address: '[::g]:80': invalid IPv6 address '::g'"),
+        (
+            "bind_address: '300.1.1.1:80'",
+            "bind_address: '300.1.1.1:80': invalid IPv4 address '300.1.1.1'",
+        ),
+        ("bind_address: 'host:http'", "bind_address: 'host:http': port 'http' is not a number"),
+        ("path_prefix: labd", "path_prefix: 'labd' must start with '/'"),
+        (
+            "path_prefix: /labd/",
+            "path_prefix: '/labd/' must not end with '/' (use '' for no prefix)",
+        ),
+        ("max_body_size: 0", "max_body_size: Input should be greater than 0"),
+        (
+            "namespace_prefix: Labs",
+            "namespace_prefix: 'Labs' is not a DNS label (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit)",
+        ),
+        (
+            f"namespace_prefix: {'a' * 41}",
+            f"namespace_prefix: '{'a' * 41}' is longer than 40 characters",
+        ),
+        (
+            "kubernetes: {in_cluster: true, kubeconfig: /k}",
+            "kubernetes.in_cluster: in_cluster cannot be combined with kubeconfig",
+        ),
+        (
+            "kubernetes: {request_timeout: 0}",
+            "kubernetes.request_timeout: Input should be greater than 0",
+        ),
+        (
+            "lab: {internal_url_template: 'http://{host}:{port}'}",
+            "lab.internal_url_template: unknown placeholder(s) {host} (allowed: {namespace}, "
+            "{port}, {service_prefix})",
+        ),
+        (
+            "lab: {internal_url_template: 'http://lab.{namespace'}",
+            "lab.internal_url_template: malformed template: expected '}' before end of string",
+        ),
+        (
+            "lab: {volumes: [{name: home, mount_path: home, storage: 1Gi}]}",
+            "lab.volumes[0].mount_path: 'home' is not an absolute path",
+        ),
+        (
+            "lab: {volumes: [{name: a, mount_path: /a, storage: 1Gi},"
+            " {name: a, mount_path: /b, storage: 1Gi}]}",
+            "lab.volumes: two volumes have name 'a'",
+        ),
+        (
+            "lab: {pull_policy: always}",
+            "lab.pull_policy: Input should be 'Always', 'IfNotPresent' or 'Never'",
+        ),
+        ("lab: {uid: -5}", "lab.uid: -5 is negative"),
+        ("sizes: {}", "sizes: Dictionary should have at least 1 item after validation, not 0"),
+        (
+            "sizes: {small: {limits: {cpu: 1, memory: 1Gi}, requests: {cpu: 1, memory: 1Gi}},"
+            " Small: {limits: {cpu: 1, memory: 1Gi}, requests: {cpu: 1, memory: 1Gi}}}",
+            "sizes: size 'Small' is defined twice (names are case-insensitive)",
+        ),
+        (
+            "sizes: {small: {limits: {cpu: 0, memory: 1Gi}, requests: {cpu: 0, memory: 1Gi}}}"
+            "\ndefault_size: small",
+            "sizes.small.limits.cpu: Input should be greater than 0",
+        ),
+        ("timeouts: {spawn: -1}", "timeouts.spawn: Input should be greater than 0"),
+        ("retry: {initial: 10, maximum: 5}", "retry.maximum: 5 is less than retry.initial 10"),
+        (
+            "images: {class_patterns: {weekly: '(' }, available: [{reference: 'a:b'}],"
+            " recommended: b}",
+            "images.class_patterns: weekly: invalid regular expression '(': missing ), "
+            "unterminated subpattern at position 0",
+        ),
+        (
+            "images: {available: [{reference: 'a:b'}]}",
+            "images.recommended: required key is missing",
+        ),
+        (
+            "images: {available: [{reference: 'a/x:1'}, {reference: 'b/x:1'}], recommended: '1'}",
+            "images.recommended: '1' is ambiguous: it matches a/x:1, b/x:1",
+        ),
+        ("log_format: text", "log_format: Input should be 'auto', 'json' or 'console'"),
+    ],
+)
+def test_bad_value(tmp_path: Path, yaml_text: str, expected: str) -> None:
+    path = tmp_path / "labd.yaml"
+    path.write_text(yaml_text + "\n")
+    assert problems_of(path)[0] == expected
+
+
+# Pieces of the public API
+
+
+def test_bind_address_forms() -> None:
+    config = load_config(None, environ={"LABD_BIND_ADDRESS": "[::]:0"})
+    assert (config.bind_host, config.bind_port) == ("::", 0)
+    config = load_config(None, environ={"LABD_BIND_ADDRESS": "lab-controller.internal:443"})
+    assert (config.bind_host, config.bind_port) == ("lab-controller.internal", 443)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("4Gi", 4 * 2**30),
+        ("512Mi", 512 * 2**20),
+        ("1Ki", 1024),
+        ("1G", 1e9),
+        ("1.5k", 1500),
+        ("500m", 0.5),
+        ("1e3", 1000),
+        ("2E", 2e18),
+        ("2E2", 200),
+        (".5", 0.5),
+        ("3", 3),
+        (2, 2),
+        (0.25, 0.25),
+        (" 1Ti ", 2**40),
+    ],
+)
+def test_parse_quantity(text: str | int | float, value: float) -> None:
+    assert parse_quantity(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "invalid quantity '': empty"),
+        ("Gi", "invalid quantity 'Gi': does not start with a number"),
+        ("4gi", "invalid quantity '4gi': unknown suffix 'gi'"),
+        ("1e", "invalid quantity '1e': unknown suffix 'e'"),
+        ("1e999", "invalid quantity '1e999': not a finite number"),
+    ],
+)
+def test_parse_quantity_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_quantity(text)
+
+
+def test_parse_quantity_rejects_bool() -> None:
+    with pytest.raises(ValueError, match="expected a number"):
+        parse_quantity(True)
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1 KiB"), (1536 * 2**20, "1.5 GiB"), (4 * GiB, "4 GiB")],
+)
+def test_format_bytes(size: int, text: str) -> None:
+    assert format_bytes(size) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "registry", "repository", "tag", "digest"),
+    [
+        ("lab:w_2026_47", None, "lab", "w_2026_47", None),
+        ("library/ubuntu:24.04", None, "library/ubuntu", "24.04", None),
+        ("ghcr.io/labd/sciplat-lab:w_2026_47", "ghcr.io", "labd/sciplat-lab", "w_2026_47", None),
+        (
+            f"registry.example/lab:w_2026_47@{DIGEST_A}",
+            "registry.example",
+            "lab",
+            "w_2026_47",
+            DIGEST_A,
+        ),
+        (f"localhost/lab@{DIGEST_A}", "localhost", "lab", None, DIGEST_A),
+        (
+            "registry.example:5000/a/b__c.d-e:T_1",
+            "registry.example:5000",
+            "a/b__c.d-e",
+            "T_1",
+            None,
+        ),
+        ("[fd00::1]:5000/lab:1", "[fd00::1]:5000", "lab", "1", None),
+    ],
+)
+def test_image_reference_parse(
+    text: str, registry: str | None, repository: str, tag: str | None, digest: str | None
+) -> None:
+    ref = ImageReference.parse(text)
+    assert ref == ImageReference(registry, repository, tag, digest)
+    assert str(ref) == text
+    assert ref.base == (f"{registry}/{repository}" if registry else repository)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "image reference is empty"),
+        ("registry.example:5000/lab", "has neither tag nor digest"),
+        ("Ubuntu:1", "malformed repository name 'Ubuntu' (the repository must be lowercase)"),
+        ("lab:" + "x" * 129, "has a malformed tag"),
+        ("lab@sha512:abc", "has a malformed digest 'sha512:abc'"),
+        ("-lab:1", "malformed repository name '-lab'"),
+        ("lab/:1", "malformed repository name 'lab/'"),
+        ("a" * 256 + ":1", "has a name longer than 255 characters"),
+    ],
+)
+def test_image_reference_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ImageReference.parse(text)
+
+
+def test_recommended_by_reference_without_digest() -> None:
+    images = ImagesConfig(
+        available=[ImageConfig(reference=f"registry.example/lab:w_2026_47@{DIGEST_A}")],
+        recommended="registry.example/lab:w_2026_47",
+    )
+    assert images.recommended_image() is images.available[0]
+
+
+def test_models_validate_directly() -> None:
+    with pytest.raises(ValidationError, match=r"requests\.cpu 2\.0 exceeds limits\.cpu 1\.0"):
+        SizeConfig.model_validate(
+            {"limits": {"cpu": 1, "memory": "1Gi"}, "requests": {"cpu": 2, "memory": "1Gi"}}
+        )
+    assert LabConfig(env={"A_1": "x"}).env == {"A_1": "x"}
+
+
+def test_every_key_is_documented() -> None:
+    docs = DOCS.read_text()
+
+    def keys(model: type[object], prefix: str) -> list[str]:
+        fields = getattr(model, "model_fields", {})
+        found = []
+        for name, field in fields.items():
+            found.append(prefix + name)
+            annotation = field.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                found.extend(keys(annotation, f"{prefix}{name}."))
+        return found
+
+    missing = [key for key in keys(Config, "") if f"`{key}`" not in docs]
+    assert missing == []
+
+
+# The check-config command
+
+
+def test_check_config_ok() -> None:
+    result = CliRunner().invoke(main, ["check-config", str(DATA / "full.yaml")], env={})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Configuration OK" in out
+    assert "postgresql+asyncpg://labd:***@db.example:5432/labd" in out
+    assert "s3cret" not in out
+    assert "[::1]:9090" in out
+    assert "kubeconfig /etc/labd/kubeconfig, context lab-cluster" in out
+    assert "nb-<user>" in out
+    assert re.search(r"tiny\s+0\.1 / 0\.5\s+256 MiB / 1 GiB\s+For reading notebooks", out)
+    assert re.search(r"\*\s+registry\.example/lab:w_2026_47@sha256:\S+\s+weekly", out)
+    assert "spawn 900 s, delete 120 s" in out
+    assert "every 60 s" in out
+
+
+def test_check_config_problems() -> None:
+    result = CliRunner().invoke(check_config, [str(DATA / "requests_exceed_limits.yaml")])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "sizes.small: requests.cpu 2.0 exceeds limits.cpu 1.0",
+        "sizes.medium: requests.memory 8 GiB exceeds limits.memory 4 GiB",
+    ]
+
+
+def test_check_config_env_applies() -> None:
+    result = CliRunner().invoke(
+        check_config, [str(EXAMPLE)], env={"LABD_DATABASE_URL": "sqlite:///x.db"}
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "LABD_DATABASE_URL (database_url): driver 'sqlite' is not async; use "
+        "'sqlite+aiosqlite' (sqlite+aiosqlite://...)\n"
+    )
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(check_config, [str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 1
+    assert result.stderr == f"{tmp_path / 'nope.yaml'}: no such file\n"
+
+
+def test_check_config_usage_error() -> None:
+    result = CliRunner().invoke(check_config, [])
+    assert result.exit_code == 2
+    assert "Missing argument 'FILE'" in result.stderr
