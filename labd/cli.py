@@ -10,6 +10,7 @@ import click
 
 from labd import __version__
 from labd.config_command import check_config
+from labd.migrate import migrate
 
 __all__ = ["main"]
 
@@ -21,3 +22,4 @@ def main() -> None:
 
 
 main.add_command(check_config)
+main.add_command(migrate)
