@@ -1,0 +1,230 @@
+"""`SimCluster`: the simulated cluster as one async context manager.
+
+It composes the pieces the way a real control plane is composed: the API
+server (the registry behind Starlette, served by uvicorn on 127.0.0.1), the
+namespace controller (in process, like kube-controller-manager's), and the
+kubelet stand-in, which reaches the API server over HTTP like any client.
+Tests, benchmarks, ``labd sim`` and ``labd dev`` all start it through this
+class, so they all exercise the same thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Generator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from kubernetes_asyncio.client import Configuration
+
+from labd.sim.apiserver import ApiServer
+from labd.sim.control import control_routes
+from labd.sim.faults import Faults, Stats
+from labd.sim.kinds import resource_named
+from labd.sim.kubeconfig import write_kubeconfig
+from labd.sim.kubelet import Kubelet
+from labd.sim.namespaces import NamespaceController
+from labd.sim.outcomes import Rules
+from labd.sim.registry import Obj, Registry
+from labd.sim.tasks import cancel_and_wait, spawn
+
+__all__ = ["SimCluster"]
+
+#: Namespaces every cluster starts with.
+_INITIAL_NAMESPACES = ("default", "kube-system")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its host process."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class SimCluster:
+    """A simulated Kubernetes cluster served over HTTP on 127.0.0.1.
+
+    Parameters
+    ----------
+    port
+        TCP port; 0 picks a free one (see `url`).
+    token
+        Bearer token clients must send; None makes one up. Pass ``""`` to
+        accept unauthenticated requests.
+    pod_start_delay
+        Seconds a pod takes from binding to Running.
+    pod_stop_delay
+        Seconds a pod's containers take to stop after its deletion (capped
+        by its grace period).
+    namespace_sa_delay
+        Seconds before a new namespace gets its ``default`` ServiceAccount
+        (pods are refused until then).
+    kubelet
+        Run the kubelet stand-in; False serves the API alone, so tests can
+        drive pod status themselves.
+    default_outcome
+        Outcome of pods without annotation or matching rule.
+    watch_window
+        Changes kept for watches to resume from; older versions get 410.
+    bookmark_interval
+        Seconds between BOOKMARK events on watches that asked for them.
+    watch_timeout
+        Seconds a watch without ``timeoutSeconds`` stays open.
+    seed
+        Seed for fault rates, for repeatable runs.
+    service_account_admission
+        Refuse pods whose service account does not exist, as Kubernetes does.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        token: str | None = None,
+        pod_start_delay: float = 1.0,
+        pod_stop_delay: float = 0.0,
+        namespace_sa_delay: float = 0.0,
+        kubelet: bool = True,
+        default_outcome: str = "run",
+        watch_window: int = 10_000,
+        bookmark_interval: float = 60.0,
+        watch_timeout: float = 1800.0,
+        seed: int | None = None,
+        service_account_admission: bool = True,
+    ) -> None:
+        self.registry = Registry(
+            window=watch_window, service_account_admission=service_account_admission
+        )
+        """The object store (for assertions; prefer `objects`)."""
+        self.faults = Faults(seed=seed)
+        """Faults injected into client requests."""
+        self.stats = Stats()
+        """Request counts by verb and resource."""
+        self.rules = Rules(default=default_outcome)
+        """The kubelet's outcome rules."""
+        self.token: str | None = secrets.token_urlsafe(24) if token is None else token or None
+        """The bearer token, or None when none is checked."""
+        self.api = ApiServer(
+            self.registry,
+            faults=self.faults,
+            stats=self.stats,
+            token=self.token,
+            bookmark_interval=bookmark_interval,
+            watch_timeout=watch_timeout,
+        )
+        self.api.app.router.routes.append(
+            control_routes(
+                faults=self.faults,
+                rules=self.rules,
+                stats=self.stats,
+                registry=self.registry,
+                authorize=self.api.authorize,
+            )
+        )
+        self._port = port
+        self._run_kubelet = kubelet
+        self._pod_start_delay = pod_start_delay
+        self._pod_stop_delay = pod_stop_delay
+        self._namespace_sa_delay = namespace_sa_delay
+        self._server: _EmbeddedServer | None = None
+        self._server_task: asyncio.Task[Any] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._url = ""
+
+    @property
+    def url(self) -> str:
+        """The API server URL, e.g. ``http://127.0.0.1:41234`` (once started)."""
+        if not self._url:
+            raise RuntimeError("the simulated cluster is not started")
+        return self._url
+
+    def configuration(self) -> Configuration:
+        """Return a kubernetes-asyncio `Configuration` for this cluster."""
+        configuration = Configuration(host=self.url)
+        if self.token:
+            configuration.api_key = {"BearerToken": f"Bearer {self.token}"}
+        return configuration
+
+    def write_kubeconfig(self, path: Path | str) -> Path:
+        """Write a kubeconfig for this cluster to ``path`` and return the path."""
+        return write_kubeconfig(path, self.url, self.token)
+
+    def objects(self, resource: str, namespace: str | None = None) -> list[Obj]:
+        """Return the stored objects of a resource, for assertions.
+
+        Parameters
+        ----------
+        resource
+            Plural resource name, e.g. ``"pods"``.
+        namespace
+            Only this namespace; None for all.
+        """
+        return [
+            obj
+            for obj in self.registry.objects(resource_named(resource))
+            if namespace is None or obj["metadata"].get("namespace") == namespace
+        ]
+
+    async def start(self) -> None:
+        """Start the API server, the namespace controller and (optionally) the kubelet."""
+        config = uvicorn.Config(
+            self.api.app,
+            host="127.0.0.1",
+            port=self._port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = _EmbeddedServer(config)
+        self._server_task = spawn(self._server.serve(), name="sim-apiserver")
+        while not self._server.started:
+            if self._server_task.done():
+                await self._server_task
+                raise RuntimeError("the simulated API server stopped while starting")
+            await asyncio.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._url = f"http://127.0.0.1:{port}"
+        controller = NamespaceController(
+            self.registry, service_account_delay=self._namespace_sa_delay
+        )
+        self._tasks.append(spawn(controller.run(), name="sim-namespace-controller"))
+        namespaces = resource_named("namespaces")
+        for name in _INITIAL_NAMESPACES:
+            if self.registry.find(namespaces, "", name) is None:
+                self.registry.create(namespaces, "", {"metadata": {"name": name}})
+        if self._run_kubelet:
+            kubelet = Kubelet(
+                self.configuration(),
+                rules=self.rules,
+                start_delay=self._pod_start_delay,
+                stop_delay=self._pod_stop_delay,
+            )
+            self._tasks.append(spawn(kubelet.run(), name="sim-kubelet"))
+
+    async def stop(self) -> None:
+        """Stop everything; open watch streams end."""
+        await cancel_and_wait(self._tasks)
+        self._tasks = []
+        self.api.close_watches()
+        if self._server is not None and self._server_task is not None:
+            self._server.should_exit = True
+            await asyncio.gather(self._server_task, return_exceptions=True)
+        self._server = self._server_task = None
+
+    async def __aenter__(self) -> SimCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
