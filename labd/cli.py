@@ -11,6 +11,7 @@ import click
 from labd import __version__
 from labd.config_command import check_config
 from labd.migrate import migrate
+from labd.sim.command import sim
 
 __all__ = ["main"]
 
@@ -23,3 +24,4 @@ def main() -> None:
 
 main.add_command(check_config)
 main.add_command(migrate)
+main.add_command(sim)

@@ -716,7 +716,8 @@ class Registry:
             if self._log:
                 skip = max(0, start - self._log[0].version + 1)
                 for change in itertools.islice(self._log, skip, None):
-                    watcher.offer(change)
+                    if change.resource is resource:
+                        watcher.offer(change)
         self._watchers[resource].add(watcher)
         return watcher
 
