@@ -68,9 +68,7 @@ def _parse_rule(text: str) -> tuple[str, str, str]:
     multiple=True,
     help="Error fault VERB:RESOURCE:RATE[:STATUS], e.g. 'create:pods:0.2:500'.",
 )
-@click.option(
-    "--latency", "latencies", multiple=True, help="Latency fault VERB:RESOURCE:SECONDS."
-)
+@click.option("--latency", "latencies", multiple=True, help="Latency fault VERB:RESOURCE:SECONDS.")
 @click.option("--drop-watch-after", type=int, help="Close watch streams after N events.")
 @click.option("--drop-watch-rate", default=0.0, help="Chance per event to close a watch stream.")
 @click.option("--silent-watches", is_flag=True, help="Watch streams stay open but send nothing.")

@@ -208,7 +208,18 @@ class Kubelet:
                 "capacity": {"cpu": "64", "memory": "256Gi", "pods": "5000"},
                 "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "5000"},
                 "conditions": [_condition("Ready", True, "KubeletReady", "kubelet is ready")],
-                "nodeInfo": {"kubeletVersion": "v1.31.0-labd-sim", "architecture": "amd64"},
+                "nodeInfo": {
+                    "architecture": "amd64",
+                    "bootID": secrets.token_hex(16),
+                    "containerRuntimeVersion": "containerd://1.7.0",
+                    "kernelVersion": "6.1.0",
+                    "kubeProxyVersion": "v1.31.0-labd-sim",
+                    "kubeletVersion": "v1.31.0-labd-sim",
+                    "machineID": secrets.token_hex(16),
+                    "operatingSystem": "linux",
+                    "osImage": "labd simulated node",
+                    "systemUUID": secrets.token_hex(16),
+                },
             },
         }
         try:

@@ -1,0 +1,249 @@
+"""The kubelet stand-in: binding, status, events and every outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from kubernetes_asyncio.client import CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from labd.sim import SimCluster
+from tests.sim.waiting import eventually, manifest, pod, raw, status_of
+
+
+async def _phase(core: CoreV1Api, namespace: str, name: str) -> str:
+    return str((await core.read_namespaced_pod(name, namespace)).status.phase)
+
+
+async def _wait_phase(core: CoreV1Api, namespace: str, name: str, phase: str) -> Any:
+    async def reached() -> bool:
+        return await _phase(core, namespace, name) == phase
+
+    await eventually(reached)
+    return await core.read_namespaced_pod(name, namespace)
+
+
+async def _events(core: CoreV1Api, namespace: str, name: str) -> list[Any]:
+    listing = await core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return sorted(listing.items, key=lambda e: int(e.metadata.resource_version))
+
+
+async def _gone(core: CoreV1Api, namespace: str, name: str) -> bool:
+    try:
+        await core.read_namespaced_pod(name, namespace)
+    except ApiException as error:
+        return bool(error.status == 404)
+    return False
+
+
+async def test_pod_runs_with_realistic_status_and_events(core: CoreV1Api, namespace: str) -> None:
+    created = await core.create_namespaced_pod(namespace, pod("nb"))
+    assert created.status.phase == "Pending"
+    running = await _wait_phase(core, namespace, "nb", "Running")
+    status = running.status
+    assert running.spec.node_name == "sim-node"
+    assert status.pod_ip.startswith("10.244.")
+    assert status.host_ip == "10.0.0.10"
+    assert status.start_time is not None
+    conditions = {c.type: c.status for c in status.conditions}
+    assert (conditions["Ready"], conditions["PodScheduled"]) == ("True", "True")
+    (container,) = status.container_statuses
+    assert container.name == "notebook"
+    assert container.ready
+    assert container.state.running.started_at is not None
+    events = await _events(core, namespace, "nb")
+    assert [e.reason for e in events] == ["Scheduled", "Pulling", "Pulled", "Created", "Started"]
+    assert events[0].message == f"Successfully assigned {namespace}/nb to sim-node"
+    assert events[0].source.component == "default-scheduler"
+    assert events[1].message == 'Pulling image "jupyter/lab:4.1"'
+    assert events[4].message == "Started container notebook"
+    involved = events[4].involved_object
+    assert (involved.kind, involved.name, involved.uid) == ("Pod", "nb", created.metadata.uid)
+    assert involved.field_path == "spec.containers{notebook}"
+    node = await core.read_node("sim-node")
+    assert node.status.conditions[0].type == "Ready"
+
+
+@pytest.mark.sim(pod_start_delay=0.4)
+async def test_start_delay_is_honoured(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb"))
+
+    async def bound() -> bool:
+        return bool((await core.read_namespaced_pod("nb", namespace)).spec.node_name)
+
+    await eventually(bound)
+    assert await _phase(core, namespace, "nb") == "Pending"
+    creating = await core.read_namespaced_pod("nb", namespace)
+    assert creating.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+    await _wait_phase(core, namespace, "nb", "Running")
+
+
+@pytest.mark.sim(pod_start_delay=0)
+async def test_zero_delay(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb"))
+    await _wait_phase(core, namespace, "nb", "Running")
+
+
+async def test_image_pull_back_off(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb", outcome="pending:ImagePullBackOff"))
+
+    async def backing_off() -> bool:
+        current = await core.read_namespaced_pod("nb", namespace)
+        statuses = current.status.container_statuses or []
+        return bool(statuses) and statuses[0].state.waiting.reason == "ImagePullBackOff"
+
+    await eventually(backing_off)
+    assert await _phase(core, namespace, "nb") == "Pending"
+    events = await _events(core, namespace, "nb")
+    reasons = [(e.reason, e.type) for e in events]
+    assert ("Failed", "Warning") in reasons
+    assert ("BackOff", "Normal") in reasons
+    messages = [e.message for e in events]
+    assert 'Back-off pulling image "jupyter/lab:4.1"' in messages
+    assert "Error: ImagePullBackOff" in messages
+
+
+async def test_unschedulable(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb", outcome="pending:Unschedulable"))
+
+    async def reported() -> bool:
+        return [e.reason for e in await _events(core, namespace, "nb")] == ["FailedScheduling"]
+
+    await eventually(reported)
+    current = await core.read_namespaced_pod("nb", namespace)
+    assert not current.spec.node_name
+    assert current.status.conditions[0].reason == "Unschedulable"
+
+
+async def test_pending_with_another_reason(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb", outcome="pending:CreateContainerError"))
+
+    async def waiting() -> bool:
+        current = await core.read_namespaced_pod("nb", namespace)
+        statuses = current.status.container_statuses or []
+        return bool(statuses) and statuses[0].state.waiting.reason == "CreateContainerError"
+
+    await eventually(waiting)
+    assert "CreateContainerError" in [e.reason for e in await _events(core, namespace, "nb")]
+
+
+async def test_exit_succeeds_after_running(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb", outcome="exit:0.2"))
+    await _wait_phase(core, namespace, "nb", "Running")
+    done = await _wait_phase(core, namespace, "nb", "Succeeded")
+    terminated = done.status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.reason) == (0, "Completed")
+
+
+@pytest.mark.parametrize(("reason", "code"), [("OOMKilled", 137), ("Error", 1)])
+async def test_crash(core: CoreV1Api, namespace: str, reason: str, code: int) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb", outcome=f"crash:{reason}"))
+    failed = await _wait_phase(core, namespace, "nb", "Failed")
+    terminated = failed.status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.reason) == (code, reason)
+
+
+async def test_vanish(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb", outcome="vanish:0.2"))
+    await _wait_phase(core, namespace, "nb", "Running")
+
+    async def vanished() -> bool:
+        return await _gone(core, namespace, "nb")
+
+    await eventually(vanished)
+
+
+async def test_rules_beat_the_default_and_the_annotation_beats_rules(
+    sim: SimCluster, core: CoreV1Api, namespace: str
+) -> None:
+    sim.rules.add("crash:OOMKilled", namespace="lab-*", name="*-nb")
+    await core.create_namespaced_pod(namespace, pod("a-nb"))
+    await core.create_namespaced_pod(namespace, pod("b-nb", outcome="run"))
+    await core.create_namespaced_pod(namespace, pod("other"))
+    await _wait_phase(core, namespace, "a-nb", "Failed")
+    await _wait_phase(core, namespace, "b-nb", "Running")
+    await _wait_phase(core, namespace, "other", "Running")
+
+
+async def test_an_invalid_annotation_falls_back_to_the_rules(
+    core: CoreV1Api, namespace: str
+) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb", outcome="explode"))
+    await _wait_phase(core, namespace, "nb", "Running")
+
+
+@pytest.mark.sim(default_outcome="exit:0")
+async def test_default_outcome(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb"))
+    await _wait_phase(core, namespace, "nb", "Succeeded")
+
+
+@pytest.mark.sim(pod_stop_delay=0.3)
+async def test_graceful_deletion_is_finished_by_the_kubelet(
+    core: CoreV1Api, namespace: str
+) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb"))
+    await _wait_phase(core, namespace, "nb", "Running")
+    code, marked = await raw(core.delete_namespaced_pod("nb", namespace, _preload_content=False))
+    assert code == 200
+    assert marked["metadata"]["deletionTimestamp"]
+    assert marked["metadata"]["deletionGracePeriodSeconds"] == 30
+    still = await core.read_namespaced_pod("nb", namespace)
+    assert still.metadata.deletion_timestamp is not None
+
+    async def gone() -> bool:
+        return await _gone(core, namespace, "nb")
+
+    await eventually(gone)
+    assert "Killing" in [e.reason for e in await _events(core, namespace, "nb")]
+
+
+@pytest.mark.sim(pod_stop_delay=5)
+async def test_grace_period_caps_the_stop(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb"))
+    await _wait_phase(core, namespace, "nb", "Running")
+    await core.delete_namespaced_pod("nb", namespace, grace_period_seconds=1)
+
+    async def gone() -> bool:
+        return await _gone(core, namespace, "nb")
+
+    await eventually(gone, within=3)
+
+
+async def test_zero_grace_deletes_at_once(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb"))
+    await _wait_phase(core, namespace, "nb", "Running")
+    await core.delete_namespaced_pod("nb", namespace, grace_period_seconds=0)
+    assert await _gone(core, namespace, "nb")
+
+
+@pytest.mark.sim(kubelet=False)
+async def test_without_kubelet_pods_stay_pending_and_unbound_pods_delete_at_once(
+    core: CoreV1Api, namespace: str
+) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb"))
+    assert await _phase(core, namespace, "nb") == "Pending"
+    assert (await core.read_namespaced_pod("nb", namespace)).spec.node_name is None
+    await core.delete_namespaced_pod("nb", namespace)
+    assert await _gone(core, namespace, "nb")
+
+
+@pytest.mark.sim(kubelet=False)
+async def test_binding_subresource(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb"))
+    binding = manifest({"metadata": {"name": "nb"}, "target": {"kind": "Node", "name": "node-a"}})
+    code, body = await raw(
+        core.create_namespaced_pod_binding("nb", namespace, binding, _preload_content=False)
+    )
+    assert code == 201
+    assert body["status"] == "Success"
+    bound = await core.read_namespaced_pod("nb", namespace)
+    assert bound.spec.node_name == "node-a"
+    assert bound.status.conditions[0].type == "PodScheduled"
+    with pytest.raises(ApiException) as caught:
+        await core.create_namespaced_pod_binding("nb", namespace, binding)
+    assert caught.value.status == 409
+    assert "already assigned" in status_of(caught.value)["message"]

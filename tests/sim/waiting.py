@@ -1,0 +1,64 @@
+"""Waiting for the simulated cluster to reach a state, without fixed sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+__all__ = ["eventually", "manifest", "pod", "raw", "status_of"]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, within: float = 5.0, interval: float = 0.02
+) -> None:
+    """Wait until ``check()`` is true; fail the test after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition {check.__qualname__} not reached in {within}s")
+        await asyncio.sleep(interval)
+
+
+def pod(name: str, *, outcome: str | None = None, **labels: str) -> Any:
+    """Return a minimal pod manifest with one ``notebook`` container."""
+    metadata: dict[str, Any] = {"name": name, "labels": labels}
+    if outcome is not None:
+        metadata["annotations"] = {"sim.labd.io/outcome": outcome}
+    return {
+        "metadata": metadata,
+        "spec": {"containers": [{"name": "notebook", "image": "jupyter/lab:4.1"}]},
+    }
+
+
+def status_of(error: ApiException) -> dict[str, Any]:
+    """Decode the Kubernetes Status body of an error response."""
+    body: dict[str, Any] = json.loads(error.body or "{}")
+    return body
+
+
+def manifest(body: dict[str, Any]) -> Any:
+    """Pass a dict manifest where kubernetes-asyncio's stubs ask for a model.
+
+    The client serializes dicts and models alike (``sanitize_for_serialization``);
+    only its type stubs insist on models.
+    """
+    return body
+
+
+async def raw(call: Awaitable[object]) -> tuple[int, Any]:
+    """Await a call made with ``_preload_content=False``; return status and JSON body.
+
+    The stubs type such calls as returning models, but the client returns
+    the aiohttp response.
+    """
+    response = cast(aiohttp.ClientResponse, await call)
+    try:
+        return response.status, await response.json()
+    finally:
+        response.release()
