@@ -811,6 +811,14 @@ class RetryConfig(_Model):
     maximum: float = Field(
         default=60.0, gt=0, description="Longest retry delay, in seconds; at least `initial`."
     )
+    spawn_attempts: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Tries of a failing spawn step before the lab is marked failed"
+            " (deletes retry until their timeout)."
+        ),
+    )
 
     @field_validator("maximum")
     @classmethod

@@ -97,6 +97,11 @@ labs = Table(
     Column("namespace", String(63), nullable=False, comment="The lab's Kubernetes namespace"),
     Column("state", String(16), nullable=False, comment="State machine state"),
     Column("spec", _Json, nullable=False, comment="Options, image, size, resources, user, quota"),
+    Column(
+        "secret_env",
+        _Json,
+        comment="Secret environment values, kept only until the lab's Secret exists",
+    ),
     Column("internal_url", Text, comment="URL of the lab inside the cluster, once it exists"),
     Column("pod_phase", String(16), comment="Last pod phase seen in Kubernetes"),
     Column("last_error", Text, comment="Why the last operation failed"),

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from sqlalchemy import Row, func, insert, select, update
@@ -90,6 +90,7 @@ class LabChanges(TypedDict, total=False):
     """Columns that may change along with, or apart from, a transition."""
 
     spec: dict[str, Any]
+    secret_env: dict[str, str] | None
     internal_url: str | None
     pod_phase: str | None
     last_error: str | None
@@ -165,6 +166,9 @@ class LabRecord:
 
     spec: dict[str, Any]
     """What was asked: options, image, size, resources, user, quota."""
+
+    secret_env: dict[str, str] | None = field(repr=False)
+    """Secret environment values, kept only until the lab's Secret exists."""
 
     internal_url: str | None
     """URL of the lab inside the cluster, once its objects exist."""
@@ -359,6 +363,7 @@ class LabStore:
         changes: LabChanges | None = None,
         events: Sequence[NewEvent] = (),
         new_operation: bool = False,
+        final_events: Sequence[NewEvent] = (),
     ) -> LabRecord:
         """Apply ``trigger`` to a lab, atomically with its audit row.
 
@@ -380,6 +385,9 @@ class LabStore:
         new_operation
             Whether the transition starts a new operation (a delete, or a
             cleanup), whose events form a new stream.
+        final_events
+            Events that end the operation being replaced (e.g. "Operation
+            cancelled" when a delete interrupts a spawn).
 
         Returns
         -------
@@ -420,6 +428,7 @@ class LabStore:
                     values["deleted_at"] = now
                 if new_operation:
                     values["operation"] = current.operation + 1
+                await self._insert_events(conn, current, final_events)
                 statement = (
                     update(labs)
                     .where(labs.c.id == lab_id, labs.c.version == current.version)
@@ -489,6 +498,54 @@ class LabStore:
             current = await self._lock(conn, lab_id)
             return await self._insert_events(conn, current, events)
 
+    async def claim_due(
+        self, *, limit: int, lease: float, exclude: Collection[str] = ()
+    ) -> list[LabRecord]:
+        """Claim labs whose ``next_attempt_at`` has come, for one step each.
+
+        Claiming pushes ``next_attempt_at`` one lease into the future, so
+        another replica (or this one after a crash) retries the lab only if
+        the step neither finishes nor reschedules within the lease.  On
+        PostgreSQL, ``FOR UPDATE SKIP LOCKED`` lets replicas claim side by
+        side without waiting on each other's rows.
+
+        Parameters
+        ----------
+        limit
+            Claim at most this many labs.
+        lease
+            Seconds the claim holds.
+        exclude
+            Ids of labs this process is stepping already.
+        """
+        now = utcnow()
+        statement = (
+            select(labs)
+            .where(labs.c.next_attempt_at <= now)
+            .order_by(labs.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if exclude:
+            statement = statement.where(labs.c.id.not_in(list(exclude)))
+        async with self._db.write() as conn:
+            rows = (await conn.execute(statement)).all()
+            if not rows:
+                return []
+            ids = [row.id for row in rows]
+            await conn.execute(
+                update(labs)
+                .where(labs.c.id.in_(ids))
+                .values(next_attempt_at=now + timedelta(seconds=lease))
+            )
+        return [_lab(row) for row in rows]
+
+    async def next_due_time(self) -> datetime | None:
+        """Return the earliest ``next_attempt_at`` of any lab, if one is set."""
+        async with self._db.read() as conn:
+            value: datetime | None = await conn.scalar(select(func.min(labs.c.next_attempt_at)))
+        return value
+
     async def get_lab(self, lab_id: str) -> LabRecord:
         """Return one lab by id.
 
@@ -502,6 +559,13 @@ class LabStore:
         if row is None:
             raise LabNotFoundError(lab_id)
         return _lab(row)
+
+    async def find_lab(self, lab_id: str) -> LabRecord | None:
+        """Return one lab by id, or `None` if there is no such lab."""
+        try:
+            return await self.get_lab(lab_id)
+        except LabNotFoundError:
+            return None
 
     async def get_current_lab(self, username: str) -> LabRecord | None:
         """Return the user's current lab, or the one being deleted, if any.
@@ -686,6 +750,7 @@ def _lab(row: Row[Any]) -> LabRecord:
         namespace=m["namespace"],
         state=LabState(m["state"]),
         spec=m["spec"],
+        secret_env=m["secret_env"],
         internal_url=m["internal_url"],
         pod_phase=m["pod_phase"],
         last_error=m["last_error"],

@@ -49,6 +49,12 @@ def upgrade() -> None:
             comment="Options, image, size, resources, user, quota",
         ),
         sa.Column(
+            "secret_env",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=True,
+            comment="Secret environment values, kept only until the lab's Secret exists",
+        ),
+        sa.Column(
             "internal_url",
             sa.Text(),
             nullable=True,

@@ -1,0 +1,148 @@
+"""The composition root: builds labd's parts and runs them together.
+
+`Labd` is the one place where the database, the store, the service, the
+Kubernetes client, the watches, the scheduler and the reconciler are wired
+to each other.  ``labd serve``, ``labd dev``, the tests and the benchmarks
+all build labd through it, so they all run the same thing.
+
+Start-up order matters for readiness: the schema is checked first (labd
+refuses a database that is not at head), then the first reconcile runs, and
+only then do the scheduler and the watches start and labd reports ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from kubernetes_asyncio.client import ApiClient
+
+from labd import tasks
+from labd.config import Config
+from labd.database import Database
+from labd.images import ImageCatalog
+from labd.kube.client import create_api_client
+from labd.kube.storage import LabKube
+from labd.kube.watching import PodEventWatcher, PodWatcher
+from labd.migrate import check_schema
+from labd.reconciler import Reconciler, ReconcileReport
+from labd.scheduler import LabLocks, Scheduler
+from labd.service import LabService
+from labd.signals import LabSignals
+from labd.store import LabStore
+
+__all__ = ["Labd"]
+
+_logger = structlog.get_logger()
+
+_STOP_GRACE = 10.0
+"""Seconds in-flight steps get to finish on shutdown before they are cancelled."""
+
+
+class Labd:
+    """All of labd's parts, wired together.
+
+    Build with `Labd.create`; then `start` and, at the end, `stop`.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        database: Database,
+        api_client: ApiClient,
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.api_client = api_client
+        self.store = LabStore(database)
+        self.signals = LabSignals()
+        self.images = ImageCatalog(config.images)
+        self.service = LabService(
+            config=config, store=self.store, signals=self.signals, images=self.images
+        )
+        self.locks = LabLocks()
+        self.kube = LabKube(api_client, config)
+        self.scheduler = Scheduler(
+            config=config,
+            store=self.store,
+            signals=self.signals,
+            kube=self.kube,
+            locks=self.locks,
+        )
+        self.reconciler = Reconciler(
+            config=config,
+            store=self.store,
+            kube=self.kube,
+            scheduler=self.scheduler,
+            locks=self.locks,
+            signals=self.signals,
+        )
+        self.pod_watcher = PodWatcher(api_client, config)
+        self.event_watcher = PodEventWatcher(api_client, config)
+        self.last_reconcile: ReconcileReport | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._not_ready = "starting"
+
+    @classmethod
+    async def create(cls, config: Config) -> Labd:
+        """Connect to the database and Kubernetes; refuse a stale schema.
+
+        Raises
+        ------
+        SchemaError
+            If the database is not at the head revision.
+        """
+        database = Database(config.database_url)
+        try:
+            await check_schema(database)
+            api_client = await create_api_client(config.kubernetes)
+        except BaseException:
+            await database.dispose()
+            raise
+        return cls(config=config, database=database, api_client=api_client)
+
+    async def start(self) -> None:
+        """Reconcile once, then start the scheduler, the watches and the timer."""
+        self.last_reconcile = await self.reconciler.reconcile()
+        self._tasks = [
+            tasks.spawn(self.scheduler.run(), name="scheduler"),
+            tasks.spawn(self.scheduler.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
+            tasks.spawn(
+                self.scheduler.watch_pod_events(self.event_watcher.events()), name="event-watch"
+            ),
+            tasks.spawn(self._reconcile_periodically(), name="reconcile"),
+        ]
+        self._not_ready = ""
+        _logger.info("labd started", labs=self.last_reconcile.labs)
+
+    async def stop(self) -> None:
+        """Stop the loops, give in-flight steps a moment, close connections.
+
+        Labs keep running; unfinished steps resume from their rows on the
+        next start.
+        """
+        self._not_ready = "stopping"
+        await self.scheduler.stop(grace=_STOP_GRACE)
+        await tasks.cancel_and_wait(self._tasks)
+        await self.api_client.close()
+        await self.database.dispose()
+
+    async def readiness(self) -> str | None:
+        """Return why labd is not ready, or `None` when it is."""
+        if self._not_ready:
+            return self._not_ready
+        try:
+            await check_schema(self.database)
+        except Exception as exc:
+            return f"database not usable: {exc}"
+        return None
+
+    async def _reconcile_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval)
+            try:
+                self.last_reconcile = await self.reconciler.reconcile()
+            except Exception:
+                _logger.exception("reconcile failed; will try again")

@@ -1,0 +1,477 @@
+"""The lab service: what the API asks of labd, decided and recorded.
+
+The service validates a request against the configuration, records the
+intent in SQL (a ``requested`` row, a ``delete`` transition) with its first
+progress events, wakes the scheduler and returns.  It never calls
+Kubernetes: the scheduler does that work from the rows, so an intent
+accepted here survives a crash.
+
+Status reads come from SQL only.  Event streams replay the stored events of
+the lab's current operation and then follow new ones as writers signal
+them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+import structlog
+
+from labd import tasks
+from labd.config import Config, SizeConfig
+from labd.errors import (
+    DeleteFailedError,
+    InsufficientQuotaError,
+    InvalidLabSizeError,
+    InvalidUsernameError,
+    LabExistsConflictError,
+    OperationInProgressError,
+    PermissionDeniedError,
+    UnknownUserError,
+)
+from labd.images import ImageCatalog, ImageChoice
+from labd.machine import InvalidTransitionError, LabState, Trigger
+from labd.models import (
+    LabSpecification,
+    LabStateModel,
+    ResolvedOptions,
+    Resources,
+    ResourceValues,
+    StateUser,
+    UserGroup,
+    UserQuota,
+)
+from labd.naming import lab_namespace, username_problem
+from labd.signals import LabSignals
+from labd.store import (
+    Actor,
+    EventRecord,
+    EventType,
+    LabExistsError,
+    LabRecord,
+    LabStore,
+    NewEvent,
+    StaleLabError,
+    TransitionRecord,
+    utcnow,
+)
+
+__all__ = ["FormChoices", "LabService", "spawn_cancelled_event"]
+
+_logger = structlog.get_logger()
+
+_SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY)")
+_SPAWNING: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.STARTING})
+_STREAM_POLL: Final = 2.0
+"""Seconds between re-reads of a followed lab when no signal comes."""
+
+
+def spawn_cancelled_event() -> NewEvent:
+    """The event that ends a spawn cancelled by a delete (API.md)."""
+    return NewEvent(EventType.FAILED, "Operation cancelled", terminal=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FormChoices:
+    """What the spawn form offers a user."""
+
+    username: str
+    """Whose form."""
+
+    images: ImageChoice
+    """Featured images and the full list."""
+
+    sizes: dict[str, SizeConfig]
+    """Sizes within the user's quota, by name."""
+
+    default_size: str | None
+    """The size selected by default, if it fits the quota."""
+
+    spawn_allowed: bool
+    """Whether the user may spawn at all."""
+
+
+class LabService:
+    """Create, delete and report labs.
+
+    Parameters
+    ----------
+    config
+        labd's configuration.
+    store
+        Lab persistence.
+    signals
+        Wake-ups shared with the scheduler.
+    images
+        Resolves the image a request names.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: LabStore,
+        signals: LabSignals,
+        images: ImageCatalog,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._signals = signals
+        self._images = images
+
+    async def create(self, username: str, spec: LabSpecification, *, actor: Actor) -> LabRecord:
+        """Accept a spawn: validate it and record a ``requested`` lab.
+
+        If the user's previous lab failed or exited, it is cleaned up first,
+        as part of this spawn (the scheduler waits for it).
+
+        Raises
+        ------
+        LabdError
+            ``invalid_username``, ``permission_denied`` (spawning not
+            allowed), ``invalid_lab_size``, ``insufficient_quota``,
+            ``unknown_image``, ``lab_exists``, ``operation_in_progress``.
+        """
+        check_username(username)
+        quota = spec.user.quota if spec.user else None
+        if quota is not None and not quota.spawn:
+            raise PermissionDeniedError(f"Spawning labs is not permitted for {username}")
+        size = self._size(spec.options.size)
+        if quota is not None:
+            _check_quota(spec.options.size, size, quota)
+        field, value = spec.options.image_choice()
+        image = self._images.resolve(field, value)
+        lab_spec = self._lab_spec(username, spec, size, image.reference)
+        lab_spec["image_request"] = {"field": field, "value": value}
+        secret_env = {k: v for k, v in spec.env.items() if _SECRET_ENV.search(k)}
+        lab_spec["env"] = {k: v for k, v in spec.env.items() if k not in secret_env}
+        previous = await self._make_room(username, actor)
+        if previous is not None:
+            lab_spec["previous_lab"] = previous
+        slug, namespace = lab_namespace(self._config.namespace_prefix, username)
+        try:
+            lab = await self._store.create_lab(
+                username=username,
+                slug=slug,
+                namespace=namespace,
+                spec=lab_spec,
+                actor=actor,
+                reason="Lab requested",
+                changes={
+                    "secret_env": secret_env,
+                    "deadline_at": utcnow() + timedelta(seconds=self._config.timeouts.spawn),
+                    "next_attempt_at": utcnow(),
+                },
+                events=[NewEvent(EventType.INFO, f"Starting lab creation for {username}", 1)],
+            )
+        except LabExistsError as exc:
+            raise LabExistsConflictError(f"Lab already exists for {username}") from exc
+        _logger.info("lab requested", username=username, lab_id=lab.id, image=image.reference)
+        self._signals.wake_scheduler()
+        return lab
+
+    async def delete(self, username: str, *, actor: Actor) -> None:
+        """Delete the user's lab and return once its objects are gone.
+
+        A delete already in progress is joined.  A spawn in progress is
+        cancelled: its event stream ends with ``failed "Operation
+        cancelled"``.
+
+        Raises
+        ------
+        UnknownUserError
+            If the user has no lab.
+        DeleteFailedError
+            If the delete failed or timed out (labd keeps retrying).
+        """
+        check_username(username)
+        while True:
+            lab = await self._store.get_current_lab(username)
+            if lab is None:
+                raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
+            if lab.state is LabState.DELETING:
+                break
+            try:
+                lab = await self._store.transition(
+                    lab.id,
+                    Trigger.DELETE,
+                    actor=actor,
+                    reason="Delete requested",
+                    expected_version=lab.version,
+                    new_operation=True,
+                    final_events=[spawn_cancelled_event()] if lab.state in _SPAWNING else [],
+                    changes=self._delete_changes(),
+                )
+            except (StaleLabError, InvalidTransitionError):
+                continue  # Someone else moved the lab; look again.
+            _logger.info("lab delete requested", username=username, lab_id=lab.id)
+            self._signals.notify(lab.id)
+            self._signals.wake_scheduler()
+            break
+        await self._wait_until_deleted(lab)
+
+    async def get_state(self, username: str) -> LabStateModel:
+        """Return the user's lab as the API reports it.
+
+        A lab reported as ``failed`` or ``terminated`` is then cleaned up by
+        labd on its own (API.md): the hub has seen how it ended.
+
+        Raises
+        ------
+        UnknownUserError
+            If the user has no lab.
+        """
+        check_username(username)
+        lab = await self._store.get_current_lab(username)
+        if lab is None:
+            raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
+        if lab.state in (LabState.FAILED, LabState.EXITED):
+            tasks.spawn(self._clean_up_reported(lab), name=f"cleanup-{lab.id}")
+        return lab_state_model(lab)
+
+    async def running_users(self) -> list[str]:
+        """Return the usernames whose lab is running, sorted."""
+        labs = await self._store.list_labs([LabState.RUNNING])
+        return sorted(lab.username for lab in labs)
+
+    async def open_events(
+        self, username: str, *, after: int | None = None
+    ) -> AsyncIterator[EventRecord]:
+        """Open the event stream of the user's current or latest operation.
+
+        The stream replays the operation's stored events (those after
+        ``after`` when resuming), follows new ones, and ends after the
+        operation's last event.
+
+        Raises
+        ------
+        UnknownUserError
+            If the user has no lab and no recorded operation.
+        """
+        check_username(username)
+        lab = await self._store.get_current_lab(username) or await self._store.get_latest_lab(
+            username
+        )
+        if lab is None:
+            raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
+        return self._follow(lab, after)
+
+    async def history(
+        self, username: str, *, limit: int = 100, before: int | None = None
+    ) -> list[TransitionRecord]:
+        """Return the audit trail of the user's labs, newest first."""
+        check_username(username)
+        return await self._store.history(username, limit=limit, before=before)
+
+    async def form_choices(self, username: str) -> FormChoices:
+        """Return the images and sizes the spawn form offers the user.
+
+        The quota is the one the hub sent with the user's latest spawn; a
+        user never seen has none.
+        """
+        check_username(username)
+        latest = await self._store.get_latest_lab(username)
+        quota_data = latest.spec.get("quota") if latest else None
+        quota = UserQuota.model_validate(quota_data) if quota_data else None
+        sizes = {
+            name: size
+            for name, size in self._config.sizes.items()
+            if quota is None or _fits(size, quota)
+        }
+        default = self._config.default_size if self._config.default_size in sizes else None
+        return FormChoices(
+            username=username,
+            images=self._images.choices(),
+            sizes=sizes,
+            default_size=default or next(iter(sizes), None),
+            spawn_allowed=quota is None or quota.spawn,
+        )
+
+    def _size(self, name: str) -> SizeConfig:
+        size = self._config.sizes.get(name)
+        if size is None:
+            known = ", ".join(sorted(self._config.sizes))
+            raise InvalidLabSizeError(
+                f"Unknown lab size {name!r} (configured: {known})",
+                loc=["body", "options", "size"],
+            )
+        return size
+
+    def _lab_spec(
+        self, username: str, spec: LabSpecification, size: SizeConfig, image: str
+    ) -> dict[str, Any]:
+        user = spec.user
+        lab_config = self._config.lab
+        return {
+            "options": {
+                "image": image,
+                "size": spec.options.size,
+                "enable_debug": spec.options.enable_debug,
+                "reset_user_env": spec.options.reset_user_env,
+            },
+            "resources": {
+                "limits": {"cpu": size.limits.cpu, "memory": size.limits.memory},
+                "requests": {"cpu": size.requests.cpu, "memory": size.requests.memory},
+            },
+            "user": {
+                "username": username,
+                "name": user.name if user else None,
+                "uid": (user.uid if user else None) or lab_config.uid,
+                "gid": (user.gid if user else None) or lab_config.gid,
+                "groups": [g.model_dump() for g in user.groups] if user else [],
+            },
+            "quota": user.quota.model_dump() if user and user.quota else None,
+        }
+
+    async def _make_room(self, username: str, actor: Actor) -> str | None:
+        """Clear the way for a new lab; return the id of a lab being cleaned.
+
+        Raises
+        ------
+        LabExistsConflictError
+            If the user's lab is pending or running.
+        OperationInProgressError
+            If a delete of the user's lab is in progress.
+        """
+        while True:
+            current = await self._store.get_current_lab(username)
+            if current is None:
+                return None
+            if current.state is LabState.DELETING:
+                history = await self._store.lab_history(current.id)
+                if history and history[-1].trigger == Trigger.DELETE:
+                    raise OperationInProgressError(f"Delete of the lab for {username} in progress")
+                return current.id
+            if current.state not in (LabState.FAILED, LabState.EXITED):
+                raise LabExistsConflictError(f"Lab already exists for {username}")
+            try:
+                await self._store.transition(
+                    current.id,
+                    Trigger.CLEANUP,
+                    actor=actor,
+                    reason="Replaced by a new lab",
+                    expected_version=current.version,
+                    new_operation=True,
+                    changes=self._delete_changes(),
+                )
+            except (StaleLabError, InvalidTransitionError):
+                continue
+            self._signals.notify(current.id)
+            return current.id
+
+    def _delete_changes(self) -> Any:
+        return {
+            "deadline_at": utcnow() + timedelta(seconds=self._config.timeouts.delete),
+            "attempts": 0,
+            "next_attempt_at": utcnow(),
+            "internal_url": None,
+            "last_error": None,
+        }
+
+    async def _wait_until_deleted(self, lab: LabRecord) -> None:
+        timeout = self._config.timeouts.delete + 30
+        deadline = utcnow() + timedelta(seconds=timeout)
+        while True:
+            waiter = self._signals.waiter(lab.id)
+            current = await self._store.get_lab(lab.id)
+            if current.state is LabState.DELETED:
+                return
+            if current.state is not LabState.DELETING and current.version > lab.version:
+                raise DeleteFailedError(
+                    f"Deleting the lab for {lab.username} failed: {current.last_error}"
+                )
+            remaining = (deadline - utcnow()).total_seconds()
+            if remaining <= 0:
+                raise DeleteFailedError(
+                    f"Deleting the lab for {lab.username} did not finish in {timeout:.0f} s"
+                )
+            await self._signals.wait(waiter, within=min(remaining, _STREAM_POLL))
+
+    async def _clean_up_reported(self, lab: LabRecord) -> None:
+        try:
+            await self._store.transition(
+                lab.id,
+                Trigger.CLEANUP,
+                actor=Actor.SCHEDULER,
+                reason=f"Reported to the hub as {lab.status}",
+                expected_version=lab.version,
+                new_operation=True,
+                changes=self._delete_changes(),
+            )
+        except (StaleLabError, InvalidTransitionError):
+            return  # Already moving on.
+        self._signals.notify(lab.id)
+        self._signals.wake_scheduler()
+
+    async def _follow(self, lab: LabRecord, after: int | None) -> AsyncIterator[EventRecord]:
+        operation = lab.operation
+        while True:
+            waiter = self._signals.waiter(lab.id)
+            events = await self._store.events(lab.id, operation, after=after)
+            for event in events:
+                yield event
+                after = event.id
+                if event.terminal:
+                    return
+            if not events:
+                current = await self._store.get_lab(lab.id)
+                if current.operation != operation or current.state is LabState.DELETED:
+                    # The operation ended without a final event (superseded).
+                    return
+            await self._signals.wait(waiter, within=_STREAM_POLL)
+
+
+def check_username(username: str) -> None:
+    """Refuse a username that no hub allows (422 ``invalid_username``)."""
+    problem = username_problem(username)
+    if problem is not None:
+        raise InvalidUsernameError(problem, loc=["path", "username"])
+
+
+def _check_quota(name: str, size: SizeConfig, quota: UserQuota) -> None:
+    if not _fits(size, quota):
+        raise InsufficientQuotaError(
+            f"Lab size {name} exceeds the user's quota", loc=["body", "options", "size"]
+        )
+
+
+def _fits(size: SizeConfig, quota: UserQuota) -> bool:
+    if quota.cpu is not None and size.limits.cpu > quota.cpu:
+        return False
+    return quota.memory is None or size.limits.memory <= quota.memory
+
+
+def lab_state_model(lab: LabRecord) -> LabStateModel:
+    """Build the API's view of a lab from its row."""
+    spec = lab.spec
+    user = spec.get("user", {})
+    options = spec.get("options", {})
+    resources = spec.get("resources", {})
+    status = lab.status
+    assert status is not None, "deleted labs are not reported"
+    return LabStateModel(
+        user=StateUser(
+            username=lab.username,
+            name=user.get("name"),
+            uid=user.get("uid"),
+            gid=user.get("gid"),
+            groups=[UserGroup.model_validate(g) for g in user.get("groups", [])],
+        ),
+        options=ResolvedOptions(
+            image=options.get("image", ""),
+            size=options.get("size", ""),
+            enable_debug=options.get("enable_debug", False),
+            reset_user_env=options.get("reset_user_env", False),
+        ),
+        status=status.value,
+        internal_url=lab.internal_url,
+        resources=Resources(
+            limits=ResourceValues(**resources.get("limits", {"cpu": 0, "memory": 0})),
+            requests=ResourceValues(**resources.get("requests", {"cpu": 0, "memory": 0})),
+        ),
+        quota=UserQuota.model_validate(spec["quota"]) if spec.get("quota") else None,
+    )

@@ -1,0 +1,96 @@
+"""Fixtures for the core loop: labd wired to a simulated cluster.
+
+labd is built through `Labd` exactly as ``labd serve`` builds it, and talks
+to the simulated cluster through the real kubernetes-asyncio client over
+HTTP.  Every test runs on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labd.config import Config
+from labd.factory import Labd
+from labd.models import LabSpecification
+from labd.sim import SimCluster
+
+IMAGE = "registry.example/sciplat/lab:w_2026_47"
+
+
+def make_config(database_url: str, kubeconfig: Path, **overrides: Any) -> Config:
+    """A configuration with short timeouts, for tests."""
+    data: dict[str, Any] = {
+        "database_url": database_url,
+        "kubernetes": {"kubeconfig": str(kubeconfig), "request_timeout": 5},
+        "images": {
+            "available": [
+                {"reference": IMAGE},
+                {"reference": "registry.example/sciplat/lab:r28_0_1"},
+                {"reference": "registry.example/sciplat/lab:d_2026_11_24"},
+            ],
+            "recommended": "w_2026_47",
+        },
+        "timeouts": {"spawn": 20, "delete": 20},
+        "retry": {"initial": 0.05, "maximum": 0.5, "spawn_attempts": 2},
+        "reconcile_interval": 3600,
+        "lab": {"pod_delete_grace": 0},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return Config.model_validate(data)
+
+
+def spec(size: str = "small", **options: Any) -> LabSpecification:
+    """A create body as JupyterHub sends it."""
+    return LabSpecification.model_validate(
+        {
+            "options": {"image_class": "recommended", "size": [size], **options},
+            "env": {
+                "JUPYTERHUB_SERVICE_PREFIX": "/user/alice/",
+                "JUPYTERHUB_API_TOKEN": "token-of-the-lab",
+            },
+        }
+    )
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimCluster]:
+    """A simulated cluster whose pods start almost at once."""
+    async with SimCluster(pod_start_delay=0.05, seed=7) as cluster:
+        yield cluster
+
+
+LabdFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def labd_factory(
+    database_url: str, sim: SimCluster, tmp_path: Path
+) -> AsyncIterator[LabdFactory]:
+    """Start labd instances (each stopped at the end of the test)."""
+    kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
+    started: list[Labd] = []
+
+    async def start(**overrides: Any) -> Labd:
+        labd = await Labd.create(make_config(database_url, kubeconfig, **overrides))
+        await labd.start()
+        started.append(labd)
+        return labd
+
+    yield start
+    for labd in started:
+        await labd.stop()
+
+
+@pytest.fixture
+async def labd(labd_factory: LabdFactory) -> Labd:
+    """A started labd on the simulated cluster."""
+    result: Labd = await labd_factory()
+    return result

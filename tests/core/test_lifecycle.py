@@ -1,0 +1,237 @@
+"""Spawn, delete and failure paths of the core loop, on the simulated cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from labd.errors import LabExistsConflictError, OperationInProgressError, UnknownUserError
+from labd.factory import Labd
+from labd.machine import LabState
+from labd.sim import SimCluster
+from labd.store import Actor, EventRecord, EventType, LabRecord
+from tests.core.conftest import LabdFactory, spec
+
+OBJECT_KINDS = ["configmaps", "secrets", "networkpolicies", "services", "pods"]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, within: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until ``check`` is true (polling), or fail the test."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def current(labd: Labd, username: str) -> LabRecord:
+    lab = await labd.store.get_current_lab(username)
+    assert lab is not None
+    return lab
+
+
+async def wait_state(labd: Labd, username: str, *states: LabState, within: float = 10) -> LabRecord:
+    async def reached() -> bool:
+        lab = await labd.store.get_latest_lab(username)
+        return lab is not None and lab.state in states
+
+    await eventually(reached, within=within, what=f"{username} in {states}")
+    lab = await labd.store.get_latest_lab(username)
+    assert lab is not None
+    return lab
+
+
+async def stream(labd: Labd, username: str, after: int | None = None) -> list[EventRecord]:
+    events = await labd.service.open_events(username, after=after)
+    return [event async for event in events]
+
+
+def messages(events: list[EventRecord]) -> list[tuple[str, int | None, str]]:
+    return [(e.type.value, e.progress, e.message) for e in events]
+
+
+async def test_spawn_to_running(labd: Labd, sim: SimCluster) -> None:
+    lab = await labd.service.create("alice", spec(), actor=Actor.HUB)
+    assert lab.state is LabState.REQUESTED
+    events = await asyncio.wait_for(stream(labd, "alice"), 10)
+    kinds = [e.type for e in events]
+    assert kinds[0] is EventType.INFO and kinds[-1] is EventType.COMPLETE
+    assert events[0].progress == 1 and events[0].message == "Starting lab creation for alice"
+    assert (events[1].progress, events[1].message) == (30, "Created Kubernetes objects for user lab")
+    progress = [e.progress for e in events[2:-1]]
+    assert progress[:3] == [35, 48, 57][: len(progress[:3])]
+    assert all(p is not None and p < 75 for p in progress)
+    assert events[-1].message == "Lab Kubernetes pod started for alice"
+    state = await labd.service.get_state("alice")
+    assert state.status == "running"
+    assert state.internal_url == "http://lab.labd-alice:8888/user/alice/"
+    assert state.options.image == "registry.example/sciplat/lab:w_2026_47"
+    assert state.resources.limits.cpu == 1.0
+    assert await labd.service.running_users() == ["alice"]
+    row = await current(labd, "alice")
+    assert row.secret_env is None, "secret values must leave SQL once the Secret exists"
+    assert sim.objects("namespaces", None) and any(
+        ns["metadata"]["name"] == "labd-alice" for ns in sim.objects("namespaces")
+    )
+    for kind in OBJECT_KINDS:
+        assert sim.objects(kind, "labd-alice"), kind
+    history = [(t.from_state, t.to_state, t.actor) for t in await labd.store.lab_history(row.id)]
+    assert history == [
+        ("new", "requested", "hub"),
+        ("requested", "creating", "scheduler"),
+        ("creating", "starting", "scheduler"),
+        ("starting", "running", "watcher"),
+    ]
+
+
+async def test_delete_to_gone(labd: Labd, sim: SimCluster) -> None:
+    await labd.service.create("bob", spec(), actor=Actor.HUB)
+    await wait_state(labd, "bob", LabState.RUNNING)
+    await asyncio.wait_for(labd.service.delete("bob", actor=Actor.HUB), 15)
+    assert not [ns for ns in sim.objects("namespaces") if ns["metadata"]["name"] == "labd-bob"]
+    with pytest.raises(UnknownUserError):
+        await labd.service.get_state("bob")
+    with pytest.raises(UnknownUserError):
+        await labd.service.delete("bob", actor=Actor.HUB)
+    events = await stream(labd, "bob")
+    assert messages(events) == [
+        ("info", 25, "Shutting down Kubernetes pod"),
+        ("info", 62, "Deleting user namespace"),
+        ("info", 100, "Lab for bob deleted"),
+    ]
+    assert events[-1].terminal
+
+
+async def test_concurrent_deletes_share_one_operation(labd: Labd) -> None:
+    await labd.service.create("carol", spec(), actor=Actor.HUB)
+    lab = await wait_state(labd, "carol", LabState.RUNNING)
+    await asyncio.wait_for(
+        asyncio.gather(*(labd.service.delete("carol", actor=Actor.HUB) for _ in range(4))), 15
+    )
+    triggers = [t.trigger for t in await labd.store.lab_history(lab.id)]
+    assert triggers.count("delete") == 1
+    assert triggers[-1] == "deleted"
+
+
+async def test_concurrent_creates_one_wins(labd: Labd) -> None:
+    results = await asyncio.gather(
+        *(labd.service.create("dave", spec(), actor=Actor.HUB) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, LabRecord) for r in results) == 1
+    assert sum(isinstance(r, LabExistsConflictError) for r in results) == 4
+    await wait_state(labd, "dave", LabState.RUNNING)
+
+
+async def test_create_while_running_or_deleting_conflicts(labd: Labd, sim: SimCluster) -> None:
+    await labd.service.create("erin", spec(), actor=Actor.HUB)
+    await wait_state(labd, "erin", LabState.RUNNING)
+    with pytest.raises(LabExistsConflictError):
+        await labd.service.create("erin", spec(), actor=Actor.HUB)
+    sim.faults.add_latency("delete", "namespaces", seconds=1.0)
+    deleting = asyncio.ensure_future(labd.service.delete("erin", actor=Actor.HUB))
+    await wait_state(labd, "erin", LabState.DELETING)
+    with pytest.raises(OperationInProgressError):
+        await labd.service.create("erin", spec(), actor=Actor.HUB)
+    await asyncio.wait_for(deleting, 15)
+
+
+async def test_create_on_failed_lab_cleans_first(labd: Labd, sim: SimCluster) -> None:
+    sim.faults.add_error("create", "pods", rate=1.0, status=403)
+    first = await labd.service.create("frank", spec(), actor=Actor.HUB)
+    events = await asyncio.wait_for(stream(labd, "frank"), 10)
+    assert [e.type for e in events[-2:]] == [EventType.ERROR, EventType.FAILED]
+    assert "create Pod labd-frank/frank-nb: 403" in events[-2].message
+    assert events[-1].message == "Lab spawn failed"
+    assert (await labd.store.get_lab(first.id)).state is LabState.FAILED
+    sim.faults.clear()
+    await labd.service.create("frank", spec(), actor=Actor.HUB)
+    events = await asyncio.wait_for(stream(labd, "frank"), 15)
+    progress = [e.progress for e in events if e.type is EventType.INFO]
+    assert progress[:6] == [1, 2, 5, 12, 20, 30]
+    assert events[-1].type is EventType.COMPLETE
+    assert (await labd.store.get_lab(first.id)).state is LabState.DELETED
+
+
+async def test_exited_lab_is_replaced(labd: Labd, sim: SimCluster) -> None:
+    sim.rules.add("crash:OOMKilled:0.2", namespace="labd-fred")
+    first = await labd.service.create("fred", spec(), actor=Actor.HUB)
+    lab = await wait_state(labd, "fred", LabState.EXITED)
+    assert "OOMKilled" in (lab.last_error or "")
+    sim.rules.clear()
+    await labd.service.create("fred", spec(), actor=Actor.HUB)
+    await wait_state(labd, "fred", LabState.RUNNING)
+    assert (await labd.store.get_lab(first.id)).state is LabState.DELETED
+
+
+async def test_spawn_timeout(labd_factory: LabdFactory, sim: SimCluster) -> None:
+    labd: Labd = await labd_factory(timeouts={"spawn": 1})
+    sim.rules.add("pending:ImagePullBackOff", namespace="labd-gina")
+    await labd.service.create("gina", spec(), actor=Actor.HUB)
+    events = await asyncio.wait_for(stream(labd, "gina"), 10)
+    assert messages(events)[-2:] == [
+        ("error", None, "Lab spawn timed out after 1 s"),
+        ("failed", None, "Lab spawn failed"),
+    ]
+    lab = await wait_state(labd, "gina", LabState.FAILED)
+    assert lab.last_error == "Lab spawn timed out after 1 s"
+    assert any("ImagePullBackOff" in e.message or "pull" in e.message.lower() for e in events)
+
+
+async def test_delete_during_spawn_cancels_it(labd: Labd, sim: SimCluster) -> None:
+    sim.rules.add("pending:ContainerCreating", namespace="labd-hank")
+    await labd.service.create("hank", spec(), actor=Actor.HUB)
+    spawn_stream = asyncio.ensure_future(stream(labd, "hank"))
+    await wait_state(labd, "hank", LabState.STARTING)
+    await asyncio.wait_for(labd.service.delete("hank", actor=Actor.HUB), 15)
+    spawn_events = await asyncio.wait_for(spawn_stream, 5)
+    assert messages(spawn_events)[-1] == ("failed", None, "Operation cancelled")
+    assert not sim.objects("pods", "labd-hank")
+
+
+@pytest.mark.parametrize("resource", ["namespaces", *OBJECT_KINDS])
+async def test_each_spawn_call_failing(labd: Labd, sim: SimCluster, resource: str) -> None:
+    sim.faults.add_error("create", resource, rate=1.0, status=500)
+    await labd.service.create("ivan", spec(), actor=Actor.HUB)
+    events = await asyncio.wait_for(stream(labd, "ivan"), 15)
+    error, failed = events[-2:]
+    assert (error.type, failed.type) == (EventType.ERROR, EventType.FAILED)
+    assert "create" in error.message and "500" in error.message
+    kind = {"namespaces": "Namespace", "configmaps": "ConfigMap", "secrets": "Secret"}.get(
+        resource, {"networkpolicies": "NetworkPolicy", "services": "Service", "pods": "Pod"}.get(resource)
+    )
+    assert kind is not None and kind in error.message
+    sim.faults.clear()
+    await asyncio.wait_for(labd.service.delete("ivan", actor=Actor.HUB), 15)
+    await labd.service.create("ivan", spec(), actor=Actor.HUB)
+    await wait_state(labd, "ivan", LabState.RUNNING)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state"),
+    [
+        ("exit:0.3", LabState.EXITED),
+        ("crash:OOMKilled:0.3", LabState.EXITED),
+        ("vanish:0.3", LabState.FAILED),
+    ],
+)
+async def test_pod_ends_while_running(
+    labd: Labd, sim: SimCluster, outcome: str, state: LabState
+) -> None:
+    sim.rules.add(outcome, namespace="labd-judy")
+    await labd.service.create("judy", spec(), actor=Actor.HUB)
+    await wait_state(labd, "judy", LabState.RUNNING)
+    started = time.monotonic()
+    lab = await wait_state(labd, "judy", state, within=5)
+    assert time.monotonic() - started < 2.0
+    report = await labd.service.get_state("judy")
+    assert report.status == ("terminated" if state is LabState.EXITED else "failed")
+    # The hub has seen how it ended: labd cleans up on its own.
+    await wait_state(labd, "judy", LabState.DELETED, within=10)
+    assert not [ns for ns in sim.objects("namespaces") if ns["metadata"]["name"] == lab.namespace]
