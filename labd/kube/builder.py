@@ -1,0 +1,547 @@
+"""The Kubernetes objects of a lab, built from its spec and the configuration.
+
+`build_lab_objects` is a pure function: no I/O, no clock, no randomness.
+The same lab and configuration always give the same manifests, so golden
+files pin them down without a cluster, and the scheduler can rebuild a lab's
+objects at any time (after a crash, for a retry) and get the same thing.
+
+Every object carries labd's labels, which is how labd recognises what it
+manages when it lists the cluster (`MANAGED_SELECTOR`) and which lab an
+object belongs to (`LAB_ID_LABEL`): a create that meets an existing object
+of the same name checks that label before treating the object as its own.
+The original username does not fit in a label (``@``, ``+``, upper case,
+255 characters), so it travels in an annotation; so does the lab's spec
+(`SPEC_ANNOTATION`), from which the reconciler can rebuild a lost database
+row.  `parse_lab_labels` reads all of this back.
+
+The pod is locked down the way a multi-user platform needs: a non-root user
+with the user's own UID and groups, no privilege escalation, no Linux
+capabilities, the runtime's seccomp profile, a read-only root filesystem
+(with a writable ``/tmp``), no service-account token and no service links.
+It never restarts: a lab whose process exits is reported as exited (as
+Nublado does), and JupyterHub decides what happens next.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from labd.config import Config
+
+__all__ = [
+    "CONTAINER_NAME",
+    "LAB_ID_LABEL",
+    "MANAGED_BY",
+    "MANAGED_BY_LABEL",
+    "MANAGED_SELECTOR",
+    "NAME_LABEL",
+    "NAME_VALUE",
+    "SERVICE_NAME",
+    "SERVICE_PREFIX_VAR",
+    "SPEC_ANNOTATION",
+    "USERNAME_ANNOTATION",
+    "USER_LABEL",
+    "LabBuild",
+    "LabIdentity",
+    "LabObjects",
+    "build_lab_objects",
+    "config_map_name",
+    "internal_url",
+    "parse_lab_labels",
+    "pod_name",
+]
+
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+"""Standard label naming the controller of an object."""
+
+MANAGED_BY: Final = "labd"
+"""Value of `MANAGED_BY_LABEL` on every object labd creates."""
+
+MANAGED_SELECTOR: Final = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+"""Label selector matching every object labd manages."""
+
+NAME_LABEL: Final = "app.kubernetes.io/name"
+"""Standard label naming the application an object is part of."""
+
+NAME_VALUE: Final = "labd-lab"
+"""Value of `NAME_LABEL` on lab objects."""
+
+USER_LABEL: Final = "labd.io/user"
+"""Label holding the user's slug."""
+
+LAB_ID_LABEL: Final = "labd.io/lab-id"
+"""Label holding the lab's id: which lab an object belongs to."""
+
+USERNAME_ANNOTATION: Final = "labd.io/username"
+"""Annotation holding the original JupyterHub username."""
+
+SPEC_ANNOTATION: Final = "labd.io/spec"
+"""Annotation holding the lab's spec as JSON (namespace and pod)."""
+
+CONTAINER_NAME: Final = "notebook"
+"""Name of the lab container."""
+
+SERVICE_NAME: Final = "lab"
+"""Name of the lab's Service in its namespace."""
+
+SERVICE_PREFIX_VAR: Final = "JUPYTERHUB_SERVICE_PREFIX"
+"""Environment variable with the lab's URL path, used in `internal_url`."""
+
+_PORT_NAME: Final = "http"
+_TMP_VOLUME: Final = "tmp"
+_HUB_NAMESPACE_LABEL: Final = "kubernetes.io/metadata.name"
+
+
+@dataclass(frozen=True, slots=True)
+class LabBuild:
+    """Everything about one lab that its Kubernetes objects depend on."""
+
+    lab_id: str
+    """The lab's id; the `LAB_ID_LABEL` of every object."""
+
+    username: str
+    """The original JupyterHub username."""
+
+    slug: str
+    """Kubernetes-safe form of the username (`labd.naming.slugify`)."""
+
+    namespace: str
+    """The lab's namespace (`labd.naming.lab_namespace`)."""
+
+    image: str
+    """Image reference to run."""
+
+    size: str
+    """Name of the lab size (informational; resources come below)."""
+
+    limits_cpu: float
+    """CPU limit in cores."""
+
+    limits_memory: int
+    """Memory limit in bytes."""
+
+    requests_cpu: float
+    """CPU request in cores."""
+
+    requests_memory: int
+    """Memory request in bytes."""
+
+    uid: int
+    """UID the lab runs as; never 0."""
+
+    gid: int
+    """Primary GID of the lab process."""
+
+    groups: list[tuple[str, int | None]]
+    """The user's groups as ``(name, gid)``; groups without a GID are
+    named in the environment only."""
+
+    env: dict[str, str]
+    """Non-secret environment from the hub, including
+    ``JUPYTERHUB_SERVICE_PREFIX``."""
+
+    secret_env: dict[str, str]
+    """Secret environment (``JUPYTERHUB_API_TOKEN``), kept in the Secret."""
+
+    enable_debug: bool
+    """Whether the lab starts with debugging on."""
+
+    reset_user_env: bool
+    """Whether the lab resets the user's environment at start."""
+
+    spec_annotation: str
+    """JSON text of the lab's spec, stored as `SPEC_ANNOTATION`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabObjects:
+    """The manifests of one lab, as plain dicts ready for create calls."""
+
+    namespace: dict[str, Any]
+    """The Namespace."""
+
+    config_map: dict[str, Any]
+    """ConfigMap ``<slug>-nb-env``: the lab's environment."""
+
+    secret: dict[str, Any]
+    """Secret ``<slug>-nb``: the lab's secret environment."""
+
+    network_policy: dict[str, Any]
+    """NetworkPolicy letting only the hub and the namespace reach the lab."""
+
+    resource_quota: dict[str, Any] | None
+    """ResourceQuota capping the namespace at the size's limits, if configured."""
+
+    pvcs: tuple[dict[str, Any], ...]
+    """One PersistentVolumeClaim per configured volume."""
+
+    service: dict[str, Any]
+    """Service ``lab`` in front of the pod."""
+
+    pod: dict[str, Any]
+    """Pod ``<slug>-nb`` running the lab."""
+
+    def in_creation_order(self) -> list[dict[str, Any]]:
+        """Return every object in the order they must be created.
+
+        The namespace comes first (everything else lives in it) and the pod
+        last (it needs its ConfigMap, Secret and claims, and starting it is
+        what the user waits for).
+        """
+        objects = [self.namespace, self.config_map, self.secret, self.network_policy]
+        if self.resource_quota is not None:
+            objects.append(self.resource_quota)
+        return [*objects, *self.pvcs, self.service, self.pod]
+
+
+@dataclass(frozen=True, slots=True)
+class LabIdentity:
+    """Which lab an object belongs to, read back from its metadata."""
+
+    lab_id: str
+    """The `LAB_ID_LABEL`."""
+
+    slug: str
+    """The `USER_LABEL`."""
+
+    username: str | None
+    """The `USERNAME_ANNOTATION`, or `None` if someone removed it."""
+
+    spec: str | None
+    """The `SPEC_ANNOTATION` JSON text, on namespaces and pods."""
+
+
+def pod_name(slug: str) -> str:
+    """Return the name of a user's lab pod (``<slug>-nb``)."""
+    return f"{slug}-nb"
+
+
+def config_map_name(slug: str) -> str:
+    """Return the name of a user's lab ConfigMap (``<slug>-nb-env``)."""
+    return f"{slug}-nb-env"
+
+
+def internal_url(namespace: str, env: Mapping[str, str], config: Config) -> str:
+    """Return the URL at which the hub reaches a lab inside the cluster.
+
+    Parameters
+    ----------
+    namespace
+        The lab's namespace.
+    env
+        The lab's environment; `SERVICE_PREFIX_VAR` gives the path.
+    config
+        Supplies ``lab.internal_url_template`` and ``lab.port``.
+
+    Returns
+    -------
+    str
+        The template filled in, e.g. ``http://lab.labd-alice:8888/user/alice/``.
+    """
+    return config.lab.internal_url_template.format(
+        namespace=namespace,
+        port=config.lab.port,
+        service_prefix=env.get(SERVICE_PREFIX_VAR, ""),
+    )
+
+
+def parse_lab_labels(metadata: Mapping[str, Any]) -> LabIdentity | None:
+    """Tell which lab an object belongs to, from its metadata.
+
+    Parameters
+    ----------
+    metadata
+        The object's ``metadata`` (a dict with ``labels`` and
+        ``annotations``).
+
+    Returns
+    -------
+    LabIdentity or None
+        The lab's identity, or `None` if labd does not manage the object
+        (no ``managed-by: labd`` label, or no lab id or user label).
+    """
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
+        return None
+    lab_id, slug = labels.get(LAB_ID_LABEL), labels.get(USER_LABEL)
+    if not lab_id or not slug:
+        return None
+    return LabIdentity(
+        lab_id=lab_id,
+        slug=slug,
+        username=annotations.get(USERNAME_ANNOTATION),
+        spec=annotations.get(SPEC_ANNOTATION),
+    )
+
+
+def build_lab_objects(lab: LabBuild, config: Config) -> LabObjects:
+    """Build the Kubernetes objects of a lab.
+
+    Parameters
+    ----------
+    lab
+        The lab: identity, image, resources, user and environment.
+    config
+        labd's configuration; its ``lab`` section applies to every lab.
+
+    Returns
+    -------
+    LabObjects
+        Every manifest, with labd's labels and annotations.
+
+    Raises
+    ------
+    ValueError
+        If the lab would run as root (``uid`` 0).
+    """
+    if lab.uid == 0:
+        raise ValueError(f"lab {lab.lab_id} would run as root (uid 0)")
+    builder = _Builder(lab, config)
+    return LabObjects(
+        namespace=builder.namespace(),
+        config_map=builder.config_map(),
+        secret=builder.secret(),
+        network_policy=builder.network_policy(),
+        resource_quota=builder.resource_quota() if config.lab.resource_quota else None,
+        pvcs=tuple(builder.pvc(index) for index in range(len(config.lab.volumes))),
+        service=builder.service(),
+        pod=builder.pod(),
+    )
+
+
+def _cpu(cores: float) -> str:
+    """Render CPU cores as a quantity: ``2`` or ``500m``."""
+    millis = round(cores * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+class _Builder:
+    """Builds one lab's manifests; one method per object."""
+
+    def __init__(self, lab: LabBuild, config: Config) -> None:
+        self.lab = lab
+        self.config = config
+        self.pod_name = pod_name(lab.slug)
+
+    def metadata(
+        self, name: str, *, namespaced: bool = True, spec: bool = False
+    ) -> dict[str, Any]:
+        annotations = {USERNAME_ANNOTATION: self.lab.username}
+        if spec:
+            annotations[SPEC_ANNOTATION] = self.lab.spec_annotation
+        metadata: dict[str, Any] = {"name": name}
+        if namespaced:
+            metadata["namespace"] = self.lab.namespace
+        metadata["labels"] = {
+            MANAGED_BY_LABEL: MANAGED_BY,
+            NAME_LABEL: NAME_VALUE,
+            USER_LABEL: self.lab.slug,
+            LAB_ID_LABEL: self.lab.lab_id,
+        }
+        metadata["annotations"] = annotations
+        return metadata
+
+    def namespace(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": self.metadata(self.lab.namespace, namespaced=False, spec=True),
+        }
+
+    def environment(self) -> dict[str, str]:
+        """The ConfigMap's data: configured, then hub-given, then labd's own.
+
+        Later sources win, so the hub cannot override what labd sets about
+        the user; secret keys are left out (they come from the Secret).
+        """
+        lab = self.lab
+        env = {**self.config.lab.env, **lab.env}
+        env.update(
+            {
+                "JUPYTERHUB_USER": lab.username,
+                "EXTERNAL_UID": str(lab.uid),
+                "EXTERNAL_GID": str(lab.gid),
+                "EXTERNAL_GROUPS": ",".join(
+                    f"{name}:{gid}" for name, gid in lab.groups if gid is not None
+                ),
+                "JUPYTER_IMAGE_SPEC": lab.image,
+                "LAB_SIZE": lab.size,
+                "CPU_LIMIT": _cpu(lab.limits_cpu),
+                "CPU_GUARANTEE": _cpu(lab.requests_cpu),
+                "MEM_LIMIT": str(lab.limits_memory),
+                "MEM_GUARANTEE": str(lab.requests_memory),
+            }
+        )
+        if lab.enable_debug:
+            env["ENABLE_DEBUG"] = "TRUE"
+        if lab.reset_user_env:
+            env["RESET_USER_ENV"] = "TRUE"
+        return {key: env[key] for key in sorted(env) if key not in lab.secret_env}
+
+    def config_map(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": self.metadata(config_map_name(self.lab.slug)),
+            "data": self.environment(),
+        }
+
+    def secret(self) -> dict[str, Any]:
+        data = {
+            key: base64.b64encode(value.encode()).decode()
+            for key, value in sorted(self.lab.secret_env.items())
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": self.metadata(self.pod_name),
+            "type": "Opaque",
+            "data": data,
+        }
+
+    def pod_selector(self) -> dict[str, str]:
+        return {LAB_ID_LABEL: self.lab.lab_id}
+
+    def network_policy(self) -> dict[str, Any]:
+        hub = {
+            "namespaceSelector": {
+                "matchLabels": {_HUB_NAMESPACE_LABEL: self.config.lab.hub_namespace}
+            }
+        }
+        # An empty podSelector in a peer means every pod of the policy's
+        # own namespace.
+        own_namespace: dict[str, Any] = {"podSelector": {}}
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": self.metadata(self.pod_name),
+            "spec": {
+                "podSelector": {"matchLabels": self.pod_selector()},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [hub, own_namespace],
+                        "ports": [{"protocol": "TCP", "port": self.config.lab.port}],
+                    }
+                ],
+            },
+        }
+
+    def resource_quota(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": self.metadata(self.pod_name),
+            "spec": {
+                "hard": {
+                    "limits.cpu": _cpu(self.lab.limits_cpu),
+                    "limits.memory": str(self.lab.limits_memory),
+                }
+            },
+        }
+
+    def pvc_name(self, index: int) -> str:
+        return f"{self.pod_name}-{self.config.lab.volumes[index].name}"
+
+    def pvc(self, index: int) -> dict[str, Any]:
+        volume = self.config.lab.volumes[index]
+        spec: dict[str, Any] = {
+            "accessModes": [volume.access_mode],
+            "resources": {"requests": {"storage": str(volume.storage)}},
+        }
+        if volume.storage_class is not None:
+            spec["storageClassName"] = volume.storage_class
+        return {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": self.metadata(self.pvc_name(index)),
+            "spec": spec,
+        }
+
+    def service(self) -> dict[str, Any]:
+        port = self.config.lab.port
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": self.metadata(SERVICE_NAME),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": self.pod_selector(),
+                "ports": [
+                    {"name": _PORT_NAME, "protocol": "TCP", "port": port, "targetPort": port}
+                ],
+            },
+        }
+
+    def volumes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The pod's volumes and the container's mounts: ``/tmp``, then the claims."""
+        volumes: list[dict[str, Any]] = [{"name": _TMP_VOLUME, "emptyDir": {}}]
+        mounts: list[dict[str, Any]] = [{"name": _TMP_VOLUME, "mountPath": "/tmp"}]
+        for index, volume in enumerate(self.config.lab.volumes):
+            name = f"vol-{volume.name}"
+            claim: dict[str, Any] = {"claimName": self.pvc_name(index)}
+            if volume.read_only:
+                claim["readOnly"] = True
+            volumes.append({"name": name, "persistentVolumeClaim": claim})
+            mounts.append(
+                {"name": name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
+            )
+        return volumes, mounts
+
+    def pod(self) -> dict[str, Any]:
+        lab = self.lab
+        volumes, mounts = self.volumes()
+        secret_env = [
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": self.pod_name, "key": key}},
+            }
+            for key in sorted(lab.secret_env)
+        ]
+        container = {
+            "name": CONTAINER_NAME,
+            "image": lab.image,
+            "imagePullPolicy": self.config.lab.pull_policy,
+            "envFrom": [{"configMapRef": {"name": config_map_name(lab.slug)}}],
+            "env": secret_env,
+            "ports": [
+                {"name": _PORT_NAME, "containerPort": self.config.lab.port, "protocol": "TCP"}
+            ],
+            "resources": {
+                "limits": {"cpu": _cpu(lab.limits_cpu), "memory": str(lab.limits_memory)},
+                "requests": {"cpu": _cpu(lab.requests_cpu), "memory": str(lab.requests_memory)},
+            },
+            "securityContext": {
+                "runAsNonRoot": True,
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": mounts,
+        }
+        supplemental = sorted({gid for _, gid in lab.groups if gid is not None})
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": self.metadata(self.pod_name, spec=True),
+            "spec": {
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "restartPolicy": "Never",
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": lab.uid,
+                    "runAsGroup": lab.gid,
+                    "fsGroup": lab.gid,
+                    "fsGroupChangePolicy": "OnRootMismatch",
+                    "supplementalGroups": supplemental,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [container],
+                "volumes": volumes,
+            },
+        }

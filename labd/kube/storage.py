@@ -1,0 +1,688 @@
+"""Lab objects in Kubernetes: create, delete, check and list them.
+
+Every operation here is safe to repeat, because the scheduler repeats steps
+after a crash, a restart or a failed attempt:
+
+- A create that finds the object already there (409) reads it and checks
+  its `LAB_ID_LABEL`: the same lab means an earlier attempt got this far
+  (or a retried create reached etcd before its answer was lost), so labd
+  carries on; another lab's object is a real conflict and raises.
+- A delete that finds nothing (404) is done.
+
+A namespace that is being deleted cannot receive new objects, and a user's
+namespace name is the same for every lab of theirs: a new lab created while
+the previous one's namespace terminates must wait.  That case raises
+`NamespaceTerminatingError`, whatever step meets it, so the scheduler can
+retry later instead of failing the lab.
+
+A new namespace also cannot take pods until its ``default`` ServiceAccount
+exists (the ServiceAccount admission plugin answers 403 until the
+controller has made it, usually within a second): the pod create waits for
+that rather than failing the spawn.
+
+The reconciler lists each kind once across all namespaces, selected by
+`MANAGED_SELECTOR` and paged, and reads the answers as plain JSON: it
+compares what exists with the database and never issues a GET per lab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import structlog
+from kubernetes_asyncio.client import ApiClient, CoreV1Api, NetworkingV1Api
+
+from labd.config import Config
+from labd.kube.builder import (
+    LAB_ID_LABEL,
+    MANAGED_SELECTOR,
+    LabIdentity,
+    LabObjects,
+    parse_lab_labels,
+)
+from labd.kube.client import CallHook, KubeApi, KubeError, Reply, RetryPolicy
+
+__all__ = [
+    "LIST_PAGE_SIZE",
+    "LabConfigMap",
+    "LabKube",
+    "LabNamespace",
+    "LabPod",
+    "NamespaceTerminatingError",
+    "PodStatus",
+    "list_objects",
+    "pod_status",
+]
+
+LIST_PAGE_SIZE: Final = 500
+"""Objects per page of a LIST (the API server's own default chunk size)."""
+
+_SERVICE_ACCOUNT_WAIT: Final = 15.0
+"""Seconds a pod create waits for its namespace's default ServiceAccount."""
+
+_LOG = structlog.get_logger()
+
+
+class NamespaceTerminatingError(KubeError):
+    """The lab's namespace is being deleted; try again once it is gone.
+
+    Raised by `LabKube.create_lab_objects` when the namespace exists but is
+    terminating (usually the user's previous lab), or when an object cannot
+    be created in it for that reason.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class PodStatus:
+    """The phase of a pod and the most telling reason for it."""
+
+    phase: str
+    """``Pending``, ``Running``, ``Succeeded``, ``Failed`` or ``Unknown``."""
+
+    reason: str | None
+    """Why, when Kubernetes says: ``OOMKilled``, ``ImagePullBackOff``,
+    ``Unschedulable``, ``Evicted``, ``Error``, ``Completed``."""
+
+    message: str | None
+    """Details, when Kubernetes gives some (with the exit code of a
+    terminated container)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabNamespace:
+    """A namespace labd manages, as listed."""
+
+    name: str
+    """Namespace name."""
+
+    labels: Mapping[str, str]
+    """Its labels."""
+
+    annotations: Mapping[str, str]
+    """Its annotations (the lab spec among them)."""
+
+    phase: str | None
+    """``Active`` or ``Terminating``."""
+
+    deletion_timestamp: datetime | None
+    """When its deletion was asked, if it was."""
+
+    @property
+    def identity(self) -> LabIdentity | None:
+        """The lab it belongs to, or `None` if its labels are incomplete."""
+        return parse_lab_labels({"labels": self.labels, "annotations": self.annotations})
+
+
+@dataclass(frozen=True, slots=True)
+class LabPod:
+    """A lab pod, as listed."""
+
+    namespace: str
+    """Its namespace."""
+
+    name: str
+    """Pod name."""
+
+    labels: Mapping[str, str]
+    """Its labels."""
+
+    annotations: Mapping[str, str]
+    """Its annotations (the lab spec among them)."""
+
+    status: PodStatus
+    """Phase and reason."""
+
+    deletion_timestamp: datetime | None
+    """When its deletion was asked, if it was."""
+
+    @property
+    def phase(self) -> str:
+        """The pod phase."""
+        return self.status.phase
+
+    @property
+    def identity(self) -> LabIdentity | None:
+        """The lab it belongs to, or `None` if its labels are incomplete."""
+        return parse_lab_labels({"labels": self.labels, "annotations": self.annotations})
+
+
+@dataclass(frozen=True, slots=True)
+class LabConfigMap:
+    """A lab ConfigMap (the lab's environment), as listed."""
+
+    namespace: str
+    """Its namespace."""
+
+    name: str
+    """ConfigMap name."""
+
+    labels: Mapping[str, str]
+    """Its labels."""
+
+    annotations: Mapping[str, str]
+    """Its annotations."""
+
+    data: Mapping[str, str] = field(repr=False)
+    """Its data: the lab's environment."""
+
+    deletion_timestamp: datetime | None
+    """When its deletion was asked, if it was."""
+
+    @property
+    def identity(self) -> LabIdentity | None:
+        """The lab it belongs to, or `None` if its labels are incomplete."""
+        return parse_lab_labels({"labels": self.labels, "annotations": self.annotations})
+
+
+def _timestamp(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def pod_status(pod: Mapping[str, Any]) -> PodStatus:
+    """Summarise a pod's status as a phase, a reason and a message.
+
+    The reason is the most specific one found: a terminated or waiting
+    container's (``OOMKilled``, ``ImagePullBackOff``), else the pod's own
+    (``Evicted``), else a failed scheduling condition (``Unschedulable``).
+
+    Parameters
+    ----------
+    pod
+        The pod as a JSON dict.
+
+    Returns
+    -------
+    PodStatus
+        Its phase (``Unknown`` when unset), reason and message.
+    """
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Unknown"
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        terminated = state.get("terminated")
+        if terminated:
+            code = terminated.get("exitCode")
+            message = terminated.get("message") or (
+                f"container {container.get('name')} exited with code {code}"
+            )
+            return PodStatus(phase, terminated.get("reason"), message)
+        waiting = state.get("waiting")
+        if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+            return PodStatus(phase, waiting.get("reason"), waiting.get("message"))
+    if status.get("reason"):
+        return PodStatus(phase, status["reason"], status.get("message"))
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return PodStatus(phase, condition.get("reason"), condition.get("message"))
+    return PodStatus(phase, None, status.get("message"))
+
+
+def _metadata(obj: Mapping[str, Any]) -> tuple[str, str, dict[str, str], dict[str, str], Any]:
+    meta = obj.get("metadata") or {}
+    return (
+        meta.get("namespace", ""),
+        meta.get("name", ""),
+        dict(meta.get("labels") or {}),
+        dict(meta.get("annotations") or {}),
+        _timestamp(meta.get("deletionTimestamp")),
+    )
+
+
+def _is_terminating_refusal(error: KubeError) -> bool:
+    """Whether a 403 says the namespace is being terminated."""
+    return error.status == 403 and "being terminated" in error.message
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """How to create and read one kind of lab object."""
+
+    kind: str
+    create: Callable[..., Awaitable[Any]]
+    read: Callable[..., Awaitable[Any]]
+    namespaced: bool = True
+
+
+class LabKube:
+    """Kubernetes operations on labs, each idempotent.
+
+    Parameters
+    ----------
+    api_client
+        Client from `labd.kube.client.create_api_client`; the caller
+        closes it.
+    config
+        labd's configuration (request timeout).
+    retry
+        Retries of each call; the default is 3 tries within about 2 s.
+    on_call
+        Hook counting calls and errors by verb and kind.
+    """
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        config: Config,
+        *,
+        retry: RetryPolicy | None = None,
+        on_call: CallHook | None = None,
+    ) -> None:
+        self.api = KubeApi(
+            api_client,
+            request_timeout=config.kubernetes.request_timeout,
+            retry=retry,
+            on_call=on_call,
+        )
+        """Makes the calls."""
+        self._config = config
+        core = CoreV1Api(api_client)
+        networking = NetworkingV1Api(api_client)
+        self._core = core
+        self._kinds = {
+            kind.kind: kind
+            for kind in (
+                _Kind("Namespace", core.create_namespace, core.read_namespace, namespaced=False),
+                _Kind(
+                    "ConfigMap",
+                    core.create_namespaced_config_map,
+                    core.read_namespaced_config_map,
+                ),
+                _Kind("Secret", core.create_namespaced_secret, core.read_namespaced_secret),
+                _Kind(
+                    "NetworkPolicy",
+                    networking.create_namespaced_network_policy,
+                    networking.read_namespaced_network_policy,
+                ),
+                _Kind(
+                    "ResourceQuota",
+                    core.create_namespaced_resource_quota,
+                    core.read_namespaced_resource_quota,
+                ),
+                _Kind(
+                    "PersistentVolumeClaim",
+                    core.create_namespaced_persistent_volume_claim,
+                    core.read_namespaced_persistent_volume_claim,
+                ),
+                _Kind("Service", core.create_namespaced_service, core.read_namespaced_service),
+                _Kind("Pod", core.create_namespaced_pod, core.read_namespaced_pod),
+            )
+        }
+
+    # Creation ------------------------------------------------------------
+
+    async def create_lab_objects(self, objects: LabObjects) -> None:
+        """Create a lab's objects, or accept those of the same lab already there.
+
+        The namespace comes first and the pod last (`LabObjects.in_creation_order`).
+
+        Parameters
+        ----------
+        objects
+            The lab's manifests from `labd.kube.builder.build_lab_objects`.
+
+        Raises
+        ------
+        NamespaceTerminatingError
+            If the namespace is being deleted: retry once it is gone.
+        KubeError
+            If a call failed after its retries, or an object of the same
+            name belongs to another lab (status 409, reason ``Conflict``).
+        """
+        for manifest in objects.in_creation_order():
+            await self._create(manifest)
+
+    async def _create(self, manifest: dict[str, Any]) -> None:
+        spec = self._kinds[manifest["kind"]]
+        meta = manifest["metadata"]
+        name, namespace = meta["name"], meta.get("namespace")
+        args = (manifest,) if not spec.namespaced else (namespace, manifest)
+        # One more round when the object vanished between the 409 and the read.
+        for _ in range(2):
+            try:
+                reply = await self._create_once(spec, args, namespace=namespace, name=name)
+            except KubeError as error:
+                if _is_terminating_refusal(error):
+                    raise _terminating(error, namespace or name) from error
+                raise
+            if reply.ok:
+                if spec.kind == "Namespace":
+                    self._check_namespace(reply.body, manifest, fresh=True)
+                return
+            existing = await self._read(spec, namespace=namespace, name=name)
+            if existing is None:
+                continue
+            if spec.kind == "Namespace":
+                self._check_namespace(existing, manifest, fresh=False)
+            else:
+                self._check_owner(existing, manifest, spec.kind)
+            _LOG.debug("Lab object already exists", kind=spec.kind, namespace=namespace, name=name)
+            return
+        raise KubeError(
+            verb="create",
+            kind=spec.kind,
+            namespace=namespace,
+            name=name,
+            status=409,
+            reason="Conflict",
+            message="the object exists and vanishes again on every read",
+        )
+
+    async def _create_once(
+        self, spec: _Kind, args: tuple[Any, ...], *, namespace: str | None, name: str
+    ) -> Reply:
+        """Create once, accepting 409; a pod waits for the ServiceAccount."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _SERVICE_ACCOUNT_WAIT
+        delay = 0.05
+        while True:
+            try:
+                return await self.api.call(
+                    "create",
+                    spec.kind,
+                    spec.create,
+                    *args,
+                    namespace=namespace,
+                    name=name,
+                    accept=(409,),
+                )
+            except KubeError as error:
+                waiting_for_account = (
+                    spec.kind == "Pod"
+                    and error.status == 403
+                    and "service account" in error.message
+                )
+                if not waiting_for_account or loop.time() + delay > deadline:
+                    raise
+                _LOG.debug("Waiting for the namespace's service account", namespace=namespace)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _read(
+        self, spec: _Kind, *, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        args = (name,) if not spec.namespaced else (name, namespace)
+        reply = await self.api.call(
+            "get", spec.kind, spec.read, *args, namespace=namespace, name=name, accept=(404,)
+        )
+        return reply.body if reply.ok else None
+
+    def _check_owner(self, existing: dict[str, Any], wanted: dict[str, Any], kind: str) -> None:
+        """Raise unless ``existing`` carries the lab id of ``wanted``."""
+        meta = wanted["metadata"]
+        ours = meta["labels"][LAB_ID_LABEL]
+        theirs = ((existing.get("metadata") or {}).get("labels") or {}).get(LAB_ID_LABEL)
+        if theirs != ours:
+            owner = f"lab {theirs}" if theirs else "something other than labd"
+            raise KubeError(
+                verb="create",
+                kind=kind,
+                namespace=meta.get("namespace"),
+                name=meta["name"],
+                status=409,
+                reason="Conflict",
+                message=f"already exists and belongs to {owner}, not to lab {ours}",
+            )
+
+    def _check_namespace(
+        self, existing: dict[str, Any], wanted: dict[str, Any], *, fresh: bool
+    ) -> None:
+        """Raise if the namespace terminates, or (when not fresh) is not ours."""
+        meta = existing.get("metadata") or {}
+        phase = (existing.get("status") or {}).get("phase")
+        name = wanted["metadata"]["name"]
+        if meta.get("deletionTimestamp") or phase == "Terminating":
+            raise NamespaceTerminatingError(
+                verb="create",
+                kind="Namespace",
+                namespace=None,
+                name=name,
+                status=409,
+                reason="AlreadyExists",
+                message="the namespace is being deleted; retry once it is gone",
+            )
+        if not fresh:
+            self._check_owner(existing, wanted, "Namespace")
+
+    # Deletion ------------------------------------------------------------
+
+    async def delete_pod(self, namespace: str, name: str, *, grace_seconds: int) -> None:
+        """Ask for a pod's deletion; a missing pod is already deleted.
+
+        Parameters
+        ----------
+        namespace
+            The pod's namespace.
+        name
+            The pod's name.
+        grace_seconds
+            Seconds the lab gets to shut down.
+
+        Raises
+        ------
+        KubeError
+            If the call failed after its retries.
+        """
+        await self.api.call(
+            "delete",
+            "Pod",
+            self._core.delete_namespaced_pod,
+            name,
+            namespace,
+            grace_period_seconds=grace_seconds,
+            namespace=namespace,
+            name=name,
+            accept=(404,),
+        )
+
+    async def delete_namespace(self, namespace: str) -> None:
+        """Ask for a namespace's deletion, which removes everything in it.
+
+        A missing namespace is already deleted; one already terminating
+        (409 on a real API server) is being deleted.
+
+        Parameters
+        ----------
+        namespace
+            The namespace.
+
+        Raises
+        ------
+        KubeError
+            If the call failed after its retries.
+        """
+        await self.api.call(
+            "delete",
+            "Namespace",
+            self._core.delete_namespace,
+            namespace,
+            propagation_policy="Background",
+            name=namespace,
+            accept=(404, 409),
+        )
+
+    async def namespace_gone(self, namespace: str) -> bool:
+        """Tell whether a namespace no longer exists (while deleting it).
+
+        Raises
+        ------
+        KubeError
+            If the call failed after its retries.
+        """
+        reply = await self.api.call(
+            "get",
+            "Namespace",
+            self._core.read_namespace,
+            namespace,
+            name=namespace,
+            accept=(404,),
+        )
+        return reply.status == 404
+
+    async def pod_gone(self, namespace: str, name: str) -> bool:
+        """Tell whether a pod no longer exists (while deleting it).
+
+        Raises
+        ------
+        KubeError
+            If the call failed after its retries.
+        """
+        reply = await self.api.call(
+            "get",
+            "Pod",
+            self._core.read_namespaced_pod,
+            name,
+            namespace,
+            namespace=namespace,
+            name=name,
+            accept=(404,),
+        )
+        return reply.status == 404
+
+    # Listing -------------------------------------------------------------
+
+    async def list_lab_namespaces(self) -> list[LabNamespace]:
+        """List every namespace labd manages (one paged LIST).
+
+        Raises
+        ------
+        KubeError
+            If a call failed after its retries.
+        """
+        items = await self._list("Namespace", self._core.list_namespace)
+        result = []
+        for item in items:
+            _, name, labels, annotations, deleted = _metadata(item)
+            phase = (item.get("status") or {}).get("phase")
+            result.append(LabNamespace(name, labels, annotations, phase, deleted))
+        return result
+
+    async def list_lab_pods(self) -> list[LabPod]:
+        """List every pod labd manages, in all namespaces (one paged LIST).
+
+        Raises
+        ------
+        KubeError
+            If a call failed after its retries.
+        """
+        items = await self._list("Pod", self._core.list_pod_for_all_namespaces)
+        result = []
+        for item in items:
+            namespace, name, labels, annotations, deleted = _metadata(item)
+            result.append(LabPod(namespace, name, labels, annotations, pod_status(item), deleted))
+        return result
+
+    async def list_lab_config_maps(self) -> list[LabConfigMap]:
+        """List every ConfigMap labd manages, in all namespaces (one paged LIST).
+
+        Raises
+        ------
+        KubeError
+            If a call failed after its retries.
+        """
+        items = await self._list("ConfigMap", self._core.list_config_map_for_all_namespaces)
+        result = []
+        for item in items:
+            namespace, name, labels, annotations, deleted = _metadata(item)
+            data = dict(item.get("data") or {})
+            result.append(LabConfigMap(namespace, name, labels, annotations, data, deleted))
+        return result
+
+    async def _list(
+        self, kind: str, method: Callable[..., Awaitable[Any]]
+    ) -> list[dict[str, Any]]:
+        items, _ = await list_objects(self.api, kind, method, label_selector=MANAGED_SELECTOR)
+        return items
+
+
+async def list_objects(
+    api: KubeApi,
+    kind: str,
+    method: Callable[..., Awaitable[Any]],
+    *,
+    label_selector: str | None = None,
+    field_selector: str | None = None,
+) -> tuple[list[dict[str, Any]], str]:
+    """LIST objects in pages of `LIST_PAGE_SIZE`, following continue tokens.
+
+    A continue token expires (410) once the API server has compacted the
+    version the LIST started from; the pages read so far may then be
+    stale, so the LIST starts over, once.
+
+    Parameters
+    ----------
+    api
+        Makes the calls.
+    kind
+        Kind listed, for errors and counts.
+    method
+        The generated list method, such as
+        ``CoreV1Api(client).list_pod_for_all_namespaces``.
+    label_selector
+        Only objects with these labels.
+    field_selector
+        Only objects with these fields.
+
+    Returns
+    -------
+    tuple
+        The objects as JSON dicts, and the resourceVersion of the LIST
+        (that of its first page, which the later pages are consistent
+        with) from which a watch can follow.
+
+    Raises
+    ------
+    KubeError
+        If a call failed after its retries.
+    """
+    selectors: dict[str, str] = {}
+    if label_selector:
+        selectors["label_selector"] = label_selector
+    if field_selector:
+        selectors["field_selector"] = field_selector
+    items: list[dict[str, Any]] = []
+    version = ""
+    token: str | None = None
+    restarted = False
+    while True:
+        extra = {"_continue": token} if token else {}
+        reply = await api.call(
+            "list",
+            kind,
+            method,
+            limit=LIST_PAGE_SIZE,
+            accept=() if restarted or not token else (410,),
+            **selectors,
+            **extra,
+        )
+        if reply.status == 410:
+            _LOG.info("LIST continue token expired; listing again", kind=kind)
+            items, token, restarted = [], None, True
+            continue
+        metadata = reply.body.get("metadata") or {}
+        if token is None:
+            version = str(metadata.get("resourceVersion") or "")
+        items.extend(reply.body.get("items") or [])
+        token = metadata.get("continue")
+        if not token:
+            return items, version
+
+
+def _terminating(error: KubeError, namespace: str) -> NamespaceTerminatingError:
+    return NamespaceTerminatingError(
+        verb=error.verb,
+        kind=error.kind,
+        namespace=error.namespace,
+        name=error.name,
+        status=error.status,
+        reason=error.reason,
+        message=f"namespace {namespace} is being deleted; retry once it is gone",
+    )

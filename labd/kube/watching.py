@@ -1,0 +1,516 @@
+"""Following lab pods and their Kubernetes Events as they change.
+
+Two watches serve every lab at once, whatever their number: one on pods
+labelled ``app.kubernetes.io/managed-by=labd`` in all namespaces
+(`PodWatcher`), one on core/v1 Events about pods in all namespaces
+(`PodEventWatcher`).  One watch per lab would hold one pooled connection
+per lab: a thousand concurrent spawns would exhaust the pool and load the
+API server for nothing.
+
+Why a watch is restarted, and from where:
+
+- A watch is a long HTTP response the API server ends on its own
+  (``timeoutSeconds``, its own limit, a restart).  Ending is normal: the
+  watch is reopened from the last resourceVersion seen, so no change is
+  missed and none is replayed.
+- A connection can also go silent without closing (a NAT or load balancer
+  that forgot it).  Nothing distinguishes that from a quiet cluster except
+  time, so labd asks for bookmarks (the API server then sends one about
+  every minute even when nothing changes, each carrying a newer
+  resourceVersion) and treats a read that waits longer than
+  ``kubernetes.watch_timeout`` as a dead connection: it reopens the watch
+  from the last version.  The server-side ``timeoutSeconds`` is set a little
+  under that, so a healthy watch ends by itself before the read timeout
+  would fire.
+- The API server keeps a window of recent changes only.  A watch from a
+  version older than that window gets 410 Gone: the changes in between are
+  lost for good, and the only way back to a true picture is to LIST again.
+  After that re-LIST the pod watcher emits every current pod, and a deleted
+  update for each pod it knew that is no longer there, so its consumer can
+  treat a re-LIST as a full resync.
+- Any other failure (refused connection, 5xx, a bug in a handler of the
+  stream) is logged and retried with capped exponential backoff: the
+  watchers never die while their consumer iterates.
+
+The Event watch starts from *now*: it LISTs one Event only to learn the
+current resourceVersion, then watches from it, so Events that existed
+before the watch began are not replayed.  After a 410 it starts from now
+again; Events are progress messages, and a few lost ones are not worth a
+replay of every Event in the cluster.
+
+Both watchers are async iterators; iterate them from one task and cancel
+that task (or close the iterator with `contextlib.aclosing`) to stop: the
+open watch connection is closed on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import structlog
+from kubernetes_asyncio import watch
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from labd.config import Config
+from labd.kube.builder import LAB_ID_LABEL, MANAGED_SELECTOR, USER_LABEL
+from labd.kube.client import CallHook, KubeApi, KubeError, RetryPolicy
+from labd.kube.storage import list_objects, pod_status
+
+__all__ = [
+    "PodEvent",
+    "PodEventWatcher",
+    "PodUpdate",
+    "PodWatcher",
+]
+
+_SERVER_TIMEOUT_SHARE: Final = 0.9
+"""Server-side watch timeout, as a share of ``kubernetes.watch_timeout``."""
+
+_LOG = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class PodUpdate:
+    """The state of one lab pod, as the watch last saw it."""
+
+    namespace: str
+    """The pod's namespace."""
+
+    name: str
+    """The pod's name."""
+
+    lab_id: str
+    """The lab it belongs to (its ``labd.io/lab-id`` label)."""
+
+    slug: str
+    """Its user's slug (its ``labd.io/user`` label)."""
+
+    phase: str
+    """``Pending``, ``Running``, ``Succeeded``, ``Failed`` or ``Unknown``;
+    for a deleted pod, the last phase it had."""
+
+    deleted: bool
+    """Whether the pod is gone."""
+
+    reason: str | None = None
+    """Why it is in that phase, when Kubernetes says (``OOMKilled``,
+    ``ImagePullBackOff``, ``Unschedulable``, ``Evicted``)."""
+
+    message: str | None = None
+    """Details of the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodEvent:
+    """A Kubernetes Event about a pod in a lab namespace."""
+
+    namespace: str
+    """The pod's namespace."""
+
+    pod_name: str
+    """The pod's name."""
+
+    reason: str
+    """What happened: ``Scheduled``, ``Pulling``, ``Pulled``, ``Created``,
+    ``Started``, ``Failed``, ``BackOff``, ``FailedScheduling``, ..."""
+
+    message: str
+    """The Event's text."""
+
+    type: str
+    """``Normal`` or ``Warning``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    """A (re-)LIST happened; ``items`` is everything there is."""
+
+    items: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Changed:
+    """One watch event."""
+
+    type: str
+    obj: dict[str, Any]
+
+
+class _Backoff:
+    """Capped exponential backoff with full jitter, reset by progress."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def wait(self) -> None:
+        self.failures += 1
+        ceiling = min(self._policy.maximum, self._policy.initial * 2 ** (self.failures - 1))
+        await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+
+
+_DEFAULT_BACKOFF: Final = RetryPolicy(attempts=1, initial=0.5, maximum=30.0)
+
+
+class _Follower:
+    """LIST, then watch from the LIST's version, forever: the shared engine.
+
+    Yields `_Listed` after every (re-)LIST and `_Changed` for every change.
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        kind: str,
+        method: Callable[..., Awaitable[Any]],
+        lister: Callable[[], Awaitable[tuple[list[dict[str, Any]], str]]],
+        label_selector: str | None,
+        field_selector: str | None,
+        read_timeout: float,
+        server_timeout: int,
+        backoff: RetryPolicy,
+    ) -> None:
+        self._api = api
+        self._kind = kind
+        self._method = method
+        self._lister = lister
+        self._selectors: dict[str, str] = {}
+        if label_selector:
+            self._selectors["label_selector"] = label_selector
+        if field_selector:
+            self._selectors["field_selector"] = field_selector
+        self._read_timeout = read_timeout
+        self._server_timeout = server_timeout
+        self._backoff = _Backoff(backoff)
+        self.resource_version: str | None = None
+        """The last version seen; `None` until listed, or when a re-LIST is due."""
+
+    async def changes(self) -> AsyncGenerator[_Listed | _Changed, None]:
+        log = _LOG.bind(watch=self._kind)
+        while True:
+            if self.resource_version is None:
+                try:
+                    items, version = await self._lister()
+                except KubeError as error:
+                    log.warning("LIST before watch failed", error=str(error))
+                    await self._backoff.wait()
+                    continue
+                self.resource_version = version
+                yield _Listed(items)
+            received = 0
+            try:
+                async with aclosing(self._watch_once()) as stream:
+                    async for change in stream:
+                        received += 1
+                        self._backoff.reset()
+                        if change is not None:
+                            yield change
+            except ApiException as exc:
+                self._api.record("watch", self._kind, error=True)
+                if exc.status == 410:
+                    log.info("Watch version expired (410 Gone); listing again")
+                    self.resource_version = None
+                    continue
+                log.warning("Watch failed", status=exc.status, reason=exc.reason)
+                await self._backoff.wait()
+                continue
+            except TimeoutError:
+                self._api.record("watch", self._kind, error=True)
+                log.warning("Watch silent too long; restarting", seconds=self._read_timeout)
+                continue
+            except (aiohttp.ClientError, OSError) as exc:
+                self._api.record("watch", self._kind, error=True)
+                log.warning("Watch connection failed", error=str(exc) or type(exc).__name__)
+                await self._backoff.wait()
+                continue
+            except Exception:
+                self._api.record("watch", self._kind, error=True)
+                log.exception("Watch failed unexpectedly")
+                await self._backoff.wait()
+                continue
+            self._api.record("watch", self._kind, error=False)
+            log.debug("Watch ended; resuming", events=received)
+            if received == 0:
+                # An empty watch that ends at once (a proxy closing it, a
+                # server that drops every stream) must not become a busy loop.
+                await self._backoff.wait()
+
+    async def _watch_once(self) -> AsyncGenerator[_Changed | None, None]:
+        """Run one watch connection; yield `None` for a bookmark."""
+        async with watch.Watch(return_type="object") as stream:
+            events = stream.stream(
+                self._method,
+                resource_version=self.resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._server_timeout,
+                _request_timeout=(self._api.request_timeout, self._read_timeout),
+                **self._selectors,
+            )
+            async for event in events:
+                obj = event.get("raw_object")
+                if not isinstance(obj, dict):
+                    raise ValueError(f"watch event without an object: {event!r}")
+                version = (obj.get("metadata") or {}).get("resourceVersion")
+                if version:
+                    self.resource_version = str(version)
+                kind = str(event.get("type", ""))
+                yield None if kind == "BOOKMARK" else _Changed(kind, obj)
+
+
+def _timeouts(config: Config, server_timeout: int | None) -> tuple[float, int]:
+    read_timeout = config.kubernetes.watch_timeout
+    if server_timeout is None:
+        server_timeout = max(1, int(read_timeout * _SERVER_TIMEOUT_SHARE))
+    return read_timeout, server_timeout
+
+
+class PodWatcher:
+    """Follows every lab pod through one label-selected, cluster-wide watch.
+
+    Iterate `updates` for `PodUpdate` objects.  After the first LIST and
+    after every re-LIST (410 Gone) it yields one update per existing pod
+    and a ``deleted`` update for each previously seen pod that is gone;
+    after that, one update per change.  Updates may repeat a state already
+    reported; consumers should act on the state, not on the update.
+
+    Parameters
+    ----------
+    api_client
+        Client from `labd.kube.client.create_api_client`; the caller
+        closes it.
+    config
+        ``kubernetes.watch_timeout`` and ``request_timeout``.
+    on_call
+        Hook counting calls and errors by verb and kind.
+    server_timeout
+        Seconds the API server keeps one watch open; by default a little
+        under ``kubernetes.watch_timeout``.
+    backoff
+        Delays between reconnections after failures (``attempts`` unused).
+    retry
+        Retries of each LIST call.
+    """
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        config: Config,
+        *,
+        on_call: CallHook | None = None,
+        server_timeout: int | None = None,
+        backoff: RetryPolicy = _DEFAULT_BACKOFF,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        api = KubeApi(
+            api_client,
+            request_timeout=config.kubernetes.request_timeout,
+            retry=retry,
+            on_call=on_call,
+        )
+        core = CoreV1Api(api_client)
+        read_timeout, server_timeout = _timeouts(config, server_timeout)
+
+        async def lister() -> tuple[list[dict[str, Any]], str]:
+            return await list_objects(
+                api, "Pod", core.list_pod_for_all_namespaces, label_selector=MANAGED_SELECTOR
+            )
+
+        self._follower = _Follower(
+            api,
+            kind="Pod",
+            method=core.list_pod_for_all_namespaces,
+            lister=lister,
+            label_selector=MANAGED_SELECTOR,
+            field_selector=None,
+            read_timeout=read_timeout,
+            server_timeout=server_timeout,
+            backoff=backoff,
+        )
+
+    @property
+    def resource_version(self) -> str | None:
+        """The last resourceVersion seen (bookmarks included)."""
+        return self._follower.resource_version
+
+    async def updates(self) -> AsyncGenerator[PodUpdate, None]:
+        """Yield pod updates until cancelled; never raises `KubeError`.
+
+        Yields
+        ------
+        PodUpdate
+            The state of one lab pod.
+        """
+        known: dict[tuple[str, str], PodUpdate] = {}
+        async with aclosing(self._follower.changes()) as changes:
+            async for change in changes:
+                for update in _apply(change, known):
+                    yield update
+
+
+def _apply(change: _Listed | _Changed, known: dict[tuple[str, str], PodUpdate]) -> list[PodUpdate]:
+    """Update ``known`` (pods by namespace and name) and return what to report."""
+    if isinstance(change, _Listed):
+        current: dict[tuple[str, str], PodUpdate] = {}
+        for item in change.items:
+            update = _pod_update(item, deleted=False)
+            if update is not None:
+                current[(update.namespace, update.name)] = update
+        gone = [
+            dataclasses.replace(known[key], deleted=True)
+            for key in sorted(known.keys() - current.keys())
+        ]
+        known.clear()
+        known.update(current)
+        return [*gone, *current.values()]
+    if change.type not in ("ADDED", "MODIFIED", "DELETED"):
+        return []
+    update = _pod_update(change.obj, deleted=change.type == "DELETED")
+    if update is None:
+        return []
+    key = (update.namespace, update.name)
+    if update.deleted:
+        known.pop(key, None)
+    else:
+        known[key] = update
+    return [update]
+
+
+def _pod_update(pod: dict[str, Any], *, deleted: bool) -> PodUpdate | None:
+    """Describe a pod; `None` for one without labd's lab labels."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    lab_id, slug = labels.get(LAB_ID_LABEL), labels.get(USER_LABEL)
+    if not lab_id or not slug:
+        _LOG.debug("Ignoring pod without lab labels", namespace=meta.get("namespace"))
+        return None
+    status = pod_status(pod)
+    return PodUpdate(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        lab_id=lab_id,
+        slug=slug,
+        phase=status.phase,
+        deleted=deleted,
+        reason=status.reason,
+        message=status.message,
+    )
+
+
+class PodEventWatcher:
+    """Follows Kubernetes Events about pods in lab namespaces, from now on.
+
+    Iterate `events` for `PodEvent` objects.  One watch covers the whole
+    cluster (Events about pods, selected by field); Events outside
+    namespaces starting with ``<namespace_prefix>-`` are dropped here.
+
+    Parameters
+    ----------
+    api_client
+        Client from `labd.kube.client.create_api_client`; the caller
+        closes it.
+    config
+        ``namespace_prefix``, ``kubernetes.watch_timeout`` and
+        ``request_timeout``.
+    on_call
+        Hook counting calls and errors by verb and kind.
+    server_timeout
+        Seconds the API server keeps one watch open; by default a little
+        under ``kubernetes.watch_timeout``.
+    backoff
+        Delays between reconnections after failures (``attempts`` unused).
+    retry
+        Retries of each LIST call.
+    """
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        config: Config,
+        *,
+        on_call: CallHook | None = None,
+        server_timeout: int | None = None,
+        backoff: RetryPolicy = _DEFAULT_BACKOFF,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        api = KubeApi(
+            api_client,
+            request_timeout=config.kubernetes.request_timeout,
+            retry=retry,
+            on_call=on_call,
+        )
+        core = CoreV1Api(api_client)
+        read_timeout, server_timeout = _timeouts(config, server_timeout)
+        self._prefix = f"{config.namespace_prefix}-"
+
+        async def now() -> tuple[list[dict[str, Any]], str]:
+            # One Event is enough to learn the current version.
+            reply = await api.call(
+                "list",
+                "Event",
+                core.list_event_for_all_namespaces,
+                field_selector=_POD_EVENTS,
+                limit=1,
+            )
+            version = (reply.body.get("metadata") or {}).get("resourceVersion") or ""
+            return [], str(version)
+
+        self._follower = _Follower(
+            api,
+            kind="Event",
+            method=core.list_event_for_all_namespaces,
+            lister=now,
+            label_selector=None,
+            field_selector=_POD_EVENTS,
+            read_timeout=read_timeout,
+            server_timeout=server_timeout,
+            backoff=backoff,
+        )
+
+    async def events(self) -> AsyncGenerator[PodEvent, None]:
+        """Yield Events about lab pods until cancelled; never raises `KubeError`.
+
+        An Event updated in place (its count raised because it happened
+        again) is yielded again.
+
+        Yields
+        ------
+        PodEvent
+            One Event.
+        """
+        async with aclosing(self._follower.changes()) as changes:
+            async for change in changes:
+                event = self._event(change)
+                if event is not None:
+                    yield event
+
+    def _event(self, change: _Listed | _Changed) -> PodEvent | None:
+        """The Event a change reports, if it is about a pod in a lab namespace."""
+        if isinstance(change, _Listed) or change.type not in ("ADDED", "MODIFIED"):
+            return None
+        involved = change.obj.get("involvedObject") or {}
+        namespace = str(involved.get("namespace") or "")
+        if involved.get("kind") != "Pod" or not namespace.startswith(self._prefix):
+            return None
+        return PodEvent(
+            namespace=namespace,
+            pod_name=str(involved.get("name") or ""),
+            reason=str(change.obj.get("reason") or ""),
+            message=str(change.obj.get("message") or ""),
+            type=str(change.obj.get("type") or "Normal"),
+        )
+
+
+_POD_EVENTS: Final = "involvedObject.kind=Pod"
+"""Field selector of Events about pods."""

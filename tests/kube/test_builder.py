@@ -1,0 +1,293 @@
+"""The object builder: golden manifests and the invariants every lab keeps.
+
+The golden files under ``golden/`` are the exact manifests of two labs; any
+change to what labd creates shows up as a failing diff.  After an intended
+change, regenerate them with ``UPDATE_GOLDEN=1 pytest tests/kube/test_builder.py``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labd.config import Config, LabConfig, VolumeConfig
+from labd.kube.builder import (
+    LAB_ID_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    NAME_VALUE,
+    SPEC_ANNOTATION,
+    USER_LABEL,
+    USERNAME_ANNOTATION,
+    LabBuild,
+    LabObjects,
+    build_lab_objects,
+    internal_url,
+    parse_lab_labels,
+)
+from tests.kube.labs import lab_build
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def plain_config() -> Config:
+    return Config(namespace_prefix="labd")
+
+
+def full_config() -> Config:
+    return Config(
+        namespace_prefix="labd",
+        lab=LabConfig(
+            port=8890,
+            env={"SITE": "example", "JUPYTERHUB_USER": "spoofed"},
+            hub_namespace="hub",
+            pull_policy="Always",
+            resource_quota=True,
+            volumes=[
+                VolumeConfig(name="home", mount_path="/home", storage=10 * 2**30),
+                VolumeConfig(
+                    name="datasets",
+                    mount_path="/datasets",
+                    storage=2**40,
+                    storage_class="shared",
+                    access_mode="ReadOnlyMany",
+                    read_only=True,
+                ),
+            ],
+        ),
+    )
+
+
+def full_lab() -> LabBuild:
+    lab = lab_build("Bob.Smith+test@example.org", lab_id="0b9e8a3c-6d1f-4f53-9c8e-2a7d5b4c3e21")
+    return dataclasses.replace(
+        lab,
+        size="medium",
+        limits_cpu=2.5,
+        limits_memory=8 * 2**30,
+        requests_cpu=0.5,
+        requests_memory=2 * 2**30,
+        enable_debug=True,
+        reset_user_env=True,
+    )
+
+
+CASES: dict[str, tuple[LabBuild, Config]] = {
+    "plain": (lab_build("alice", lab_id="5d1f9a52-3c4e-4b7a-8f21-6e0c9d8b7a65"), plain_config()),
+    "full": (full_lab(), full_config()),
+}
+
+
+def as_json(objects: LabObjects) -> str:
+    return json.dumps(dataclasses.asdict(objects), indent=2, sort_keys=True) + "\n"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    lab, config = CASES[case]
+    built = as_json(build_lab_objects(lab, config))
+    path = GOLDEN / f"{case}.json"
+    if UPDATE:
+        path.write_text(built)
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 to create it"
+    assert built == path.read_text(), f"{case} differs from {path}"
+
+
+def test_build_is_deterministic() -> None:
+    lab, config = CASES["full"]
+    assert build_lab_objects(lab, config) == build_lab_objects(lab, config)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_object_carries_labels_and_username(case: str) -> None:
+    lab, config = CASES[case]
+    objects = build_lab_objects(lab, config).in_creation_order()
+    assert len(objects) == (9 if case == "full" else 6)
+    for obj in objects:
+        meta = obj["metadata"]
+        assert meta["labels"] == {
+            MANAGED_BY_LABEL: MANAGED_BY,
+            NAME_LABEL: NAME_VALUE,
+            USER_LABEL: lab.slug,
+            LAB_ID_LABEL: lab.lab_id,
+        }, obj["kind"]
+        assert meta["annotations"][USERNAME_ANNOTATION] == lab.username
+        assert obj["apiVersion"] in ("v1", "networking.k8s.io/v1")
+        if obj["kind"] != "Namespace":
+            assert meta["namespace"] == lab.namespace
+        identity = parse_lab_labels(meta)
+        assert identity is not None
+        assert (identity.lab_id, identity.slug, identity.username) == (
+            lab.lab_id,
+            lab.slug,
+            lab.username,
+        )
+
+
+def test_creation_order_and_names() -> None:
+    lab, config = CASES["full"]
+    objects = build_lab_objects(lab, config).in_creation_order()
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("Namespace", lab.namespace),
+        ("ConfigMap", f"{lab.slug}-nb-env"),
+        ("Secret", f"{lab.slug}-nb"),
+        ("NetworkPolicy", f"{lab.slug}-nb"),
+        ("ResourceQuota", f"{lab.slug}-nb"),
+        ("PersistentVolumeClaim", f"{lab.slug}-nb-home"),
+        ("PersistentVolumeClaim", f"{lab.slug}-nb-datasets"),
+        ("Service", "lab"),
+        ("Pod", f"{lab.slug}-nb"),
+    ]
+
+
+def test_spec_annotation_on_namespace_and_pod_only() -> None:
+    lab, config = CASES["plain"]
+    objects = build_lab_objects(lab, config)
+    for obj in objects.in_creation_order():
+        annotations = obj["metadata"]["annotations"]
+        if obj["kind"] in ("Namespace", "Pod"):
+            assert annotations[SPEC_ANNOTATION] == lab.spec_annotation
+        else:
+            assert SPEC_ANNOTATION not in annotations
+
+
+def test_pod_is_locked_down() -> None:
+    lab, config = CASES["full"]
+    pod = build_lab_objects(lab, config).pod
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    assert spec["restartPolicy"] == "Never"
+    security = spec["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert (security["runAsUser"], security["runAsGroup"]) == (lab.uid, lab.gid)
+    assert security["supplementalGroups"] == [1101, 2000]
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = spec["containers"]
+    assert container["name"] == "notebook"
+    assert container["image"] == lab.image
+    assert container["imagePullPolicy"] == "Always"
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["resources"] == {
+        "limits": {"cpu": "2500m", "memory": str(8 * 2**30)},
+        "requests": {"cpu": "500m", "memory": str(2 * 2**30)},
+    }
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == {"/tmp", "/home", "/datasets"}
+    assert mounts["/datasets"]["readOnly"] is True
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {}}
+    claim = volumes[mounts["/home"]["name"]]["persistentVolumeClaim"]
+    assert claim == {"claimName": f"{lab.slug}-nb-home"}
+
+
+def test_environment_split_between_config_map_and_secret() -> None:
+    lab, config = CASES["full"]
+    objects = build_lab_objects(lab, config)
+    data = objects.config_map["data"]
+    assert data["JUPYTERHUB_USER"] == lab.username, "the configured env must not override it"
+    assert data["SITE"] == "example"
+    assert data["JUPYTERHUB_SERVICE_PREFIX"] == lab.env["JUPYTERHUB_SERVICE_PREFIX"]
+    assert data["EXTERNAL_UID"] == "1101"
+    assert data["EXTERNAL_GROUPS"] == f"{lab.username}:1101,science:2000"
+    assert data["ENABLE_DEBUG"] == "TRUE"
+    assert data["RESET_USER_ENV"] == "TRUE"
+    assert "JUPYTERHUB_API_TOKEN" not in data
+    secret = objects.secret["data"]
+    assert base64.b64decode(secret["JUPYTERHUB_API_TOKEN"]).decode() == "token-of-" + lab.username
+    (container,) = objects.pod["spec"]["containers"]
+    assert container["envFrom"] == [{"configMapRef": {"name": f"{lab.slug}-nb-env"}}]
+    assert container["env"] == [
+        {
+            "name": "JUPYTERHUB_API_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {"name": f"{lab.slug}-nb", "key": "JUPYTERHUB_API_TOKEN"}
+            },
+        }
+    ]
+
+
+def test_debug_flags_absent_when_off() -> None:
+    lab, config = CASES["plain"]
+    data = build_lab_objects(lab, config).config_map["data"]
+    assert "ENABLE_DEBUG" not in data
+    assert "RESET_USER_ENV" not in data
+
+
+def test_network_policy_admits_hub_and_own_namespace_on_the_lab_port() -> None:
+    lab, config = CASES["full"]
+    policy = build_lab_objects(lab, config).network_policy["spec"]
+    assert policy["podSelector"] == {"matchLabels": {LAB_ID_LABEL: lab.lab_id}}
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8890}]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hub"}}},
+        {"podSelector": {}},
+    ]
+
+
+def test_service_and_quota() -> None:
+    lab, config = CASES["full"]
+    objects = build_lab_objects(lab, config)
+    service = objects.service["spec"]
+    assert service["selector"] == {LAB_ID_LABEL: lab.lab_id}
+    assert [(p["port"], p["targetPort"]) for p in service["ports"]] == [(8890, 8890)]
+    assert objects.resource_quota is not None
+    assert objects.resource_quota["spec"]["hard"] == {
+        "limits.cpu": "2500m",
+        "limits.memory": str(8 * 2**30),
+    }
+    assert build_lab_objects(*CASES["plain"]).resource_quota is None
+
+
+def test_root_is_refused() -> None:
+    lab, config = CASES["plain"]
+    with pytest.raises(ValueError, match="root"):
+        build_lab_objects(dataclasses.replace(lab, uid=0), config)
+
+
+def test_internal_url() -> None:
+    config = plain_config()
+    env = {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/"}
+    assert internal_url("labd-alice", env, config) == "http://lab.labd-alice:8888/user/alice/"
+    custom = Config(
+        lab=LabConfig(internal_url_template="https://{namespace}.labs:{port}/x{service_prefix}")
+    )
+    assert internal_url("labd-bob", {}, custom) == "https://labd-bob.labs:8888/x"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {},
+        {"labels": {LAB_ID_LABEL: "x", USER_LABEL: "alice"}},
+        {"labels": {MANAGED_BY_LABEL: "helm", LAB_ID_LABEL: "x", USER_LABEL: "alice"}},
+        {"labels": {MANAGED_BY_LABEL: MANAGED_BY, USER_LABEL: "alice"}},
+        {"labels": {MANAGED_BY_LABEL: MANAGED_BY, LAB_ID_LABEL: "x"}},
+    ],
+)
+def test_parse_lab_labels_ignores_foreign_objects(metadata: dict[str, Any]) -> None:
+    assert parse_lab_labels(metadata) is None
+
+
+def test_parse_lab_labels_without_annotations() -> None:
+    identity = parse_lab_labels(
+        {"labels": {MANAGED_BY_LABEL: MANAGED_BY, LAB_ID_LABEL: "x", USER_LABEL: "alice"}}
+    )
+    assert identity is not None
+    assert (identity.username, identity.spec) == (None, None)
