@@ -266,6 +266,8 @@ class LabKube:
         Retries of each call; the default is 3 tries within about 2 s.
     on_call
         Hook counting calls and errors by verb and kind.
+    page_size
+        Objects per page of the reconciler's LISTs.
     """
 
     def __init__(
@@ -275,6 +277,7 @@ class LabKube:
         *,
         retry: RetryPolicy | None = None,
         on_call: CallHook | None = None,
+        page_size: int = LIST_PAGE_SIZE,
     ) -> None:
         self.api = KubeApi(
             api_client,
@@ -283,7 +286,7 @@ class LabKube:
             on_call=on_call,
         )
         """Makes the calls."""
-        self._config = config
+        self._page_size = page_size
         core = CoreV1Api(api_client)
         networking = NetworkingV1Api(api_client)
         self._core = core
@@ -599,7 +602,9 @@ class LabKube:
     async def _list(
         self, kind: str, method: Callable[..., Awaitable[Any]]
     ) -> list[dict[str, Any]]:
-        items, _ = await list_objects(self.api, kind, method, label_selector=MANAGED_SELECTOR)
+        items, _ = await list_objects(
+            self.api, kind, method, label_selector=MANAGED_SELECTOR, page_size=self._page_size
+        )
         return items
 
 
@@ -610,8 +615,9 @@ async def list_objects(
     *,
     label_selector: str | None = None,
     field_selector: str | None = None,
+    page_size: int = LIST_PAGE_SIZE,
 ) -> tuple[list[dict[str, Any]], str]:
-    """LIST objects in pages of `LIST_PAGE_SIZE`, following continue tokens.
+    """LIST objects page by page, following continue tokens.
 
     A continue token expires (410) once the API server has compacted the
     version the LIST started from; the pages read so far may then be
@@ -630,6 +636,8 @@ async def list_objects(
         Only objects with these labels.
     field_selector
         Only objects with these fields.
+    page_size
+        Objects per page.
 
     Returns
     -------
@@ -658,7 +666,7 @@ async def list_objects(
             "list",
             kind,
             method,
-            limit=LIST_PAGE_SIZE,
+            limit=page_size,
             accept=() if restarted or not token else (410,),
             **selectors,
             **extra,

@@ -13,7 +13,9 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
+import aiohttp
 from kubernetes_asyncio.client import CoreV1Api
 
 from labd.config import Config, KubernetesConfig
@@ -50,8 +52,11 @@ async def main() -> None:
                     raw.append(time.perf_counter() - start)
                     assert len(listed) == PODS
                     start = time.perf_counter()
-                    response = await core.list_pod_for_all_namespaces(
-                        label_selector=MANAGED_SELECTOR, _preload_content=False
+                    response = cast(
+                        aiohttp.ClientResponse,
+                        await core.list_pod_for_all_namespaces(
+                            label_selector=MANAGED_SELECTOR, _preload_content=False
+                        ),
                     )
                     body = json.loads(await response.read())
                     response.release()
