@@ -198,6 +198,11 @@ class Registry:
 
     def __init__(self, *, window: int = 10_000, service_account_admission: bool = True) -> None:
         self._objects: dict[Resource, dict[str, dict[str, Obj]]] = {r: {} for r in RESOURCES}
+        # (label key, label value) -> {(namespace, name)}, per resource: a
+        # controller's "list pods with labd.io/user=x" must not scan them all.
+        self._labels: dict[Resource, dict[tuple[str, str], set[tuple[str, str]]]] = {
+            r: {} for r in RESOURCES
+        }
         self._log: deque[Change] = deque(maxlen=window)
         self._compacted = 0
         self._version = 0
@@ -249,6 +254,8 @@ class Registry:
         fields
             Field selector.
         """
+        if labels.required:
+            return self._select_indexed(resource, namespace, labels, fields)
         by_namespace = self._objects[resource]
         buckets: Iterable[dict[str, Obj]]
         if namespace is None:
@@ -256,6 +263,7 @@ class Registry:
         else:
             buckets = [by_namespace.get(namespace, {})]
         only = fields.only_name()
+        check_fields = not fields.empty
         items: list[Obj] = []
         for bucket in buckets:
             if only is not None:
@@ -263,8 +271,34 @@ class Registry:
             else:
                 candidates = (bucket[name] for name in sorted(bucket))
             for obj in candidates:
-                if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj):
+                if labels.matches(obj["metadata"].get("labels")) and (
+                    not check_fields or fields.matches(obj)
+                ):
                     items.append(obj)
+        return items
+
+    def _select_indexed(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        labels: LabelSelector,
+        fields: FieldSelector,
+    ) -> list[Obj]:
+        index = self._labels[resource]
+        keys: set[tuple[str, str]] | None = None
+        for key, values in labels.required:
+            found: set[tuple[str, str]] = set()
+            for value in values:
+                found |= index.get((key, value), set())
+            keys = found if keys is None or len(found) < len(keys) else keys
+        items: list[Obj] = []
+        by_namespace = self._objects[resource]
+        for ns, name in sorted(keys or ()):
+            if namespace is not None and ns != namespace:
+                continue
+            obj = by_namespace[ns][name]
+            if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj):
+                items.append(obj)
         return items
 
     def objects(self, resource: Resource) -> list[Obj]:
@@ -299,9 +333,28 @@ class Registry:
         meta["resourceVersion"] = str(version)
         namespace = meta.get("namespace", "")
         self._objects[resource].setdefault(namespace, {})[meta["name"]] = obj
+        self._index_labels(resource, namespace, meta["name"], old, obj)
         kind: ChangeType = "ADDED" if old is None else "MODIFIED"
         self._publish(Change(version, kind, resource, namespace, obj, old))
         return obj
+
+    def _index_labels(
+        self, resource: Resource, namespace: str, name: str, old: Obj | None, new: Obj | None
+    ) -> None:
+        before = (old["metadata"].get("labels") or {}) if old else {}
+        after = (new["metadata"].get("labels") or {}) if new else {}
+        if before == after:
+            return
+        index, key = self._labels[resource], (namespace, name)
+        for pair in before.items():
+            if pair not in after.items():
+                holders = index.get(pair)
+                if holders is not None:
+                    holders.discard(key)
+                    if not holders:
+                        del index[pair]
+        for pair in after.items():
+            index.setdefault(pair, set()).add(key)
 
     def remove(self, resource: Resource, namespace: str, name: str) -> Obj:
         """Remove an object for good and publish DELETED (the last step of a deletion).
@@ -316,6 +369,7 @@ class Registry:
         del bucket[name]
         if not bucket:
             del self._objects[resource][namespace]
+        self._index_labels(resource, namespace, name, old, None)
         final = {**old, "metadata": dict(old["metadata"])}
         version = self._next_version()
         final["metadata"]["resourceVersion"] = str(version)

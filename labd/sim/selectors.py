@@ -30,6 +30,8 @@ _EXISTS_TERM = re.compile(rf"^(!?)\s*({_KEY})$")
 
 Labels = Mapping[str, str]
 _Test = Callable[[Labels], bool]
+#: A term that only objects with one of these values of a label satisfy.
+_Required = tuple[str, frozenset[str]]
 
 
 def _split_terms(text: str) -> list[str]:
@@ -51,7 +53,8 @@ def _split_terms(text: str) -> list[str]:
     return [t for t in terms if t]
 
 
-def _label_test(term: str) -> _Test:
+def _label_test(term: str) -> tuple[_Test, _Required | None]:
+    """Parse one term into its test and, for ``=``/``==``/``in``, the values it requires."""
     match = _SET_TERM.match(term)
     if match:
         key, op, raw = match.groups()
@@ -59,20 +62,20 @@ def _label_test(term: str) -> _Test:
         if not values or not all(re.fullmatch(_VALUE, v) for v in values):
             raise bad_request(f"unable to parse requirement: invalid value set in {term!r}")
         if op == "in":
-            return lambda labels: labels.get(key) in values
-        return lambda labels: labels.get(key) not in values
+            return (lambda labels: labels.get(key) in values), (key, values)
+        return (lambda labels: labels.get(key) not in values), None
     match = _EQ_TERM.match(term)
     if match:
         key, op, value = match.groups()
         if op == "!=":
-            return lambda labels: labels.get(key) != value
-        return lambda labels: labels.get(key) == value
+            return (lambda labels: labels.get(key) != value), None
+        return (lambda labels: labels.get(key) == value), (key, frozenset((value,)))
     match = _EXISTS_TERM.match(term)
     if match:
         negate, key = match.groups()
         if negate:
-            return lambda labels: key not in labels
-        return lambda labels: key in labels
+            return (lambda labels: key not in labels), None
+        return (lambda labels: key in labels), None
     raise bad_request(
         f"unable to parse requirement: found {term!r}, expected a label selector term"
     )
@@ -88,10 +91,14 @@ class LabelSelector:
         The selector as given in the query string.
     tests
         One predicate per term.
+    required
+        The ``=``, ``==`` and ``in`` terms as (key, allowed values): a label
+        index can answer them without a scan.
     """
 
     text: str
     tests: tuple[_Test, ...]
+    required: tuple[_Required, ...] = ()
 
     @classmethod
     def parse(cls, text: str | None) -> LabelSelector:
@@ -103,7 +110,12 @@ class LabelSelector:
             400 BadRequest on a malformed selector.
         """
         text = text or ""
-        return cls(text, tuple(_label_test(term) for term in _split_terms(text)))
+        parsed = [_label_test(term) for term in _split_terms(text)]
+        return cls(
+            text,
+            tuple(test for test, _ in parsed),
+            tuple(required for _, required in parsed if required is not None),
+        )
 
     def matches(self, labels: Labels | None) -> bool:
         """Return whether an object with ``labels`` is selected."""
