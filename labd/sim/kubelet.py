@@ -110,6 +110,9 @@ class Kubelet:
         ``timeoutSeconds`` of each watch request; the watch then resumes.
     read_timeout
         Seconds of silence after which a watch connection is presumed dead.
+    user_agent
+        User-Agent of its requests; the sim spares ``labd-sim-*`` agents its
+        faults, so another agent lets a test inject faults into the kubelet.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Kubelet:
         stop_delay: float = 0.0,
         watch_timeout: int = 300,
         read_timeout: float = 90.0,
+        user_agent: str = KUBELET_USER_AGENT,
     ) -> None:
         self._configuration = configuration
         self.rules = rules or Rules()
@@ -131,6 +135,7 @@ class Kubelet:
         self._stop_delay = stop_delay
         self._watch_timeout = watch_timeout
         self._read_timeout = read_timeout
+        self._user_agent = user_agent
         self._pods: dict[str, _PodWork] = {}
         self._ips = itertools.count()
         self._core: CoreV1Api | None = None
@@ -175,7 +180,7 @@ class Kubelet:
     async def run(self) -> None:
         """Serve pods until cancelled."""
         async with ApiClient(self._configuration) as api:
-            api.user_agent = KUBELET_USER_AGENT
+            api.user_agent = self._user_agent
             self._core = CoreV1Api(api)
             try:
                 await self._ensure_node()

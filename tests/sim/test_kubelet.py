@@ -8,7 +8,8 @@ import pytest
 from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from labd.sim import SimCluster
+from labd.sim import Kubelet, SimCluster
+from labd.sim.tasks import cancel_and_wait, spawn
 from tests.sim.waiting import eventually, manifest, pod, raw, status_of
 
 
@@ -247,3 +248,23 @@ async def test_binding_subresource(core: CoreV1Api, namespace: str) -> None:
         await core.create_namespaced_pod_binding("nb", namespace, binding)
     assert caught.value.status == 409
     assert "already assigned" in status_of(caught.value)["message"]
+
+
+@pytest.mark.sim(kubelet=False, watch_window=5)
+async def test_kubelet_recovers_from_dropped_and_expired_watches(
+    sim: SimCluster, core: CoreV1Api, namespace: str
+) -> None:
+    # Under an ordinary User-Agent the kubelet gets the faults clients get.
+    kubelet = Kubelet(sim.configuration(), start_delay=0.01, user_agent="test-kubelet")
+    sim.faults.drop_watches(after_events=1)
+    sim.faults.expire_next_watches(2)
+    running = spawn(kubelet.run(), name="test-kubelet")
+    try:
+        for index in range(4):
+            await core.create_namespaced_pod(namespace, pod(f"nb-{index}"))
+        for index in range(4):
+            await _wait_phase(core, namespace, f"nb-{index}", "Running")
+        assert sim.stats.requests["list pods"] >= 2  # re-listed after 410
+        assert sim.stats.requests["watch pods"] >= 3
+    finally:
+        await cancel_and_wait([running])

@@ -100,3 +100,15 @@ async def test_unsupported_field_is_a_bad_request(core: CoreV1Api, namespace: st
         await core.list_namespaced_config_map(namespace, field_selector="data.A=1")
     assert caught.value.status == 400
     assert "field label not supported" in str(caught.value.body)
+
+
+async def test_relabelled_objects_are_found_by_their_new_labels(
+    core: CoreV1Api, labelled: str
+) -> None:
+    await core.patch_namespaced_config_map(
+        "a", labelled, {"metadata": {"labels": {"app": "hub", "tier": "web"}}}
+    )
+    await core.delete_namespaced_config_map("b", labelled)
+    assert (await core.list_namespaced_config_map(labelled, label_selector="app=lab")).items == []
+    hubs = await core.list_namespaced_config_map(labelled, label_selector="app in (hub)")
+    assert [c.metadata.name for c in hubs.items] == ["a", "c"]
