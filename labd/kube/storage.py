@@ -190,9 +190,10 @@ def _timestamp(text: Any) -> datetime | None:
 def pod_status(pod: Mapping[str, Any]) -> PodStatus:
     """Summarise a pod's status as a phase, a reason and a message.
 
-    The reason is the most specific one found: a terminated or waiting
-    container's (``OOMKilled``, ``ImagePullBackOff``), else the pod's own
-    (``Evicted``), else a failed scheduling condition (``Unschedulable``).
+    The reason is the most specific one found: the pod's own when it has
+    one (``Evicted``, ``DeadlineExceeded``), else a terminated or waiting
+    container's (``OOMKilled``, ``Error``, ``ImagePullBackOff``), else a
+    failed scheduling condition (``Unschedulable``).
 
     Parameters
     ----------
@@ -206,6 +207,8 @@ def pod_status(pod: Mapping[str, Any]) -> PodStatus:
     """
     status = pod.get("status") or {}
     phase = status.get("phase") or "Unknown"
+    if status.get("reason"):
+        return PodStatus(phase, status["reason"], status.get("message"))
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         terminated = state.get("terminated")
@@ -218,15 +221,16 @@ def pod_status(pod: Mapping[str, Any]) -> PodStatus:
         waiting = state.get("waiting")
         if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
             return PodStatus(phase, waiting.get("reason"), waiting.get("message"))
-    if status.get("reason"):
-        return PodStatus(phase, status["reason"], status.get("message"))
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             return PodStatus(phase, condition.get("reason"), condition.get("message"))
     return PodStatus(phase, None, status.get("message"))
 
 
-def _metadata(obj: Mapping[str, Any]) -> tuple[str, str, dict[str, str], dict[str, str], Any]:
+def _metadata(
+    obj: Mapping[str, Any],
+) -> tuple[str, str, dict[str, str], dict[str, str], datetime | None]:
+    """Return namespace, name, labels, annotations and deletion time of an object."""
     meta = obj.get("metadata") or {}
     return (
         meta.get("namespace", ""),

@@ -259,6 +259,10 @@ class _Follower:
                 **self._selectors,
             )
             async for event in events:
+                if not isinstance(event, dict):
+                    # kubernetes-asyncio passes on a line that is not JSON
+                    # (a proxy's error page) as it is.
+                    raise ValueError(f"watch stream sent something else: {str(event)[:200]!r}")
                 obj = event.get("raw_object")
                 if not isinstance(obj, dict):
                     raise ValueError(f"watch event without an object: {event!r}")

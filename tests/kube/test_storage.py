@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from kubernetes_asyncio.client import (
@@ -16,7 +17,7 @@ from kubernetes_asyncio.client import (
 from labd.config import Config, LabConfig, VolumeConfig
 from labd.kube.builder import LAB_ID_LABEL, LabObjects, build_lab_objects
 from labd.kube.client import KubeError
-from labd.kube.storage import LabKube, NamespaceTerminatingError
+from labd.kube.storage import LabKube, NamespaceTerminatingError, pod_status
 from labd.sim import SimCluster
 from tests.kube.labs import lab_build
 from tests.kube.streams import eventually
@@ -248,3 +249,72 @@ async def test_list_follows_pages_and_shows_deletion(
     assert terminating.phase == "Terminating"
     assert terminating.deletion_timestamp is not None
     assert all(ns.phase == "Active" for ns in namespaces if ns is not terminating)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({}, ("Unknown", None)),
+        ({"phase": "Pending"}, ("Pending", None)),
+        (
+            {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {"name": "notebook", "state": {"waiting": {"reason": "ContainerCreating"}}}
+                ],
+            },
+            ("Pending", None),
+        ),
+        (
+            {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": "notebook",
+                        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "m"}},
+                    }
+                ],
+            },
+            ("Pending", "ImagePullBackOff"),
+        ),
+        (
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+                ],
+            },
+            ("Pending", "Unschedulable"),
+        ),
+        (
+            {
+                "phase": "Failed",
+                "containerStatuses": [
+                    {
+                        "name": "notebook",
+                        "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                    }
+                ],
+            },
+            ("Failed", "OOMKilled"),
+        ),
+        (
+            {
+                "phase": "Failed",
+                "reason": "Evicted",
+                "message": "The node was low on resource: memory.",
+                "containerStatuses": [
+                    {"name": "notebook", "state": {"terminated": {"reason": "Error"}}}
+                ],
+            },
+            ("Failed", "Evicted"),
+        ),
+    ],
+)
+def test_pod_status_picks_the_telling_reason(
+    status: dict[str, Any], expected: tuple[str, str | None]
+) -> None:
+    summary = pod_status({"status": status})
+    assert (summary.phase, summary.reason) == expected
+    if summary.reason == "OOMKilled":
+        assert summary.message == "container notebook exited with code 137"
