@@ -1,0 +1,198 @@
+"""Bearer tokens and what each one may do.
+
+labd never stores a plain token: the token file holds the SHA-256 of each
+token with its role, one per line::
+
+    # JupyterHub
+    3b1f...e9 hub
+    # a user's own token (optional)
+    7c2a...04 user:alice
+
+A presented token is hashed and compared with every entry using
+`hmac.compare_digest`, and the loop never stops at the first match, so the
+time an answer takes says nothing about which entry (or how much of one)
+matched.  Tokens and their hashes are never logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from labd.errors import InvalidTokenError, PermissionDeniedError
+from labd.naming import username_problem
+from labd.store import Actor
+
+__all__ = ["Access", "Authenticator", "Caller", "TokenFileError", "hash_token"]
+
+_HASH = re.compile(r"[0-9a-f]{64}")
+_BEARER: Final = "bearer"
+
+
+def hash_token(token: str) -> str:
+    """Return the SHA-256 hex digest of ``token``, as the token file holds it."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenFileError(Exception):
+    """The token file cannot be used; the message names the line."""
+
+
+class Access(enum.Enum):
+    """Who may call a route."""
+
+    PUBLIC = "public"
+    """Anyone, without a token (health checks, the schema)."""
+
+    HUB = "hub"
+    """Only the hub."""
+
+    HUB_OR_USER = "hub_or_user"
+    """The hub, or the user the path names."""
+
+    USER = "user"
+    """Only a user token (the route acts for the token's user)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a request, from their token."""
+
+    username: str | None
+    """The user a ``user:<name>`` token acts for; `None` for the hub."""
+
+    @property
+    def is_hub(self) -> bool:
+        """Whether this is the hub's token."""
+        return self.username is None
+
+    @property
+    def actor(self) -> Actor:
+        """How the audit history records this caller."""
+        return Actor.HUB if self.is_hub else Actor.USER
+
+    def authorize(self, access: Access, username: str | None) -> None:
+        """Refuse the call unless ``access`` lets this caller act for ``username``.
+
+        Parameters
+        ----------
+        access
+            Who may call the route.
+        username
+            The user named by the path, if the route has one.
+
+        Raises
+        ------
+        PermissionDeniedError
+            If the caller may not make this call.
+        """
+        if access is Access.PUBLIC:
+            return
+        if access is Access.USER:
+            if self.is_hub:
+                raise PermissionDeniedError("This route needs a user token")
+            return
+        if self.is_hub:
+            return
+        if access is Access.HUB:
+            raise PermissionDeniedError("This route needs the hub's token")
+        if username != self.username:
+            raise PermissionDeniedError(f"Token may not act for user {username}")
+
+
+_HUB: Final = Caller(username=None)
+
+
+class Authenticator:
+    """Recognises bearer tokens.
+
+    Parameters
+    ----------
+    entries
+        ``(sha256-hex, caller)`` pairs.
+    """
+
+    def __init__(self, entries: Iterable[tuple[str, Caller]]) -> None:
+        self._entries = [(digest.encode(), caller) for digest, caller in entries]
+
+    @classmethod
+    def from_file(cls, path: Path | None) -> Authenticator:
+        """Load the token file; `None` means no token is valid.
+
+        Raises
+        ------
+        TokenFileError
+            If the file cannot be read or a line is malformed (the message
+            names the line, never its hash).
+        """
+        if path is None:
+            return cls([])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TokenFileError(f"{path}: cannot read the token file: {exc}") from None
+        entries = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            try:
+                entries.append(_parse_line(stripped))
+            except ValueError as exc:
+                raise TokenFileError(f"{path}, line {number}: {exc}") from None
+        return cls(entries)
+
+    @classmethod
+    def from_tokens(cls, tokens: Mapping[str, str]) -> Authenticator:
+        """Build from plain tokens and their roles (``hub`` or ``user:<name>``), for tests."""
+        return cls((hash_token(token), _parse_role(role)) for token, role in tokens.items())
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        """Return the caller an ``Authorization`` header identifies.
+
+        Raises
+        ------
+        InvalidTokenError
+            If there is no bearer token or it is not known.
+        """
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != _BEARER or not token:
+            raise InvalidTokenError("Missing bearer token")
+        digest = hash_token(token).encode()
+        found: Caller | None = None
+        for expected, caller in self._entries:
+            # Compare with every entry, no early exit: constant time overall.
+            if hmac.compare_digest(digest, expected) and found is None:
+                found = caller
+        if found is None:
+            raise InvalidTokenError("Invalid bearer token")
+        return found
+
+
+def _parse_line(line: str) -> tuple[str, Caller]:
+    parts = line.split()
+    if len(parts) != 2:
+        raise ValueError("expected '<sha256-hex> <role>'")
+    digest, role = parts
+    if not _HASH.fullmatch(digest.lower()):
+        raise ValueError("the first field is not a SHA-256 hex digest (64 hex digits)")
+    return digest.lower(), _parse_role(role)
+
+
+def _parse_role(role: str) -> Caller:
+    if role == "hub":
+        return _HUB
+    kind, _, username = role.partition(":")
+    if kind != "user":
+        raise ValueError(f"unknown role {role!r} (use 'hub' or 'user:<username>')")
+    problem = username_problem(username)
+    if problem is not None:
+        raise ValueError(f"invalid username in role: {problem}")
+    return Caller(username=username)

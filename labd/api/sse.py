@@ -1,0 +1,148 @@
+"""Server-sent event streams of lab operations.
+
+Each stored `~labd.store.EventRecord` goes out as::
+
+    id: 1842
+    event: info
+    data: {"message": "Created Kubernetes objects for user lab", "progress": 30}
+
+``progress`` is left out when the event has none, and always for
+``complete`` and ``failed`` (API.md).  A stream ends when the service's
+iterator ends, i.e. after the operation's last event.
+
+Two things can keep a stream open forever, and both are handled:
+
+* a client that vanished is noticed only when a write fails, so a
+  keep-alive comment goes out every ``keepalive`` seconds;
+* an open stream blocks a graceful server shutdown.  sse-starlette ends
+  streams when uvicorn begins to exit (it watches uvicorn's ``should_exit``);
+  `EventStreams.close` ends them explicitly, for a server that takes the
+  signals itself, and the application's lifespan calls it on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Final
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from labd.store import EventRecord, EventType
+
+__all__ = ["DEFAULT_KEEPALIVE", "EventStreams", "parse_last_event_id"]
+
+DEFAULT_KEEPALIVE: Final = 15.0
+"""Seconds between keep-alive comments (API.md)."""
+
+_SEP: Final = "\n"
+_NO_PROGRESS: Final = frozenset({EventType.COMPLETE, EventType.FAILED})
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """Return the event id a client resumes after, or `None` to replay all.
+
+    A malformed ``Last-Event-ID`` is ignored rather than refused: browsers
+    send back exactly the ids labd gave them, so a bad value comes from a
+    broken intermediary, and replaying the whole operation is always safe.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isdigit() else None
+
+
+def _frame(event: EventRecord) -> ServerSentEvent:
+    data: dict[str, Any] = {"message": event.message}
+    if event.progress is not None and event.type not in _NO_PROGRESS:
+        data["progress"] = event.progress
+    return ServerSentEvent(
+        data=json.dumps(data, ensure_ascii=False),
+        event=event.type.value,
+        id=str(event.id),
+        sep=_SEP,
+    )
+
+
+def _keepalive() -> ServerSentEvent:
+    return ServerSentEvent(comment="keep-alive", sep=_SEP)
+
+
+class EventStreams:
+    """Makes event-stream responses and can end all open ones.
+
+    Parameters
+    ----------
+    keepalive
+        Seconds between keep-alive comments.
+    """
+
+    def __init__(self, *, keepalive: float = DEFAULT_KEEPALIVE) -> None:
+        self._keepalive = keepalive
+        self._closing: set[asyncio.Event] = set()
+        self._closed = False
+
+    @property
+    def open_streams(self) -> int:
+        """How many streams are open."""
+        return len(self._closing)
+
+    def response(self, events: AsyncIterator[EventRecord]) -> EventSourceResponse:
+        """Return the streaming response of ``events``."""
+        return EventSourceResponse(
+            self._frames(events),
+            ping=self._keepalive,
+            ping_message_factory=_keepalive,
+            sep=_SEP,
+        )
+
+    def close(self) -> None:
+        """End every open stream, and every stream opened from now on."""
+        self._closed = True
+        for closing in self._closing:
+            closing.set()
+
+    async def _frames(self, events: AsyncIterator[EventRecord]) -> AsyncIterator[ServerSentEvent]:
+        closing = asyncio.Event()
+        if self._closed:
+            closing.set()
+        self._closing.add(closing)
+        try:
+            async for event in _until(events, closing):
+                yield _frame(event)
+        finally:
+            self._closing.discard(closing)
+
+
+async def _until(
+    source: AsyncIterator[EventRecord], stop: asyncio.Event
+) -> AsyncIterator[EventRecord]:
+    """Yield from ``source`` until it ends or ``stop`` is set.
+
+    Each step of ``source`` runs as a task raced against ``stop``, so a
+    stream waiting for an event that may never come still ends at once.
+    """
+    stopped = asyncio.ensure_future(stop.wait())
+    step: asyncio.Future[EventRecord] | None = None
+    try:
+        while not stop.is_set():
+            step = asyncio.ensure_future(anext(source))
+            await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return
+            try:
+                event = step.result()
+            except StopAsyncIteration:
+                return
+            step = None
+            yield event
+    finally:
+        for future in (step, stopped):
+            if future is not None and not future.done():
+                future.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await future
+        if isinstance(source, AsyncGenerator):
+            await source.aclose()

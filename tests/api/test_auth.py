@@ -1,0 +1,144 @@
+"""Tokens: the token file, 401 and 403 on every route, and the check order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import structlog
+
+from labd.api import Authenticator, Caller, TokenFileError, hash_token
+from labd.errors import InvalidTokenError
+from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, HUB, HUB_TOKEN, spawn_body
+
+ROUTES = [
+    ("GET", "/spawner/v1/labs"),
+    ("GET", "/spawner/v1/labs/alice"),
+    ("DELETE", "/spawner/v1/labs/alice"),
+    ("POST", "/spawner/v1/labs/alice/create"),
+    ("GET", "/spawner/v1/labs/alice/events"),
+    ("GET", "/spawner/v1/labs/alice/history"),
+    ("GET", "/spawner/v1/user-status"),
+    ("GET", "/spawner/v1/lab-form/alice"),
+]
+HUB_ONLY = {
+    ("GET", "/spawner/v1/labs"),
+    ("GET", "/spawner/v1/labs/alice"),
+    ("DELETE", "/spawner/v1/labs/alice"),
+    ("GET", "/spawner/v1/labs/alice/history"),
+}
+
+
+def test_token_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(
+        "# labd tokens\n"
+        f"{hash_token('hub-token')} hub\n"
+        "\n"
+        f"  {hash_token('alice-token').upper()}   user:Alice.B@example.org  \n"
+    )
+    authenticator = Authenticator.from_file(path)
+    assert authenticator.authenticate("Bearer hub-token") == Caller(username=None)
+    assert authenticator.authenticate("bearer  alice-token") == Caller(
+        username="Alice.B@example.org"
+    )
+    with pytest.raises(InvalidTokenError):
+        authenticator.authenticate(f"Bearer {hash_token('hub-token')}")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("abc hub", "line 2: the first field is not a SHA-256 hex digest"),
+        (f"{hash_token('t')}", "line 2: expected '<sha256-hex> <role>'"),
+        (f"{hash_token('t')} hub extra", "line 2: expected '<sha256-hex> <role>'"),
+        (f"{hash_token('t')} admin", "line 2: unknown role 'admin'"),
+        (f"{hash_token('t')} user:", "line 2: invalid username in role: Username is empty"),
+        (f"{hash_token('t')} user:a/b", "line 2: invalid username in role"),
+    ],
+)
+def test_malformed_token_file(tmp_path: Path, line: str, problem: str) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"# first\n{line}\n")
+    with pytest.raises(TokenFileError, match=problem):
+        Authenticator.from_file(path)
+
+
+def test_unreadable_token_file(tmp_path: Path) -> None:
+    with pytest.raises(TokenFileError, match="cannot read"):
+        Authenticator.from_file(tmp_path / "missing")
+
+
+def test_no_token_file_accepts_nothing() -> None:
+    with pytest.raises(InvalidTokenError):
+        Authenticator.from_file(None).authenticate("Bearer anything")
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Basic {HUB_TOKEN}"},
+        {"Authorization": "Bearer "},
+        {"Authorization": HUB_TOKEN},
+    ],
+)
+async def test_missing_or_wrong_token(
+    client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str]
+) -> None:
+    response = await client.request(method, path, headers=headers, json=spawn_body())
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    (error,) = response.json()["detail"]
+    assert error["type"] == "invalid_token"
+    assert "loc" not in error
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_other_users_token(client: httpx.AsyncClient, method: str, path: str) -> None:
+    response = await client.request(method, path, headers=BOB, json=spawn_body())
+    if path.endswith("user-status"):
+        assert response.status_code == 404  # Bob's own status: he has no lab.
+        return
+    assert response.status_code == 403
+    assert response.json()["detail"][0]["type"] == "permission_denied"
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(HUB_ONLY))
+async def test_user_token_on_hub_routes(client: httpx.AsyncClient, method: str, path: str) -> None:
+    response = await client.request(method, path, headers=ALICE)
+    assert response.status_code == 403
+    assert response.json()["detail"][0]["type"] == "permission_denied"
+
+
+async def test_user_token_on_own_routes(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/spawner/v1/lab-form/alice", headers=ALICE)).status_code == 200
+    created = await client.post("/spawner/v1/labs/alice/create", json=spawn_body(), headers=ALICE)
+    assert created.status_code == 201
+    assert (await client.get("/spawner/v1/user-status", headers=ALICE)).status_code == 200
+
+
+async def test_check_order(client: httpx.AsyncClient) -> None:
+    bad = "/spawner/v1/labs/a%20b/create"
+    assert (await client.post(bad, json=spawn_body())).status_code == 401
+    assert (await client.post(bad, json=spawn_body(), headers=ALICE)).status_code == 403
+    assert (await client.post(bad, json=spawn_body(), headers=HUB)).status_code == 422
+    # A bad token does not get to learn whether the body is valid.
+    assert (await client.post("/spawner/v1/labs/alice/create", content=b"{")).status_code == 401
+
+
+async def test_public_routes_need_no_token(client: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/readyz", "/openapi.json"):
+        assert (await client.get(path)).status_code == 200
+
+
+async def test_tokens_never_logged(client: httpx.AsyncClient) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await client.get("/spawner/v1/labs", headers={"Authorization": "Bearer wrong-secret"})
+        await client.post("/spawner/v1/labs/alice/create", json=spawn_body(), headers=ALICE)
+    text = repr(logs)
+    for secret in ("wrong-secret", ALICE_TOKEN, hash_token(ALICE_TOKEN), "lab-token"):
+        assert secret not in text
