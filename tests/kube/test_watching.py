@@ -229,3 +229,25 @@ async def test_event_watch_reports_warnings_and_survives_410(
 def test_pod_event_is_plain_data() -> None:
     event = PodEvent(namespace="n", pod_name="p", reason="Started", message="m", type="Normal")
     assert event == PodEvent("n", "p", "Started", "m", "Normal")
+
+
+def open_watches(sim: SimCluster, plural: str) -> int:
+    """Watches of ``plural`` the sim serves that select by label (labd's, not the kubelet's)."""
+    return sum(
+        1
+        for watcher in sim.registry.watchers()
+        if watcher.resource.plural == plural and not watcher.labels.empty
+    )
+
+
+async def test_cancelling_the_consumer_closes_the_watch(
+    api_client: ApiClient, config: Config, sim: SimCluster
+) -> None:
+    watcher = pod_watcher(api_client, config)
+    async with collecting(watcher.updates()):
+        await eventually(lambda: open_watches(sim, "pods") == 1)
+    # The client hung up: the server's stream ends at its next write.
+    await eventually(lambda: open_watches(sim, "pods") == 0)
+    connector = api_client.rest_client.pool_manager.connector
+    assert connector is not None
+    await eventually(lambda: not connector._acquired)
