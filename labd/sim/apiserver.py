@@ -240,6 +240,9 @@ class ApiServer:
                 error = self.faults.error_for(verb, key)
                 if error is not None:
                     raise error
+            if "dryRun" in request.query_params:
+                # Serving it as a real write would persist what the client meant to try.
+                raise bad_request("dryRun is not supported by the simulated cluster")
             return await self._dispatch(request, verb, target, internal)
         except ApiError as error:
             if verb and not internal:

@@ -10,7 +10,8 @@ from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
-from tests.sim.waiting import manifest
+from labd.sim import SimCluster
+from tests.sim.waiting import eventually, manifest
 
 
 async def _collect(
@@ -151,3 +152,30 @@ async def test_server_side_timeout_ends_the_stream(core: CoreV1Api, namespace: s
         ):  # fmt: skip
             pass
     assert 0.9 <= loop.time() - started < 3
+
+
+async def test_closed_watches_are_forgotten(
+    sim: SimCluster, core: CoreV1Api, namespace: str
+) -> None:
+    def config_map_watches() -> int:
+        return sum(w.resource.plural == "configmaps" for w in sim.registry.watchers())
+
+    await core.create_namespaced_config_map(namespace, manifest({"metadata": {"name": "env"}}))
+    # The client stops reading after one event and closes its connection.
+    assert len(await _collect(core, namespace, 1)) == 1
+
+    async def forgotten() -> bool:
+        return config_map_watches() == 0
+
+    await eventually(forgotten)
+
+
+async def test_dry_run_is_refused_rather_than_persisted(core: CoreV1Api, namespace: str) -> None:
+    with pytest.raises(ApiException) as caught:
+        await core.create_namespaced_config_map(
+            namespace, manifest({"metadata": {"name": "env"}}), dry_run="All"
+        )
+    assert caught.value.status == 400
+    assert (
+        await core.list_namespaced_config_map(namespace, field_selector="metadata.name=env")
+    ).items == []
