@@ -207,6 +207,10 @@ class _Follower:
                     log.warning("LIST before watch failed", error=str(error))
                     await self._backoff.wait()
                     continue
+                except Exception:
+                    log.exception("LIST before watch failed unexpectedly")
+                    await self._backoff.wait()
+                    continue
                 self.resource_version = version
                 yield _Listed(items)
             received = 0

@@ -8,7 +8,7 @@ import pytest
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.config import ConfigException
 
-from labd.config import Config, KubernetesConfig
+from labd.config import Config
 from labd.kube.builder import build_lab_objects
 from labd.kube.client import (
     USER_AGENT,
@@ -212,4 +212,3 @@ def test_config_defaults_fit_the_retry_budget() -> None:
     worst = sum(min(policy.maximum, policy.initial * 2**n) for n in range(policy.attempts - 1))
     assert policy.attempts == 3
     assert worst <= 2.0
-    assert KubernetesConfig().max_concurrent_operations > 0

@@ -18,7 +18,7 @@ from labd.config import Config
 from labd.kube.builder import build_lab_objects
 from labd.kube.client import RetryPolicy
 from labd.kube.storage import LabKube
-from labd.kube.watching import PodEvent, PodEventWatcher, PodUpdate, PodWatcher
+from labd.kube.watching import PodEventWatcher, PodUpdate, PodWatcher
 from labd.sim import SimCluster
 from tests.kube.labs import lab_build
 from tests.kube.streams import collecting, eventually, wait_for
@@ -224,11 +224,6 @@ async def test_event_watch_reports_warnings_and_survives_410(
         seen = await wait_for(events, lambda e: e.type == "Warning")
     assert seen[-1].reason in ("Failed", "BackOff")
     assert sim.stats.requests["list events"] >= 2
-
-
-def test_pod_event_is_plain_data() -> None:
-    event = PodEvent(namespace="n", pod_name="p", reason="Started", message="m", type="Normal")
-    assert event == PodEvent("n", "p", "Started", "m", "Normal")
 
 
 def open_watches(sim: SimCluster, plural: str) -> int:
