@@ -415,7 +415,7 @@ class KubeApi:
                 name=name,
                 status=None,
                 reason=None,
-                message=f"connection error: {exc or type(exc).__name__}",
+                message=f"connection error: {str(exc) or type(exc).__name__}",
             ) from exc
         body = _parse_body(data)
         if status in _RETRYABLE_STATUSES:
