@@ -33,7 +33,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from labd.sim import kinds
-from labd.sim.errors import ApiError, bad_request
+from labd.sim.errors import ApiError, bad_request, expired
 from labd.sim.faults import Faults, Stats
 from labd.sim.kinds import Resource, find_resource
 from labd.sim.registry import Obj, Registry, Watcher
@@ -248,6 +248,12 @@ class ApiServer:
             if verb and not internal:
                 self.stats.record_error(verb, key, error.code)
             return _error_response(error)
+        except Exception:
+            # A bug in the sim: answer like an API server would, and say where.
+            _logger.exception(
+                "sim API server failed", method=request.method, path=request.url.path
+            )
+            return _error_response(ApiError(500, "internal error in the simulated API server"))
 
     def _target(self, group: str, version: str, rest: list[str]) -> _Target:
         namespace: str | None = None
@@ -362,6 +368,8 @@ class ApiServer:
                 '"Foreground", "Background", "Orphan"'
             )
         preconditions = body.get("preconditions")
+        if preconditions is not None and not isinstance(preconditions, dict):
+            raise bad_request("preconditions must be an object")
         return (int(grace) if grace is not None else None), preconditions
 
     async def _delete_collection(self, request: Request, target: _Target) -> Response:
@@ -433,10 +441,8 @@ class ApiServer:
         since = query.get("resourceVersion")
         try:
             if not internal and self.faults.take_forced_gone():
-                raise ApiError(
-                    410,
-                    f"too old resource version: {since or 0} ({self.registry.resource_version})",
-                )
+                requested = int(since) if since and since.isdigit() else 0
+                raise expired(requested, self.registry.resource_version)
             watcher = self.registry.watch(resource, target.namespace, since, labels, fields)
         except ApiError as error:
             if error.code != 410:

@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 from kubernetes_asyncio.client import Configuration
+from starlette.requests import Request
 
 from labd.sim.apiserver import ApiServer
 from labd.sim.control import control_routes
@@ -116,15 +117,15 @@ class SimCluster:
             token=self.token,
             bookmark_interval=bookmark_interval,
             watch_timeout=watch_timeout,
-        )
-        self.api.app.router.routes.append(
-            control_routes(
-                faults=self.faults,
-                rules=self.rules,
-                stats=self.stats,
-                registry=self.registry,
-                authorize=self.api.authorize,
-            )
+            extra_routes=[
+                control_routes(
+                    faults=self.faults,
+                    rules=self.rules,
+                    stats=self.stats,
+                    registry=self.registry,
+                    authorize=self._authorize,
+                )
+            ],
         )
         self._port = port
         self._run_kubelet = kubelet
@@ -135,6 +136,9 @@ class SimCluster:
         self._server_task: asyncio.Task[Any] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._url = ""
+
+    def _authorize(self, request: Request) -> None:
+        self.api.authorize(request)
 
     @property
     def url(self) -> str:

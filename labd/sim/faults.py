@@ -18,7 +18,7 @@ import random
 from collections import Counter
 from fnmatch import fnmatchcase
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from labd.sim.errors import ApiError, status_reason
 
@@ -36,6 +36,12 @@ __all__ = [
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
 
 
+def _known_verb(verb: str) -> str:
+    if verb != "*" and verb not in VERBS:
+        raise ValueError(f"unknown verb {verb!r}: expected one of {', '.join(VERBS)} or *")
+    return verb
+
+
 class ErrorFault(BaseModel):
     """Answer a share of matching requests with an error Status."""
 
@@ -51,6 +57,8 @@ class ErrorFault(BaseModel):
     status: int = Field(default=500, ge=400, le=599)
     """HTTP status to answer (500, 429, 503, ...)."""
 
+    _verb = field_validator("verb")(_known_verb)
+
 
 class LatencyFault(BaseModel):
     """Delay matching requests before they are served."""
@@ -63,6 +71,8 @@ class LatencyFault(BaseModel):
     """Resource to match; a glob."""
     seconds: float = Field(ge=0.0)
     """Added delay."""
+
+    _verb = field_validator("verb")(_known_verb)
 
 
 class WatchFaults(BaseModel):

@@ -39,6 +39,8 @@ async def test_invalid_faults_are_refused(control: httpx.AsyncClient) -> None:
     response = await control.put("/sim/v1/faults", json={"errors": [{"rate": 2}]})
     assert response.status_code == 422
     assert response.json()["kind"] == "Status"
+    unknown_verb = {"latency": [{"verb": "fetch", "seconds": 1}]}
+    assert (await control.put("/sim/v1/faults", json=unknown_verb)).status_code == 422
     assert (await control.put("/sim/v1/faults", content=b"{nope")).status_code == 400
 
 
