@@ -232,6 +232,14 @@ class Kubelet:
         except ApiException as error:
             if error.status != 409:
                 raise
+        # A real API server may drop status sent with a create: set it through
+        # the status subresource, as a kubelet reports its node.
+        await self._call(
+            self.core.patch_node_status,
+            self.node_name,
+            {"status": node["status"]},
+            _content_type=_MERGE,
+        )
 
     async def _sync_forever(self) -> None:
         backoff = 0.05

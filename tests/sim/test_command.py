@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import yaml
 from click.testing import CliRunner
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.config import load_kube_config
 
 from labd.cli import main
+from labd.sim import SimCluster
 from tests.sim.waiting import eventually, manifest, pod
 
 
@@ -86,3 +88,14 @@ async def test_sim_process_serves_until_sigterm(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 10)
     assert code == 0
+
+
+async def test_kubeconfig_is_private_and_names_the_cluster(tmp_path: Path) -> None:
+    async with SimCluster(kubelet=False) as sim:
+        path = sim.write_kubeconfig(tmp_path / "nested" / "kubeconfig")
+        url = sim.url
+    assert path.stat().st_mode & 0o777 == 0o600
+    document = yaml.safe_load(path.read_text())
+    assert document["current-context"] == "labd-sim"
+    assert document["clusters"][0]["cluster"]["server"] == url
+    assert document["users"][0]["user"]["token"] == sim.token
