@@ -14,10 +14,14 @@ Two things can keep a stream open forever, and both are handled:
 
 * a client that vanished is noticed only when a write fails, so a
   keep-alive comment goes out every ``keepalive`` seconds;
-* an open stream blocks a graceful server shutdown.  sse-starlette ends
-  streams when uvicorn begins to exit (it watches uvicorn's ``should_exit``);
-  `EventStreams.close` ends them explicitly, for a server that takes the
-  signals itself, and the application's lifespan calls it on shutdown.
+* an open stream blocks a graceful server shutdown.  sse-starlette notices
+  when uvicorn begins to exit (``should_exit``, or its own
+  ``AppStatus.should_exit``) and then cancels the response, which cuts the
+  stream off mid-chunk.  Each stream therefore hands sse-starlette its own
+  closing event as ``shutdown_event``: the library sets it first, the
+  stream's generator ends at once, and the response finishes cleanly within
+  the grace period.  `EventStreams.close` sets the same events, for a server
+  that handles the signals itself; the application's lifespan calls it too.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Final
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from labd.store import EventRecord, EventType
@@ -38,6 +43,8 @@ DEFAULT_KEEPALIVE: Final = 15.0
 """Seconds between keep-alive comments (API.md)."""
 
 _SEP: Final = "\n"
+_SHUTDOWN_GRACE: Final = 2.0
+"""Seconds a stream has to end on its own at shutdown before it is cut off."""
 _NO_PROGRESS: Final = frozenset({EventType.COMPLETE, EventType.FAILED})
 
 
@@ -81,7 +88,7 @@ class EventStreams:
 
     def __init__(self, *, keepalive: float = DEFAULT_KEEPALIVE) -> None:
         self._keepalive = keepalive
-        self._closing: set[asyncio.Event] = set()
+        self._closing: set[anyio.Event] = set()
         self._closed = False
 
     @property
@@ -91,11 +98,14 @@ class EventStreams:
 
     def response(self, events: AsyncIterator[EventRecord]) -> EventSourceResponse:
         """Return the streaming response of ``events``."""
+        closing = anyio.Event()
         return EventSourceResponse(
-            self._frames(events),
+            self._frames(events, closing),
             ping=self._keepalive,
             ping_message_factory=_keepalive,
             sep=_SEP,
+            shutdown_event=closing,
+            shutdown_grace_period=_SHUTDOWN_GRACE,
         )
 
     def close(self) -> None:
@@ -104,8 +114,9 @@ class EventStreams:
         for closing in self._closing:
             closing.set()
 
-    async def _frames(self, events: AsyncIterator[EventRecord]) -> AsyncIterator[ServerSentEvent]:
-        closing = asyncio.Event()
+    async def _frames(
+        self, events: AsyncIterator[EventRecord], closing: anyio.Event
+    ) -> AsyncIterator[ServerSentEvent]:
         if self._closed:
             closing.set()
         self._closing.add(closing)
@@ -117,7 +128,7 @@ class EventStreams:
 
 
 async def _until(
-    source: AsyncIterator[EventRecord], stop: asyncio.Event
+    source: AsyncIterator[EventRecord], stop: anyio.Event
 ) -> AsyncIterator[EventRecord]:
     """Yield from ``source`` until it ends or ``stop`` is set.
 

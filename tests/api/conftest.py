@@ -146,8 +146,12 @@ class Driver:
             last_error=reason,
         )
 
-    async def finish_delete(self, username: str) -> LabRecord:
-        """Complete a delete in progress: 25, 62, then 100 and ``deleted``."""
+    async def finish_delete(self, username: str, *, pause: float = 0) -> LabRecord:
+        """Complete a delete in progress: 25, 62, then 100 and ``deleted``.
+
+        ``pause`` seconds pass between the steps, so that stream readers
+        are idle when each one lands (see `test_events.py`).
+        """
         lab = await self.lab(username)
         for message, progress in (
             ("Shutting down Kubernetes pod", 25),
@@ -155,6 +159,7 @@ class Driver:
         ):
             await self.store.add_events(lab.id, [NewEvent(EventType.INFO, message, progress)])
             self.signals.notify(lab.id)
+            await asyncio.sleep(pause)
         return await self._step(
             lab,
             Trigger.DELETED,
@@ -286,10 +291,15 @@ async def read_events(
     username: str,
     *,
     headers: dict[str, str] | None = None,
-    on_open: Callable[[], Awaitable[None]] | None = None,
+    on_open: Callable[[], Awaitable[object]] | None = None,
+    on_first: Callable[[], Awaitable[object]] | None = None,
     within: float = 10,
 ) -> tuple[list[Event], list[str]]:
-    """Read an event stream to its end; return the events and the comment lines."""
+    """Read an event stream to its end; return the events and the comment lines.
+
+    ``on_open`` is awaited once the response has begun, ``on_first`` once
+    the first event has been read.
+    """
     events: list[Event] = []
     comments: list[str] = []
     fields: dict[str, str] = {}
@@ -315,4 +325,6 @@ async def read_events(
                     Event(int(fields["id"]), fields["event"], json.loads(fields["data"]))
                 )
                 fields = {}
+                if on_first is not None and len(events) == 1:
+                    await on_first()
     return events, comments
