@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -206,12 +207,17 @@ async def test_graceful_deletion_is_finished_by_the_kubelet(
 async def test_grace_period_caps_the_stop(core: CoreV1Api, namespace: str) -> None:
     await core.create_namespaced_pod(namespace, pod("nb"))
     await _wait_phase(core, namespace, "nb", "Running")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await core.delete_namespaced_pod("nb", namespace, grace_period_seconds=1)
+    marked = await core.read_namespaced_pod("nb", namespace)
+    assert marked.metadata.deletion_grace_period_seconds == 1
 
     async def gone() -> bool:
         return await _gone(core, namespace, "nb")
 
     await eventually(gone, within=3)
+    assert loop.time() - started >= 0.9
 
 
 async def test_zero_grace_deletes_at_once(core: CoreV1Api, namespace: str) -> None:
