@@ -7,13 +7,16 @@ The request and lab-state models shared with the service live in
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from labd.store import TransitionRecord
 
-__all__ = ["ErrorBody", "ErrorDetail", "Health", "HistoryEntry", "HistoryQuery"]
+__all__ = ["MAX_ID", "ErrorBody", "ErrorDetail", "Health", "HistoryEntry", "HistoryQuery"]
+
+MAX_ID: Final = 2**63 - 1
+"""Largest id of a stored row (64-bit signed on SQLite and PostgreSQL)."""
 
 
 class ErrorDetail(BaseModel):
@@ -69,7 +72,9 @@ class HistoryQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     limit: int = Field(100, ge=1, le=1000, description="At most this many entries.")
-    before: int | None = Field(None, ge=1, description="Only entries with a smaller id.")
+    before: int | None = Field(
+        None, ge=1, le=MAX_ID, description="Only entries with a smaller id."
+    )
 
 
 class Health(BaseModel):

@@ -100,7 +100,9 @@ def _parameters(operation: Operation) -> list[dict[str, Any]]:
                     "in": "query",
                     "required": name in required,
                     "description": field_schema.get("description", ""),
-                    "schema": {k: v for k, v in field_schema.items() if k != "description"},
+                    "schema": {
+                        k: v for k, v in field_schema.items() if k not in ("description", "title")
+                    },
                 }
             )
     parameters.extend(

@@ -9,11 +9,11 @@ Every route with a user in its path runs the same checks before its
 handler, in an order that leaks nothing: the token (401), whether it may
 act for that user (403), then whether the username is legal at all (422).
 
-Paths match the username with Starlette's ``path`` convertor, so that a
-username holding an encoded slash (``a%2Fb``) reaches the username check
-and is refused as ``invalid_username`` instead of falling through to a 404.
-Routes with a suffix after the username come first, so ``/labs/alice/events``
-is never read as the user ``alice/events``.
+Paths match the username with a convertor that takes any character, so
+that a username holding an encoded slash (``a%2Fb``) or a control character
+reaches the username check and is refused as ``invalid_username`` instead of
+falling through to a 404.  Routes with a suffix after the username come
+first, so ``/labs/alice/events`` is never read as the user ``alice/events``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydantic import BaseModel
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -36,6 +37,15 @@ from labd.service import check_username
 __all__ = ["OPERATIONS", "Operation", "Reply", "build_routes"]
 
 Handler = Callable[[LabApi, Request, Caller | None], Awaitable[Response]]
+
+
+class _AnyText(StringConvertor):
+    """Any non-empty text, slashes and newlines included."""
+
+    regex = r"[\s\S]+"
+
+
+register_url_convertor("labd_username", _AnyText())
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +286,7 @@ def build_routes(api: LabApi, *, prefix: str) -> list[Route]:
         by_path.setdefault(operation.path, {})[operation.method] = operation
     return [
         Route(
-            prefix + path.replace("{username}", "{username:path}"),
+            prefix + path.replace("{username}", "{username:labd_username}"),
             _endpoint(operations, api),
             methods=list(operations),
             name=next(iter(operations.values())).name,

@@ -35,6 +35,7 @@ from typing import Any, Final
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from labd.api.models import MAX_ID
 from labd.store import EventRecord, EventType
 
 __all__ = ["DEFAULT_KEEPALIVE", "EventStreams", "parse_last_event_id"]
@@ -58,7 +59,9 @@ def parse_last_event_id(value: str | None) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    return int(value) if value.isdigit() else None
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_ID:
+        return None
+    return int(value)
 
 
 def _frame(event: EventRecord) -> ServerSentEvent:

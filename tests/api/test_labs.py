@@ -260,6 +260,7 @@ async def test_history(client: httpx.AsyncClient, stack: Stack) -> None:
         ({"limit": "1001"}, ["query", "limit"], "less_than_equal"),
         ({"limit": "ten"}, ["query", "limit"], "int_parsing"),
         ({"before": "x"}, ["query", "before"], "int_parsing"),
+        ({"before": str(2**63)}, ["query", "before"], "less_than_equal"),
     ],
 )
 async def test_history_bad_query(
@@ -456,7 +457,9 @@ async def test_legal_usernames(client: httpx.AsyncClient, username: str) -> None
         ("GET", "/spawner/v1/lab-form/{}"),
     ],
 )
-@pytest.mark.parametrize("username", ["a%20b", "a%2Fb", "x" * 256, "a%00b", "caf%C3%A9%21"])
+@pytest.mark.parametrize(
+    "username", ["a%20b", "a%2Fb", "x" * 256, "a%00b", "a%0Ab", "a%0A", "caf%C3%A9%21"]
+)
 async def test_invalid_usernames(
     client: httpx.AsyncClient, method: str, path: str, username: str
 ) -> None:
