@@ -13,6 +13,7 @@ only then do the scheduler and the watches start and labd reports ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -84,6 +85,9 @@ class Labd:
         self.last_reconcile: ReconcileReport | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._not_ready = "starting"
+        self._stopped = False
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, config: Config) -> Labd:
@@ -106,8 +110,8 @@ class Labd:
     async def start(self) -> None:
         """Reconcile once, then start the scheduler, the watches and the timer."""
         self.last_reconcile = await self.reconciler.reconcile()
+        self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
         self._tasks = [
-            tasks.spawn(self.scheduler.run(), name="scheduler"),
             tasks.spawn(self.scheduler.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
             tasks.spawn(
                 self.scheduler.watch_pod_events(self.event_watcher.events()), name="event-watch"
@@ -120,12 +124,24 @@ class Labd:
     async def stop(self) -> None:
         """Stop the loops, give in-flight steps a moment, close connections.
 
+        Nothing is cancelled in the middle of a database write if it can be
+        helped: the scheduler loop is asked to stop and awaited, the watch
+        loops (which only wait on their watches) are cancelled, and the steps
+        and changes already started get `_STOP_GRACE` seconds to finish.
         Labs keep running; unfinished steps resume from their rows on the
         next start.
         """
+        if self._stopped:
+            return
+        self._stopped = True
         self._not_ready = "stopping"
-        await self.scheduler.stop(grace=_STOP_GRACE)
+        self._stopping.set()
+        self.scheduler.request_stop()
+        if self._loop is not None:
+            _, pending = await asyncio.wait({self._loop}, timeout=_STOP_GRACE)
+            await tasks.cancel_and_wait(list(pending))
         await tasks.cancel_and_wait(self._tasks)
+        await self.scheduler.drain(grace=_STOP_GRACE)
         await self.api_client.close()
         await self.database.dispose()
 
@@ -140,8 +156,11 @@ class Labd:
         return None
 
     async def _reconcile_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.reconcile_interval)
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.reconcile_interval)
+            if self._stopping.is_set():
+                return
             try:
                 self.last_reconcile = await self.reconciler.reconcile()
             except Exception:

@@ -45,7 +45,9 @@ def _journal_priority(_logger: WrappedLogger, method: str, event: EventDict) -> 
 def _render_for_journal(renderer: Processor) -> Processor:
     def render(logger: WrappedLogger, method: str, event: EventDict) -> str:
         priority = event.pop("_priority", 6)
-        return f"<{priority}>{renderer(logger, method, event)}"
+        line = renderer(logger, method, event)
+        text = line.decode() if isinstance(line, bytes) else str(line)
+        return f"<{priority}>{text}"
 
     return render
 

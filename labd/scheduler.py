@@ -36,9 +36,9 @@ import json
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -152,7 +152,7 @@ class Scheduler:
         self._progress: dict[str, int] = {}  # lab id -> last spawn progress
         self._early: defaultdict[str, list[PodEvent]] = defaultdict(list)
         self._stopping = False
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[Any]] = set()
         self.heartbeat = time.monotonic()
         """When the loop last went round (the systemd watchdog reads it)."""
 
@@ -172,23 +172,24 @@ class Scheduler:
                 )
                 for lab in claimed:
                     self._locks.in_flight.add(lab.id)
-                    task = tasks.spawn(self._run_step(lab.id), name=f"step-{lab.id}")
-                    self._running.add(task)
-                    task.add_done_callback(self._running.discard)
+                    self._track(self._run_step(lab.id), name=f"step-{lab.id}")
             if claimed and len(claimed) == free:
                 await asyncio.sleep(0)  # More may be due: go round again.
                 continue
             await self._signals.wait(self._signals.scheduler, within=await self._pause())
 
-    async def stop(self, *, grace: float) -> None:
-        """Stop claiming work; let in-flight steps finish within ``grace`` seconds.
+    def request_stop(self) -> None:
+        """Make `run` return after its current pass."""
+        self._stopping = True
+        self._signals.wake_scheduler()
 
-        Steps still running then are cancelled.  That is safe: every step is
+    async def drain(self, *, grace: float) -> None:
+        """Let in-flight steps and changes finish within ``grace`` seconds.
+
+        Those still running then are cancelled.  That is safe: every step is
         idempotent and its lab's claim lease runs out, so the next start (or
         another replica) repeats it.
         """
-        self._stopping = True
-        self._signals.wake_scheduler()
         if self._running:
             _, pending = await asyncio.wait(set(self._running), timeout=grace)
             await tasks.cancel_and_wait(list(pending))
@@ -401,7 +402,13 @@ class Scheduler:
     # Pods and their events
 
     async def watch_pods(self, updates: AsyncIterator[PodUpdate]) -> None:
-        """Apply pod updates from the watch until it ends or is cancelled."""
+        """Apply pod updates from the watch until it ends or is cancelled.
+
+        Each change is applied in a task of its own, tracked like the steps,
+        so that stopping the watch never interrupts a half-written change
+        (`stop` lets those tasks finish).  Changes of one lab still apply in
+        order: they queue on the lab's lock in the order they arrived.
+        """
         async for update in updates:
             previous = self._pods.get(update.lab_id)
             if previous is not None and (previous.phase, previous.deleted) == (
@@ -409,7 +416,12 @@ class Scheduler:
                 update.deleted,
             ):
                 continue
-            await self.apply_pod_update(update)
+            self._track(self.apply_pod_update(update), name=f"pod-{update.lab_id}")
+
+    def _track(self, coro: Coroutine[Any, Any, Any], *, name: str) -> None:
+        task = tasks.spawn(coro, name=name)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def apply_pod_update(
         self, update: PodUpdate, *, expected_version: int | None = None
@@ -502,19 +514,20 @@ class Scheduler:
         """Turn Kubernetes Events of spawning pods into progress events."""
         async for event in events:
             lab_id = self._spawning.get(event.namespace)
-            if lab_id is None:
-                continue
-            async with self._locks.hold(lab_id):
-                try:
-                    lab = await self._store.get_lab(lab_id)
-                except LabNotFoundError:
-                    continue
-                if lab.state is LabState.CREATING:
-                    # Keep progress in order: after "Created Kubernetes objects".
-                    self._early[lab.id].append(event)
-                elif lab.state is LabState.STARTING:
-                    await self._record_pod_event(lab, event)
-            self._signals.notify(lab_id)
+            if lab_id is not None:
+                self._track(self._apply_pod_event(lab_id, event), name=f"event-{lab_id}")
+
+    async def _apply_pod_event(self, lab_id: str, event: PodEvent) -> None:
+        async with self._locks.hold(lab_id):
+            lab = await self._store.find_lab(lab_id)
+            if lab is None:
+                return
+            if lab.state is LabState.CREATING:
+                # Keep progress in order: after "Created Kubernetes objects".
+                self._early[lab.id].append(event)
+            elif lab.state is LabState.STARTING:
+                await self._record_pod_event(lab, event)
+        self._signals.notify(lab_id)
 
     async def _record_pod_event(self, lab: LabRecord, event: PodEvent) -> None:
         previous = self._progress.get(lab.id)

@@ -21,7 +21,6 @@ from typing import Any, Final
 
 import structlog
 
-from labd import tasks
 from labd.config import Config, SizeConfig
 from labd.errors import (
     DeleteFailedError,
@@ -230,7 +229,7 @@ class LabService:
         if lab is None:
             raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
         if lab.state in (LabState.FAILED, LabState.EXITED):
-            tasks.spawn(self._clean_up_reported(lab), name=f"cleanup-{lab.id}")
+            await self._clean_up_soon(lab)
         return lab_state_model(lab)
 
     async def running_users(self) -> list[str]:
@@ -391,20 +390,12 @@ class LabService:
                 )
             await self._signals.wait(waiter, within=min(remaining, _STREAM_POLL))
 
-    async def _clean_up_reported(self, lab: LabRecord) -> None:
-        try:
-            await self._store.transition(
-                lab.id,
-                Trigger.CLEANUP,
-                actor=Actor.SCHEDULER,
-                reason=f"Reported to the hub as {lab.status}",
-                expected_version=lab.version,
-                new_operation=True,
-                changes=self._delete_changes(),
-            )
-        except (StaleLabError, InvalidTransitionError):
-            return  # Already moving on.
-        self._signals.notify(lab.id)
+    async def _clean_up_soon(self, lab: LabRecord) -> None:
+        """Have the scheduler clean up a lab the hub has now seen ended."""
+        now = utcnow()
+        if lab.next_attempt_at is not None and lab.next_attempt_at <= now:
+            return  # Already due.
+        await self._store.update(lab.id, {"next_attempt_at": now})
         self._signals.wake_scheduler()
 
     async def _follow(self, lab: LabRecord, after: int | None) -> AsyncIterator[EventRecord]:

@@ -80,15 +80,26 @@ async def test_create_records_the_first_transition_and_events(database: Database
     assert lab.created_at.tzinfo is UTC
     assert await store.get_lab(lab.id) == lab
     [row] = await store.lab_history(lab.id)
-    assert (row.from_state, row.to_state, row.trigger, row.actor) == ("new", "requested", "request", "hub")
+    assert (row.from_state, row.to_state, row.trigger, row.actor) == (
+        "new",
+        "requested",
+        "request",
+        "hub",
+    )
     assert row.version == 1
     assert row.username == "alice"
     [event] = await store.events(lab.id, 1)
-    assert (event.type, event.message, event.progress) == (EventType.INFO, "Starting lab creation for alice", 1)
+    assert (event.type, event.message, event.progress) == (
+        EventType.INFO,
+        "Starting lab creation for alice",
+        1,
+    )
 
 
 @pytest.mark.parametrize("source", [s for s in LabState if s is not S.NEW])
-async def test_every_trigger_from_every_persisted_state(database: Database, source: LabState) -> None:
+async def test_every_trigger_from_every_persisted_state(
+    database: Database, source: LabState
+) -> None:
     store = LabStore(database)
     for trigger in Trigger:
         lab = await lab_in(store, source)
@@ -120,7 +131,11 @@ async def test_every_trigger_from_every_persisted_state(database: Database, sour
         assert len(history) == moved.version
         last = history[-1]
         assert (last.from_state, last.to_state, last.trigger) == (source, expected, trigger)
-        assert (last.actor, last.reason, last.details) == ("watcher", f"test {trigger}", {"source": source.value})
+        assert (last.actor, last.reason, last.details) == (
+            "watcher",
+            f"test {trigger}",
+            {"source": source.value},
+        )
         assert (moved.deleted_at is not None) == (expected is S.DELETED)
 
 
@@ -141,7 +156,9 @@ async def test_stale_version_is_refused_and_nothing_written(database: Database) 
     await store.update(lab.id, {"pod_phase": "Running"})
     moved = await store.transition(lab.id, T.DELETE, actor=Actor.HUB, expected_version=lab.version)
     with pytest.raises(StaleLabError) as info:
-        await store.transition(lab.id, T.POD_EXITED, actor=Actor.WATCHER, expected_version=lab.version)
+        await store.transition(
+            lab.id, T.POD_EXITED, actor=Actor.WATCHER, expected_version=lab.version
+        )
     assert (info.value.expected, info.value.actual) == (lab.version, moved.version)
     assert await store.get_lab(lab.id) == moved
     with pytest.raises(StaleLabError):
@@ -240,7 +257,10 @@ async def test_lists_and_counts(database: Database) -> None:
     failed = await lab_in(store, S.FAILED)
     await lab_in(store, S.DELETED)
     assert [lab.id for lab in await store.list_labs([S.RUNNING])] == [running.id]
-    assert {lab.id for lab in await store.list_labs([S.RUNNING, S.FAILED])} == {running.id, failed.id}
+    assert {lab.id for lab in await store.list_labs([S.RUNNING, S.FAILED])} == {
+        running.id,
+        failed.id,
+    }
     assert await store.count_by_state() == {S.RUNNING: 1, S.FAILED: 1, S.DELETED: 1}
 
 
@@ -363,7 +383,9 @@ async def test_concurrent_writers_on_many_labs_never_see_database_locked(
         return lab
 
     try:
-        finals = await asyncio.gather(*(drive(s, lab) for s, lab in zip(stores, created, strict=True)))
+        finals = await asyncio.gather(
+            *(drive(s, lab) for s, lab in zip(stores, created, strict=True))
+        )
     finally:
         await _dispose(stores)
     assert {lab.state for lab in finals} == {S.DELETED}

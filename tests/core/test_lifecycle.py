@@ -36,7 +36,9 @@ async def current(labd: Labd, username: str) -> LabRecord:
     return lab
 
 
-async def wait_state(labd: Labd, username: str, *states: LabState, within: float = 10) -> LabRecord:
+async def wait_state(
+    labd: Labd, username: str, *states: LabState, within: float = 10
+) -> LabRecord:
     async def reached() -> bool:
         lab = await labd.store.get_latest_lab(username)
         return lab is not None and lab.state in states
@@ -63,7 +65,10 @@ async def test_spawn_to_running(labd: Labd, sim: SimCluster) -> None:
     kinds = [e.type for e in events]
     assert kinds[0] is EventType.INFO and kinds[-1] is EventType.COMPLETE
     assert events[0].progress == 1 and events[0].message == "Starting lab creation for alice"
-    assert (events[1].progress, events[1].message) == (30, "Created Kubernetes objects for user lab")
+    assert (events[1].progress, events[1].message) == (
+        30,
+        "Created Kubernetes objects for user lab",
+    )
     progress = [e.progress for e in events[2:-1]]
     assert progress[:3] == [35, 48, 57][: len(progress[:3])]
     assert all(p is not None and p < 75 for p in progress)
@@ -204,7 +209,8 @@ async def test_each_spawn_call_failing(labd: Labd, sim: SimCluster, resource: st
     assert (error.type, failed.type) == (EventType.ERROR, EventType.FAILED)
     assert "create" in error.message and "500" in error.message
     kind = {"namespaces": "Namespace", "configmaps": "ConfigMap", "secrets": "Secret"}.get(
-        resource, {"networkpolicies": "NetworkPolicy", "services": "Service", "pods": "Pod"}.get(resource)
+        resource,
+        {"networkpolicies": "NetworkPolicy", "services": "Service", "pods": "Pod"}.get(resource),
     )
     assert kind is not None and kind in error.message
     sim.faults.clear()

@@ -1,0 +1,155 @@
+"""Convergence despite broken watches, and reconciliation after restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+
+from labd.database import Database
+from labd.factory import Labd
+from labd.kube.builder import LabBuild, build_lab_objects
+from labd.kube.client import create_api_client
+from labd.kube.storage import LabKube
+from labd.machine import LabState, Trigger
+from labd.sim import SimCluster
+from labd.store import Actor, LabStore
+from tests.core.conftest import IMAGE, LabdFactory, spec
+from tests.core.test_lifecycle import eventually, wait_state
+
+
+async def test_dropped_watches_still_converge(labd: Labd, sim: SimCluster) -> None:
+    sim.faults.drop_watches(after_events=1)
+    for name in ("w1", "w2", "w3"):
+        await labd.service.create(name, spec(), actor=Actor.HUB)
+    for name in ("w1", "w2", "w3"):
+        await wait_state(labd, name, LabState.RUNNING, within=15)
+
+
+async def test_gone_watch_relists_and_converges(labd: Labd, sim: SimCluster) -> None:
+    sim.faults.expire_next_watches(3)
+    sim.faults.drop_watches(after_events=1)
+    await labd.service.create("gone", spec(), actor=Actor.HUB)
+    await wait_state(labd, "gone", LabState.RUNNING, within=15)
+
+
+async def test_silent_watch_is_restarted(labd_factory: LabdFactory, sim: SimCluster) -> None:
+    labd: Labd = await labd_factory(kubernetes={"watch_timeout": 1.5})
+    sim.faults.silence_watches(True)
+    await labd.service.create("quiet", spec(), actor=Actor.HUB)
+    await wait_state(labd, "quiet", LabState.STARTING)
+    await asyncio.sleep(0.5)
+    sim.faults.silence_watches(False)
+    await wait_state(labd, "quiet", LabState.RUNNING, within=10)
+
+
+async def _create_behind_labds_back(sim: SimCluster, labd: Labd, username: str) -> str:
+    """Create a lab's objects directly in the cluster, as another labd would."""
+    lab_id = str(uuid.uuid4())
+    spec_annotation = {
+        "options": {
+            "image": IMAGE,
+            "size": "small",
+            "enable_debug": False,
+            "reset_user_env": False,
+        },
+        "resources": {
+            "limits": {"cpu": 1.0, "memory": 4294967296},
+            "requests": {"cpu": 0.25, "memory": 1073741824},
+        },
+        "user": {"username": username, "name": None, "uid": 1000, "gid": 1000, "groups": []},
+        "quota": None,
+    }
+    objects = build_lab_objects(
+        LabBuild(
+            lab_id=lab_id,
+            username=username,
+            slug=username,
+            namespace=f"labd-{username}",
+            image=IMAGE,
+            size="small",
+            limits_cpu=1.0,
+            limits_memory=4294967296,
+            requests_cpu=0.25,
+            requests_memory=1073741824,
+            uid=1000,
+            gid=1000,
+            groups=[],
+            env={"JUPYTERHUB_SERVICE_PREFIX": f"/user/{username}/"},
+            secret_env={"JUPYTERHUB_API_TOKEN": "x"},
+            enable_debug=False,
+            reset_user_env=False,
+            spec_annotation=json.dumps(spec_annotation),
+        ),
+        labd.config,
+    )
+    api_client = await create_api_client(labd.config.kubernetes)
+    try:
+        await LabKube(api_client, labd.config).create_lab_objects(objects)
+    finally:
+        await api_client.close()
+    return lab_id
+
+
+async def _delete_pod(labd: Labd, namespace: str, name: str) -> None:
+    api_client: ApiClient = await create_api_client(labd.config.kubernetes)
+    try:
+        await CoreV1Api(api_client).delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    finally:
+        await api_client.close()
+
+
+async def test_restart_adopts_and_removes_orphans(
+    labd_factory: LabdFactory, sim: SimCluster
+) -> None:
+    first: Labd = await labd_factory()
+    await first.service.create("kept", spec(), actor=Actor.HUB)
+    await first.service.create("doomed", spec(), actor=Actor.HUB)
+    await first.service.create("lost", spec(), actor=Actor.HUB)
+    for name in ("kept", "doomed", "lost"):
+        await wait_state(first, name, LabState.RUNNING)
+    await first.stop()
+
+    # While labd is down: a lab appears, one is deleted in SQL, a pod vanishes.
+    adopted_id = await _create_behind_labds_back(sim, first, "newcomer")
+    database = Database(first.config.database_url)
+    try:
+        store = LabStore(database)
+        doomed = await store.get_current_lab("doomed")
+        assert doomed is not None
+        doomed = await store.transition(doomed.id, Trigger.DELETE, actor=Actor.OPERATOR)
+        await store.transition(doomed.id, Trigger.DELETED, actor=Actor.OPERATOR)
+    finally:
+        await database.dispose()
+    await _delete_pod(first, "labd-lost", "lost-nb")
+
+    async def newcomer_running() -> bool:
+        pods = sim.objects("pods", "labd-newcomer")
+        return bool(pods) and pods[0].get("status", {}).get("phase") == "Running"
+
+    await eventually(newcomer_running, what="the newcomer's pod to run")
+
+    second: Labd = await labd_factory()
+    report = second.last_reconcile
+    assert report is not None
+    assert report.adopted == [adopted_id]
+    assert report.orphans == ["labd-doomed"]
+    assert len(report.vanished) == 1
+    adopted = await second.store.get_lab(adopted_id)
+    assert (adopted.username, adopted.state) == ("newcomer", LabState.RUNNING)
+    assert adopted.internal_url == "http://lab.labd-newcomer:8888/user/newcomer/"
+    [row] = await second.store.lab_history(adopted_id)
+    assert (row.trigger, row.actor) == ("adopt", "reconciler")
+    lost = await second.store.get_current_lab("lost")
+    assert lost is not None and lost.state is LabState.FAILED
+    assert (await second.service.get_state("kept")).status == "running"
+
+    async def doomed_gone() -> bool:
+        return not [n for n in sim.objects("namespaces") if n["metadata"]["name"] == "labd-doomed"]
+
+    await eventually(doomed_gone, what="the orphaned namespace to go")
+    # A second pass finds nothing more to do.
+    again = await second.reconciler.reconcile()
+    assert (again.adopted, again.vanished, again.updated) == ([], [], [])
