@@ -73,7 +73,10 @@ def test_every_state_and_trigger(state: LabState, trigger: Trigger) -> None:
             next_state(state, trigger)
         assert info.value.state == state
         assert info.value.trigger == trigger
-        assert str(info.value) == f"Trigger {trigger.value!r} is not allowed from state {state.value!r}"
+        assert (
+            str(info.value)
+            == f"Trigger {trigger.value!r} is not allowed from state {state.value!r}"
+        )
     else:
         assert next_state(state, trigger) is expected
 
