@@ -10,7 +10,9 @@ import click
 
 from labd import __version__
 from labd.config_command import check_config
+from labd.dev import dev
 from labd.migrate import migrate
+from labd.serving import serve
 from labd.sim.command import sim
 
 __all__ = ["main"]
@@ -25,3 +27,5 @@ def main() -> None:
 main.add_command(check_config)
 main.add_command(migrate)
 main.add_command(sim)
+main.add_command(serve)
+main.add_command(dev)

@@ -109,7 +109,15 @@ def configure_logging(
     root.setLevel(level.upper())
     # Libraries that are chatty at INFO stay at WARNING unless debugging.
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
-    for name in ("sqlalchemy", "aiosqlite", "asyncio", "kubernetes_asyncio", "uvicorn.access"):
+    for name in (
+        "sqlalchemy",
+        "aiosqlite",
+        "asyncio",
+        "alembic",
+        "transitions",
+        "kubernetes_asyncio",
+        "uvicorn.access",
+    ):
         logging.getLogger(name).setLevel(quiet)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []

@@ -1,0 +1,175 @@
+"""``labd dev``: labd on SQLite and the simulated cluster, in one command.
+
+Everything lives in a state directory (``.labd-dev`` by default): the SQLite
+database, a sample configuration, the simulated cluster's kubeconfig, the
+hub token (``hub-token``) and the token file holding its hash.  Files that
+exist are kept, so the database, the configuration and the token survive a
+restart; the simulated cluster itself lives in memory, and the reconciler
+marks the labs of the previous run as vanished at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+from typing import Final
+
+import click
+import yaml
+
+from labd.api import hash_token
+from labd.config import Config, load_config
+from labd.database import Database
+from labd.factory import Labd
+from labd.logs import configure_logging
+from labd.migrate import upgrade
+from labd.serving import run_daemon
+from labd.sim import SimCluster
+
+__all__ = ["dev"]
+
+SAMPLE_IMAGES: Final = [
+    "ghcr.io/labd/sciplat-lab:w_2026_47",
+    "ghcr.io/labd/sciplat-lab:w_2026_46",
+    "ghcr.io/labd/sciplat-lab:r28_0_1",
+    "ghcr.io/labd/sciplat-lab:d_2026_11_24",
+]
+
+
+def sample_config(state_dir: Path, port: int) -> dict[str, object]:
+    """The configuration ``labd dev`` writes on first use."""
+    return {
+        "database_url": f"sqlite+aiosqlite:///{state_dir / 'labd.db'}",
+        "bind_address": f"127.0.0.1:{port}",
+        "token_file": str(state_dir / "tokens"),
+        "kubernetes": {"kubeconfig": str(state_dir / "kubeconfig")},
+        "namespace_prefix": "labd",
+        "sizes": {
+            "small": {
+                "description": "1 CPU, 4 GiB",
+                "limits": {"cpu": 1, "memory": "4Gi"},
+                "requests": {"cpu": 0.25, "memory": "1Gi"},
+            },
+            "medium": {
+                "description": "2 CPUs, 8 GiB",
+                "limits": {"cpu": 2, "memory": "8Gi"},
+                "requests": {"cpu": 0.5, "memory": "2Gi"},
+            },
+            "large": {
+                "description": "4 CPUs, 16 GiB",
+                "limits": {"cpu": 4, "memory": "16Gi"},
+                "requests": {"cpu": 1, "memory": "4Gi"},
+            },
+        },
+        "default_size": "medium",
+        "images": {
+            "available": [{"reference": reference} for reference in SAMPLE_IMAGES],
+            "recommended": "w_2026_47",
+        },
+        "timeouts": {"spawn": 120, "delete": 60},
+        "reconcile_interval": 60,
+    }
+
+
+def _write_new(path: Path, text: str, *, mode: int = 0o644) -> None:
+    if not path.exists():
+        path.write_text(text)
+        path.chmod(mode)
+
+
+def prepare(state_dir: Path, port: int) -> Path:
+    """Create the state directory's files that are missing; return the config path."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    config_path = state_dir / "labd.yaml"
+    _write_new(
+        config_path,
+        "# Written by `labd dev`; edit freely, it is kept.\n"
+        + yaml.safe_dump(sample_config(state_dir, port), sort_keys=False),
+    )
+    token_path = state_dir / "hub-token"
+    _write_new(token_path, secrets.token_urlsafe(32) + "\n", mode=0o600)
+    token = token_path.read_text().strip()
+    _write_new(
+        state_dir / "tokens",
+        f"# SHA-256 of the hub token in hub-token\n{hash_token(token)} hub\n",
+        mode=0o600,
+    )
+    return config_path
+
+
+def _instructions(state_dir: Path, url: str) -> str:
+    token = f'"Authorization: Bearer $(cat {state_dir / "hub-token"})"'
+    body = (
+        '{"options": {"image_class": "recommended", "size": "medium"},'
+        ' "env": {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/"}}'
+    )
+    return f"""
+labd dev is serving on {url} (simulated cluster, SQLite in {state_dir})
+
+Spawn a lab for alice:
+  curl -i -H {token} -H 'Content-Type: application/json' \\
+    -d '{body}' {url}/spawner/v1/labs/alice/create
+
+Follow its progress (server-sent events):
+  curl -N -H {token} {url}/spawner/v1/labs/alice/events
+
+Its state, then delete it:
+  curl -H {token} {url}/spawner/v1/labs/alice
+  curl -X DELETE -H {token} {url}/spawner/v1/labs/alice
+
+Audit history:  labd history alice --config {state_dir / "labd.yaml"}
+Stop with Ctrl-C.
+"""
+
+
+@click.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port labd listens on (127.0.0.1); 0 picks a free one.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".labd-dev"),
+    show_default=True,
+    help="Where the database, configuration and hub token live.",
+)
+@click.option(
+    "--pod-start-delay",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds a simulated pod takes to start.",
+)
+def dev(port: int, state_dir: Path, pod_start_delay: float) -> None:
+    """Run labd on SQLite and a simulated Kubernetes cluster, for trying it out.
+
+    Writes a sample configuration and a hub token into the state directory
+    on first use, then prints ready-to-run curl commands.
+    """
+    state_dir = state_dir.resolve()
+    config_path = prepare(state_dir, port)
+    environ = {**os.environ, "LABD_BIND_ADDRESS": f"127.0.0.1:{port}"}
+    config = load_config(config_path, environ=environ)
+    configure_logging(level=config.log_level, fmt="console")
+    asyncio.run(_run(config, state_dir, pod_start_delay))
+
+
+async def _run(config: Config, state_dir: Path, pod_start_delay: float) -> None:
+    database = Database(config.database_url)
+    try:
+        await upgrade(database)
+    finally:
+        await database.dispose()
+    async with SimCluster(pod_start_delay=pod_start_delay) as cluster:
+        cluster.write_kubeconfig(state_dir / "kubeconfig")
+
+        def ready(_labd: Labd, url: str) -> None:
+            click.echo(_instructions(state_dir, url))
+
+        await run_daemon(config, on_ready=ready)
