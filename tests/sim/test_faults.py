@@ -80,14 +80,14 @@ async def test_error_rate_fails_a_share(sim: SimCluster, core: CoreV1Api, namesp
 async def test_latency_fault_delays_matching_requests(
     sim: SimCluster, core: CoreV1Api, namespace: str
 ) -> None:
-    sim.faults.add_latency("list", "configmaps", seconds=0.3)
+    sim.faults.add_latency("list", "configmaps", seconds=0.5)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await core.list_namespaced_config_map(namespace)
-    assert loop.time() - started >= 0.3
+    assert loop.time() - started >= 0.5
     started = loop.time()
     await core.list_namespaced_secret(namespace)
-    assert loop.time() - started < 0.3
+    assert loop.time() - started < 0.5
 
 
 async def test_watch_dropped_after_n_events(

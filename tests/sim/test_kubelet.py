@@ -71,16 +71,19 @@ async def test_pod_runs_with_realistic_status_and_events(core: CoreV1Api, namesp
 
 @pytest.mark.sim(pod_start_delay=0.4)
 async def test_start_delay_is_honoured(core: CoreV1Api, namespace: str) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await core.create_namespaced_pod(namespace, pod("nb"))
 
-    async def bound() -> bool:
-        return bool((await core.read_namespaced_pod("nb", namespace)).spec.node_name)
+    async def creating() -> bool:
+        statuses = (await core.read_namespaced_pod("nb", namespace)).status.container_statuses
+        waiting = statuses[0].state.waiting if statuses else None
+        return waiting is not None and waiting.reason == "ContainerCreating"
 
-    await eventually(bound)
+    await eventually(creating)
     assert await _phase(core, namespace, "nb") == "Pending"
-    creating = await core.read_namespaced_pod("nb", namespace)
-    assert creating.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
     await _wait_phase(core, namespace, "nb", "Running")
+    assert loop.time() - started >= 0.35
 
 
 @pytest.mark.sim(pod_start_delay=0)
