@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import secrets
 from collections.abc import Generator
 from pathlib import Path
@@ -159,7 +160,7 @@ class SimCluster:
         return write_kubeconfig(path, self.url, self.token)
 
     def objects(self, resource: str, namespace: str | None = None) -> list[Obj]:
-        """Return the stored objects of a resource, for assertions.
+        """Return copies of the stored objects of a resource, for assertions.
 
         Parameters
         ----------
@@ -169,7 +170,7 @@ class SimCluster:
             Only this namespace; None for all.
         """
         return [
-            obj
+            copy.deepcopy(obj)
             for obj in self.registry.objects(resource_named(resource))
             if namespace is None or obj["metadata"].get("namespace") == namespace
         ]

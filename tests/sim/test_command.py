@@ -30,6 +30,12 @@ def test_bad_fault_syntax_is_a_usage_error() -> None:
     assert "VERB:RESOURCE:RATE" in result.output
 
 
+def test_bad_rule_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["sim", "--rule", "lab-*/*=explode"])
+    assert result.exit_code == 2
+    assert "invalid outcome" in result.output
+
+
 async def test_sim_process_serves_until_sigterm(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     process = await asyncio.create_subprocess_exec(
