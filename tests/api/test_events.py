@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import pytest
 
+from labd.api.sse import parse_last_event_id
 from labd.machine import LabState
 from tests.api.conftest import (
     ALICE,
@@ -79,7 +80,7 @@ async def test_resume_with_last_event_id(server: str, stack: Stack) -> None:
     later, _ = await read_events(server, "alice", headers={"Last-Event-ID": str(events[1].id)})
     assert later == events[2:]
     # A malformed id is ignored: the whole operation is replayed.
-    for malformed in ("yesterday", "-1", "", str(2**63), "\u0663"):
+    for malformed in ("yesterday", "-1", "", "1e3", str(2**63)):
         again, _ = await read_events(server, "alice", headers={"Last-Event-ID": malformed})
         assert again == events
 
@@ -195,3 +196,22 @@ async def test_server_shutdown_ends_open_streams(stack: Stack) -> None:
         # Leaving serve() waited for uvicorn to shut down with a stream open.
         events, _ = await listener
     assert shapes(events) == SPAWN[:1]
+
+
+@pytest.mark.parametrize(
+    ("header", "after"),
+    [
+        (None, None),
+        ("42", 42),
+        (" 42 ", 42),
+        ("0", 0),
+        ("", None),
+        ("-1", None),
+        ("4.2", None),
+        ("\u0663", None),  # An Arabic-Indic digit: isdigit() says yes, but ids are ASCII.
+        (str(2**63 - 1), 2**63 - 1),
+        (str(2**63), None),
+    ],
+)
+def test_parse_last_event_id(header: str | None, after: int | None) -> None:
+    assert parse_last_event_id(header) == after
