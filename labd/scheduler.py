@@ -67,8 +67,12 @@ __all__ = ["LabLocks", "Scheduler", "next_progress"]
 
 _logger = structlog.get_logger()
 
-_LEASE: Final = 120.0
-"""Seconds a claim holds a lab against other claimers (crash recovery time)."""
+_LEASE: Final = 30.0
+"""Seconds a claim holds a lab against other claimers.
+
+A step that finishes reschedules its lab itself, so the lease only matters
+when the claimer died: it is how long a lab waits before a restarted labd
+(or another replica) takes its step up again."""
 
 _REPORT_GRACE: Final = 60.0
 """Seconds a failed or exited lab stays visible before labd cleans it up.

@@ -176,6 +176,19 @@ class LabService:
     async def delete(self, username: str, *, actor: Actor) -> None:
         """Delete the user's lab and return once its objects are gone.
 
+        Raises
+        ------
+        UnknownUserError
+            If the user has no lab.
+        DeleteFailedError
+            If the delete failed or timed out (labd keeps retrying).
+        """
+        lab = await self.request_delete(username, actor=actor)
+        await self._wait_until_deleted(lab)
+
+    async def request_delete(self, username: str, *, actor: Actor) -> LabRecord:
+        """Record the intent to delete the user's lab; return the lab.
+
         A delete already in progress is joined.  A spawn in progress is
         cancelled: its event stream ends with ``failed "Operation
         cancelled"``.
@@ -184,8 +197,6 @@ class LabService:
         ------
         UnknownUserError
             If the user has no lab.
-        DeleteFailedError
-            If the delete failed or timed out (labd keeps retrying).
         """
         check_username(username)
         while True:
@@ -193,7 +204,7 @@ class LabService:
             if lab is None:
                 raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
             if lab.state is LabState.DELETING:
-                break
+                return lab
             try:
                 lab = await self._store.transition(
                     lab.id,
@@ -210,8 +221,7 @@ class LabService:
             _logger.info("lab delete requested", username=username, lab_id=lab.id)
             self._signals.notify(lab.id)
             self._signals.wake_scheduler()
-            break
-        await self._wait_until_deleted(lab)
+            return lab
 
     async def get_state(self, username: str) -> LabStateModel:
         """Return the user's lab as the API reports it.
@@ -400,6 +410,11 @@ class LabService:
 
     async def _follow(self, lab: LabRecord, after: int | None) -> AsyncIterator[EventRecord]:
         operation = lab.operation
+        if after is not None:
+            # A client resuming after the operation's last event: nothing more.
+            seen = await self._store.events(lab.id, operation)
+            if any(event.terminal and event.id <= after for event in seen):
+                return
         while True:
             waiter = self._signals.waiter(lab.id)
             events = await self._store.events(lab.id, operation, after=after)
