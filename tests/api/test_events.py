@@ -85,12 +85,6 @@ async def test_resume_with_last_event_id(server: str, stack: Stack) -> None:
         assert again == events
 
 
-@pytest.mark.xfail(
-    reason="LabService._follow: a resume after the operation's terminal event finds no "
-    "new event and waits for the next operation instead of ending",
-    raises=TimeoutError,
-    strict=True,
-)
 async def test_resume_after_the_end_ends(server: str, stack: Stack) -> None:
     await create(server)
     await stack.driver.spawn("alice")
