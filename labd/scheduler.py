@@ -552,14 +552,20 @@ class Scheduler:
             return
         seen = {e.progress for e in await self._store.events(lab.id, lab.operation)}
         try:
-            if 25 not in seen:
-                await self._emit(lab, NewEvent(EventType.INFO, "Shutting down Kubernetes pod", 25))
-            await self._kube.delete_pod(
-                lab.namespace, pod_name(lab.slug), grace_seconds=self._config.lab.pod_delete_grace
-            )
+            # Progress 62 is recorded once both deletes were accepted, so a
+            # later pass (or a restart) only has to wait for the namespace.
             if 62 not in seen:
+                if 25 not in seen:
+                    await self._emit(
+                        lab, NewEvent(EventType.INFO, "Shutting down Kubernetes pod", 25)
+                    )
+                await self._kube.delete_pod(
+                    lab.namespace,
+                    pod_name(lab.slug),
+                    grace_seconds=self._config.lab.pod_delete_grace,
+                )
+                await self._kube.delete_namespace(lab.namespace)
                 await self._emit(lab, NewEvent(EventType.INFO, "Deleting user namespace", 62))
-            await self._kube.delete_namespace(lab.namespace)
             gone = await self._kube.namespace_gone(lab.namespace)
         except KubeError as exc:
             attempts = lab.attempts + 1
