@@ -26,6 +26,7 @@ from labd.images import ImageCatalog
 from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
 from labd.kube.watching import PodEventWatcher, PodWatcher
+from labd.metrics import Metrics
 from labd.migrate import check_schema
 from labd.reconciler import Reconciler, ReconcileReport
 from labd.scheduler import LabLocks, Scheduler
@@ -57,20 +58,26 @@ class Labd:
         self.config = config
         self.database = database
         self.api_client = api_client
+        self.metrics = Metrics()
         self.store = LabStore(database)
         self.signals = LabSignals()
         self.images = ImageCatalog(config.images)
         self.service = LabService(
-            config=config, store=self.store, signals=self.signals, images=self.images
+            config=config,
+            store=self.store,
+            signals=self.signals,
+            images=self.images,
+            metrics=self.metrics,
         )
         self.locks = LabLocks()
-        self.kube = LabKube(api_client, config)
+        self.kube = LabKube(api_client, config, on_call=self.metrics.kube_call)
         self.scheduler = Scheduler(
             config=config,
             store=self.store,
             signals=self.signals,
             kube=self.kube,
             locks=self.locks,
+            metrics=self.metrics,
         )
         self.reconciler = Reconciler(
             config=config,
@@ -80,8 +87,8 @@ class Labd:
             locks=self.locks,
             signals=self.signals,
         )
-        self.pod_watcher = PodWatcher(api_client, config)
-        self.event_watcher = PodEventWatcher(api_client, config)
+        self.pod_watcher = PodWatcher(api_client, config, on_call=self.metrics.kube_call)
+        self.event_watcher = PodEventWatcher(api_client, config, on_call=self.metrics.kube_call)
         self.last_reconcile: ReconcileReport | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._not_ready = "starting"
@@ -109,7 +116,7 @@ class Labd:
 
     async def start(self) -> None:
         """Reconcile once, then start the scheduler, the watches and the timer."""
-        self.last_reconcile = await self.reconciler.reconcile()
+        await self._reconcile()
         self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
         self._tasks = [
             tasks.spawn(self.scheduler.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
@@ -119,7 +126,7 @@ class Labd:
             tasks.spawn(self._reconcile_periodically(), name="reconcile"),
         ]
         self._not_ready = ""
-        _logger.info("labd started", labs=self.last_reconcile.labs)
+        _logger.info("labd started")
 
     async def stop(self) -> None:
         """Stop the loops, give in-flight steps a moment, close connections.
@@ -155,6 +162,19 @@ class Labd:
             return f"database not usable: {exc}"
         return None
 
+    async def _reconcile(self) -> None:
+        report = await self.reconciler.reconcile()
+        self.metrics.reconcile_duration.observe(report.seconds)
+        for action, items in (
+            ("adopted", report.adopted),
+            ("orphan", report.orphans),
+            ("vanished", report.vanished),
+            ("updated", report.updated),
+        ):
+            if items:
+                self.metrics.reconcile_actions.labels(action).inc(len(items))
+        self.last_reconcile = report
+
     async def _reconcile_periodically(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -162,6 +182,6 @@ class Labd:
             if self._stopping.is_set():
                 return
             try:
-                self.last_reconcile = await self.reconciler.reconcile()
+                await self._reconcile()
             except Exception:
                 _logger.exception("reconcile failed; will try again")

@@ -49,6 +49,7 @@ from labd.kube.client import KubeError
 from labd.kube.storage import LabKube, NamespaceTerminatingError
 from labd.kube.watching import PodEvent, PodUpdate
 from labd.machine import InvalidTransitionError, LabState, Trigger
+from labd.metrics import Metrics
 from labd.signals import LabSignals
 from labd.store import (
     Actor,
@@ -134,6 +135,8 @@ class Scheduler:
         The Kubernetes operations on lab objects.
     locks
         Per-lab locks, shared with the reconciler.
+    metrics
+        Where durations, failures and steps are counted.
     """
 
     def __init__(
@@ -144,8 +147,10 @@ class Scheduler:
         signals: LabSignals,
         kube: LabKube,
         locks: LabLocks,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or Metrics()
         self._store = store
         self._signals = signals
         self._kube = kube
@@ -235,6 +240,7 @@ class Scheduler:
             await self._time_out(lab)
             return
         log.debug("step")
+        self._metrics.steps.labels(lab.state.value).inc()
         await step(lab)
 
     def _steps(self) -> dict[LabState, Callable[[LabRecord], Awaitable[None]]]:
@@ -367,9 +373,11 @@ class Scheduler:
             )
             return
         log.error("spawn failed", error=str(error))
-        await self._fail_spawn(lab, Trigger.FAIL, str(error))
+        await self._fail_spawn(lab, Trigger.FAIL, str(error), cause="kubernetes")
 
-    async def _fail_spawn(self, lab: LabRecord, trigger: Trigger, reason: str) -> None:
+    async def _fail_spawn(
+        self, lab: LabRecord, trigger: Trigger, reason: str, *, cause: str
+    ) -> None:
         await self._store.transition(
             lab.id,
             trigger,
@@ -385,11 +393,13 @@ class Scheduler:
                 NewEvent(EventType.FAILED, "Lab spawn failed", terminal=True),
             ],
         )
+        self._metrics.spawn_failures.labels(cause).inc()
         self._forget_spawn(lab)
 
     async def _time_out(self, lab: LabRecord) -> None:
         seconds = f"{self._config.timeouts.spawn:g}"
-        await self._fail_spawn(lab, Trigger.TIMEOUT, f"Lab spawn timed out after {seconds} s")
+        reason = f"Lab spawn timed out after {seconds} s"
+        await self._fail_spawn(lab, Trigger.TIMEOUT, reason, cause="timeout")
 
     async def _step_starting(self, lab: LabRecord) -> None:
         seen = self._pods.get(lab.id)
@@ -471,7 +481,7 @@ class Scheduler:
 
     async def _apply_to_starting(self, lab: LabRecord, pod: PodUpdate) -> None:
         if pod.deleted or pod.phase == "Unknown":
-            await self._fail_spawn(lab, Trigger.POD_LOST, _pod_problem(pod))
+            await self._fail_spawn(lab, Trigger.POD_LOST, _pod_problem(pod), cause="pod_lost")
         elif pod.phase == "Running":
             await self._store.transition(
                 lab.id,
@@ -488,9 +498,10 @@ class Scheduler:
                 ],
             )
             self._forget_spawn(lab)
+            self._metrics.spawn_duration.observe((utcnow() - lab.created_at).total_seconds())
             _logger.info("lab running", username=lab.username, lab_id=lab.id)
         elif pod.phase in ("Succeeded", "Failed"):
-            await self._fail_spawn(lab, Trigger.FAIL, _pod_problem(pod))
+            await self._fail_spawn(lab, Trigger.FAIL, _pod_problem(pod), cause="pod_failed")
 
     async def _apply_to_running(self, lab: LabRecord, pod: PodUpdate) -> None:
         if pod.deleted or pod.phase == "Unknown":
@@ -605,6 +616,9 @@ class Scheduler:
         )
         self._pods.pop(lab.id, None)
         self._forget_spawn(lab)
+        if lab.deadline_at is not None:
+            started = lab.deadline_at - timedelta(seconds=self._config.timeouts.delete)
+            self._metrics.delete_duration.observe((utcnow() - started).total_seconds())
         _logger.info("lab deleted", username=lab.username, lab_id=lab.id)
 
     async def _emit(self, lab: LabRecord, event: NewEvent) -> None:
@@ -630,6 +644,7 @@ class Scheduler:
             # The user already has a new lab: this one stays "deleting" (it
             # may not become the user's current lab again) and keeps trying.
             await self._store.update(lab.id, {"last_error": reason, "next_attempt_at": retry})
+        self._metrics.delete_failures.inc()
         _logger.error("lab delete failed", username=lab.username, lab_id=lab.id, reason=reason)
 
     async def _step_clean_up(self, lab: LabRecord) -> None:

@@ -34,6 +34,7 @@ from labd.errors import (
 )
 from labd.images import ImageCatalog, ImageChoice
 from labd.machine import InvalidTransitionError, LabState, Trigger
+from labd.metrics import Metrics
 from labd.models import (
     LabSpecification,
     LabStateModel,
@@ -107,6 +108,8 @@ class LabService:
         Wake-ups shared with the scheduler.
     images
         Resolves the image a request names.
+    metrics
+        Counts open event streams.
     """
 
     def __init__(
@@ -116,8 +119,10 @@ class LabService:
         store: LabStore,
         signals: LabSignals,
         images: ImageCatalog,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or Metrics()
         self._store = store
         self._signals = signals
         self._images = images
@@ -409,6 +414,14 @@ class LabService:
         self._signals.wake_scheduler()
 
     async def _follow(self, lab: LabRecord, after: int | None) -> AsyncIterator[EventRecord]:
+        self._metrics.sse_subscribers.inc()
+        try:
+            async for event in self._events_of(lab, after):
+                yield event
+        finally:
+            self._metrics.sse_subscribers.dec()
+
+    async def _events_of(self, lab: LabRecord, after: int | None) -> AsyncIterator[EventRecord]:
         operation = lab.operation
         if after is not None:
             # A client resuming after the operation's last event: nothing more.

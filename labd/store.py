@@ -540,6 +540,15 @@ class LabStore:
             )
         return [_lab(row) for row in rows]
 
+    async def due_summary(self) -> tuple[int, datetime | None]:
+        """Return how many labs are due now and the oldest due time."""
+        statement = select(func.count(), func.min(labs.c.next_attempt_at)).where(
+            labs.c.next_attempt_at <= utcnow()
+        )
+        async with self._db.read() as conn:
+            count, oldest = (await conn.execute(statement)).one()
+        return int(count), oldest
+
     async def next_due_time(self) -> datetime | None:
         """Return the earliest ``next_attempt_at`` of any lab, if one is set."""
         async with self._db.read() as conn:
