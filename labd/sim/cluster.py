@@ -32,7 +32,7 @@ from labd.sim.kubelet import Kubelet
 from labd.sim.namespaces import NamespaceController
 from labd.sim.outcomes import Rules
 from labd.sim.registry import Obj, Registry
-from labd.sim.tasks import cancel_and_wait, spawn
+from labd.tasks import cancel_and_wait, spawn
 
 __all__ = ["SimCluster"]
 

@@ -36,7 +36,7 @@ from kubernetes_asyncio.watch import Watch
 
 from labd.sim.outcomes import OUTCOME_ANNOTATION, Outcome, Rules
 from labd.sim.strategies import now
-from labd.sim.tasks import cancel_and_wait, spawn
+from labd.tasks import cancel_and_wait, spawn
 
 __all__ = ["KUBELET_USER_AGENT", "Kubelet"]
 

@@ -29,7 +29,7 @@ from labd.sim.errors import ApiError
 from labd.sim.kinds import resource_named
 from labd.sim.registry import Registry, Watcher
 from labd.sim.selectors import FieldSelector, LabelSelector
-from labd.sim.tasks import cancel_and_wait, spawn
+from labd.tasks import cancel_and_wait, spawn
 
 __all__ = ["NamespaceController"]
 

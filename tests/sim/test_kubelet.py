@@ -10,7 +10,7 @@ from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from labd.sim import Kubelet, SimCluster
-from labd.sim.tasks import cancel_and_wait, spawn
+from labd.tasks import cancel_and_wait, spawn
 from tests.sim.waiting import eventually, manifest, pod, raw, status_of
 
 
