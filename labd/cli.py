@@ -12,6 +12,7 @@ from labd import __version__
 from labd.config_command import check_config
 from labd.dev import dev
 from labd.migrate import migrate
+from labd.operator_commands import history, labs
 from labd.serving import serve
 from labd.sim.command import sim
 
@@ -29,3 +30,5 @@ main.add_command(migrate)
 main.add_command(sim)
 main.add_command(serve)
 main.add_command(dev)
+main.add_command(labs)
+main.add_command(history)
