@@ -430,17 +430,23 @@ class LabService:
                 return
         while True:
             waiter = self._signals.waiter(lab.id)
+            # The lab is read before the events: an operation's last events
+            # commit together with the state change that ends it, so once the
+            # lab is seen to have moved on, the events read next include them.
+            # (Read the other way round, a commit landing between the two
+            # reads ended the stream without its "Operation cancelled".)
+            current = await self._store.get_lab(lab.id)
             events = await self._store.events(lab.id, operation, after=after)
             for event in events:
                 yield event
                 after = event.id
                 if event.terminal:
                     return
-            if not events:
-                current = await self._store.get_lab(lab.id)
-                if current.operation != operation or current.state is LabState.DELETED:
-                    # The operation ended without a final event (superseded).
-                    return
+            if not events and (
+                current.operation != operation or current.state is LabState.DELETED
+            ):
+                # The operation ended without a final event (superseded).
+                return
             await self._signals.wait(waiter, within=_STREAM_POLL)
 
 

@@ -146,12 +146,8 @@ class Driver:
             last_error=reason,
         )
 
-    async def finish_delete(self, username: str, *, pause: float = 0) -> LabRecord:
-        """Complete a delete in progress: 25, 62, then 100 and ``deleted``.
-
-        ``pause`` seconds pass between the steps, so that stream readers
-        are idle when each one lands (see `test_events.py`).
-        """
+    async def finish_delete(self, username: str) -> LabRecord:
+        """Complete a delete in progress: 25, 62, then 100 and ``deleted``."""
         lab = await self.lab(username)
         for message, progress in (
             ("Shutting down Kubernetes pod", 25),
@@ -159,7 +155,6 @@ class Driver:
         ):
             await self.store.add_events(lab.id, [NewEvent(EventType.INFO, message, progress)])
             self.signals.notify(lab.id)
-            await asyncio.sleep(pause)
         return await self._step(
             lab,
             Trigger.DELETED,

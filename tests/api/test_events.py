@@ -118,10 +118,7 @@ async def test_delete_stream(server: str, stack: Stack) -> None:
 
         listener = asyncio.create_task(read_events(server, "alice", on_open=on_open))
         await opened.wait()
-        # Pauses keep the reader idle when the final step commits: the
-        # service reads events, then the lab, and a commit between the two
-        # reads ends the stream without its last event (reported).
-        await stack.driver.finish_delete("alice", pause=0.2)
+        await stack.driver.finish_delete("alice")
         assert (await deleting).status_code == 204
     events, _ = await listener
     assert shapes(events) == [
@@ -136,7 +133,15 @@ async def test_delete_stream(server: str, stack: Stack) -> None:
 
 async def test_delete_cancels_spawn_stream(server: str, stack: Stack) -> None:
     await create(server)
-    listener = asyncio.create_task(read_events(server, "alice"))
+    first = asyncio.Event()
+
+    async def on_first() -> None:
+        first.set()
+
+    # The listener must follow the spawn before the delete starts a new
+    # operation, or it would follow the delete instead.
+    listener = asyncio.create_task(read_events(server, "alice", on_first=on_first))
+    await first.wait()
     await stack.driver.objects_ready("alice")
     async with httpx.AsyncClient(base_url=server, timeout=10) as client:
         deleting = asyncio.create_task(client.delete("/spawner/v1/labs/alice", headers=HUB))
