@@ -28,6 +28,11 @@ import yaml
 
 IMAGE = "registry.example/sciplat/lab:w_2026_47"
 
+SHUTDOWN_BOUND = 25.0
+"""Seconds labd may take to exit after SIGTERM: 5 s of HTTP graceful shutdown,
+up to 10 s for the scheduler loop's last pass and 10 s for in-flight steps.
+``systemd/labd.service`` must give it more (``TimeoutStopSec``)."""
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
@@ -183,15 +188,23 @@ class Daemon:
     env
         Variables added to this process's environment (``NOTIFY_SOCKET``,
         ``WATCHDOG_USEC``).
+    launcher
+        How to start Python; ``-m labd serve ...`` is appended.
     """
 
-    def __init__(self, config_file: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_file: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        launcher: Sequence[str] = (sys.executable,),
+    ) -> None:
         settings = yaml.safe_load(config_file.read_text())
         self.url = f"http://{settings['bind_address']}"
         """Base URL of its API."""
 
         self.log = log
-        self._args = [sys.executable, "-m", "labd", "serve", "--config", str(config_file)]
+        self._args = [*launcher, "-m", "labd", "serve", "--config", str(config_file)]
         self._env = {
             key: value
             for key, value in os.environ.items()

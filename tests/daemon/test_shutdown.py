@@ -25,14 +25,9 @@ from labd.service import LabService
 from labd.signals import LabSignals
 from labd.store import Actor, LabRecord, LabStore
 from tests.core.conftest import spec
-from tests.daemon.conftest import Daemon, write_config
+from tests.daemon.conftest import SHUTDOWN_BOUND, Daemon, write_config
 
 USERS = [f"term{i}" for i in range(8)]
-
-SHUTDOWN_BOUND = 25.0
-"""Seconds labd may take to exit after SIGTERM: 5 s of HTTP graceful shutdown,
-up to 10 s for the scheduler loop's last pass and 10 s for in-flight steps.
-``systemd/labd.service`` gives it ``TimeoutStopSec=40s``."""
 
 
 @pytest.fixture
