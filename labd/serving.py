@@ -86,6 +86,7 @@ async def run_daemon(
             service=labd.service,
             authenticator=authenticator,
             readiness=labd.readiness,
+            metrics=lambda: labd.metrics.render(labd.store),
         )
         server = _Server(
             uvicorn.Config(

@@ -23,7 +23,7 @@ from starlette.types import Lifespan
 
 from labd.api.auth import Authenticator
 from labd.api.errors import ErrorBoundary, exception_handlers
-from labd.api.handlers import LabApi, Readiness
+from labd.api.handlers import LabApi, MetricsSource, Readiness
 from labd.api.limits import BodySizeLimit
 from labd.api.openapi import openapi_document
 from labd.api.routes import build_routes
@@ -42,6 +42,7 @@ def create_app(
     readiness: Readiness,
     lifespan: Lifespan[Starlette] | None = None,
     keepalive: float = DEFAULT_KEEPALIVE,
+    metrics: MetricsSource | None = None,
 ) -> Starlette:
     """Build the API application.
 
@@ -59,6 +60,8 @@ def create_app(
         The caller's start-up and shutdown, run around the application's.
     keepalive
         Seconds between keep-alive comments on event streams.
+    metrics
+        Renders ``/metrics`` (Prometheus text format).
 
     Returns
     -------
@@ -76,6 +79,7 @@ def create_app(
         readiness=readiness,
         streams=streams,
         openapi=openapi_document(prefix=config.path_prefix),
+        metrics=metrics,
     )
 
     @asynccontextmanager

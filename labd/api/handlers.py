@@ -27,6 +27,10 @@ from labd.store import Actor
 __all__ = ["LabApi", "Readiness"]
 
 Readiness = Callable[[], Awaitable[str | None]]
+MetricsSource = Callable[[], Awaitable[bytes]]
+"""Renders the Prometheus text format."""
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Returns `None` when labd is ready, otherwise why it is not."""
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -68,6 +72,8 @@ class LabApi:
         Makes event-stream responses.
     openapi
         The OpenAPI document served at ``/openapi.json``.
+    metrics
+        Renders ``/metrics``; `None` serves an empty document.
     """
 
     def __init__(
@@ -78,12 +84,14 @@ class LabApi:
         readiness: Readiness,
         streams: EventStreams,
         openapi: dict[str, Any],
+        metrics: MetricsSource | None = None,
     ) -> None:
         self.service = service
         self.authenticator = authenticator
         self.readiness = readiness
         self.streams = streams
         self.openapi = openapi
+        self.metrics_source = metrics
 
     async def list_labs(self, request: Request, caller: Caller | None) -> Response:
         """Usernames whose lab is running, sorted."""
@@ -151,6 +159,11 @@ class LabApi:
         if reason is not None:
             raise NotReadyError(reason)
         return _json(Health())
+
+    async def metrics(self, request: Request, caller: Caller | None) -> Response:
+        """Prometheus metrics in the text format."""
+        body = b"" if self.metrics_source is None else await self.metrics_source()
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
     async def openapi_json(self, request: Request, caller: Caller | None) -> Response:
         """The OpenAPI document of every route."""

@@ -244,6 +244,15 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         errors=(503,),
     ),
     Operation(
+        name="metrics",
+        method="GET",
+        path="/metrics",
+        handler=LabApi.metrics,
+        access=Access.PUBLIC,
+        summary="Prometheus metrics (text format).",
+        replies={200: Reply("Metrics.", media_type="text/plain", schema={"type": "string"})},
+    ),
+    Operation(
         name="openapi",
         method="GET",
         path="/openapi.json",
