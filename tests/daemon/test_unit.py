@@ -11,6 +11,7 @@ it, and its time bounds against labd's.
 from __future__ import annotations
 
 import asyncio
+import platform
 import re
 import shutil
 import subprocess
@@ -148,14 +149,51 @@ def test_unit_lifecycle_matches_labd() -> None:
 
 
 MDWE_LAUNCHER = """
-import ctypes, mmap, os, sys
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
-if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0):
-    sys.exit(f"PR_SET_MDWE: {os.strerror(ctypes.get_errno())}")
+import ctypes, os, sys
+
+# systemd 252's MemoryDenyWriteExecute=yes, as a seccomp filter (x86-64):
+# EPERM for mmap() asking for write and execute at once, for mprotect() and
+# pkey_mprotect() asking for execute, and for shmat() with SHM_EXEC.
+LD, JEQ, JSET, AND, RET = 0x20, 0x15, 0x45, 0x54, 0x06
+PROT = 32  # offsetof(struct seccomp_data, args[2])
+ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
+program = [
+    (LD, 0, 0, 0),  # the system call number
+    (JEQ, 4, 0, 9),  # mmap
+    (JEQ, 6, 0, 10),  # mprotect
+    (JEQ, 5, 0, 329),  # pkey_mprotect
+    (JEQ, 6, 0, 30),  # shmat
+    (RET, 0, 0, ALLOW),
+    (LD, 0, 0, PROT),  # mmap: PROT_WRITE and PROT_EXEC together?
+    (AND, 0, 0, 0x6),
+    (JEQ, 4, 5, 0x6),
+    (LD, 0, 0, PROT),  # mprotect: PROT_EXEC?
+    (JSET, 2, 3, 0x4),
+    (LD, 0, 0, PROT),  # shmat: SHM_EXEC?
+    (JSET, 0, 1, 0o100000),
+    (RET, 0, 0, EPERM),
+    (RET, 0, 0, ALLOW),
+]
+
+class Filter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                ("k", ctypes.c_uint)]
+
+class Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+filters = (Filter * len(program))(*program)
+prog = Program(len(program), filters)
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) or libc.prctl(
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0
+):
+    sys.exit(f"seccomp: {os.strerror(ctypes.get_errno())}")
 os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
-"""Runs Python with the kernel's memory-deny-write-execute (Linux 6.3+), which
-is kept across ``execve``: what ``MemoryDenyWriteExecute=yes`` enforces."""
+"""Runs Python under the seccomp filter that ``MemoryDenyWriteExecute=yes``
+installs (systemd 252; kept across ``execve``), with ``NoNewPrivileges``."""
 
 PROBE = """
 import mmap
@@ -168,6 +206,10 @@ else:
 """
 
 
+@pytest.mark.skipif(
+    sys.platform != "linux" or platform.machine() != "x86_64",
+    reason="the seccomp filter is written for Linux on x86-64",
+)
 async def test_labd_serves_with_memory_deny_write_execute(
     tmp_path: Path,
     migrated_sqlite_template: Path,
@@ -180,8 +222,8 @@ async def test_labd_serves_with_memory_deny_write_execute(
         *launcher, "-c", PROBE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     out, err = await asyncio.wait_for(probe.communicate(), 60)
-    if probe.returncode != 0 and b"PR_SET_MDWE" in err:
-        pytest.skip(f"the kernel cannot deny write+execute memory: {err.decode().strip()}")
+    if probe.returncode != 0 and b"seccomp:" in err:
+        pytest.skip(f"cannot install a seccomp filter here: {err.decode().strip()}")
     assert out.decode().strip() == "denied", (out, err)  # The launcher really restricts.
 
     database = tmp_path / "labd.db"
