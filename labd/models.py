@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    conlist,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -82,10 +83,20 @@ def _reference(value: str | None) -> str | None:
     return value
 
 
-_Single = BeforeValidator(_single)
-_OptionalText = Annotated[str | None, _Single]
-_Reference = Annotated[str | None, _Single, AfterValidator(_reference)]
-_Bool = Annotated[bool, BeforeValidator(_boolean)]
+# Each option may come as a bare value or a one-element list (raw form data);
+# the input types tell the OpenAPI document so.
+_Text = BeforeValidator(
+    _single, json_schema_input_type=str | conlist(str, min_length=1, max_length=1) | None
+)
+_OptionalText = Annotated[str | None, _Text]
+_Reference = Annotated[str | None, _Text, AfterValidator(_reference)]
+_Bool = Annotated[
+    bool,
+    BeforeValidator(
+        _boolean,
+        json_schema_input_type=bool | str | conlist(bool | str, min_length=1, max_length=1),
+    ),
+]
 
 
 class LabOptions(BaseModel):
@@ -97,13 +108,23 @@ class LabOptions(BaseModel):
         None, description="Image reference chosen from the radio list, or the dropdown sentinel."
     )
     image_dropdown: _Reference = Field(None, description="Image reference chosen in the dropdown.")
-    image_class: Annotated[ImageClassChoice | None, _Single] = Field(
-        None, description="Class of image: the recommended one or the latest of a kind."
-    )
+    image_class: Annotated[
+        ImageClassChoice | None,
+        BeforeValidator(
+            _single,
+            json_schema_input_type=ImageClassChoice
+            | conlist(ImageClassChoice, min_length=1, max_length=1)
+            | None,
+        ),
+    ] = Field(None, description="Class of image: the recommended one or the latest of a kind.")
     image_tag: _OptionalText = Field(None, description="Tag of an available image.")
-    size: Annotated[str, _Single, AfterValidator(str.lower)] = Field(
-        description="Lab size name (case-insensitive)."
-    )
+    size: Annotated[
+        str,
+        BeforeValidator(
+            _single, json_schema_input_type=str | conlist(str, min_length=1, max_length=1)
+        ),
+        AfterValidator(str.lower),
+    ] = Field(description="Lab size name (case-insensitive).")
     enable_debug: _Bool = Field(False, description="Run the lab with debug logging.")
     reset_user_env: _Bool = Field(False, description="Move the user's environment aside first.")
 
