@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 from kubernetes_asyncio.client import Configuration
 from starlette.requests import Request
+from starlette.types import ASGIApp
 
 from labd.sim.apiserver import ApiServer
 from labd.sim.control import control_routes
@@ -32,6 +33,7 @@ from labd.sim.kubelet import Kubelet
 from labd.sim.namespaces import NamespaceController
 from labd.sim.outcomes import Rules
 from labd.sim.registry import Obj, Registry
+from labd.sim.singleuser import SingleUserServers
 from labd.tasks import cancel_and_wait, spawn
 
 __all__ = ["SimCluster"]
@@ -81,6 +83,9 @@ class SimCluster:
         Seed for fault rates, for repeatable runs.
     service_account_admission
         Refuse pods whose service account does not exist, as Kubernetes does.
+    serve_labs
+        Also answer HTTP for the single-user servers of Running pods, on one
+        more port of 127.0.0.1 (see `labs_url` and `SingleUserServers`).
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class SimCluster:
         watch_timeout: float = 1800.0,
         seed: int | None = None,
         service_account_admission: bool = True,
+        serve_labs: bool = False,
     ) -> None:
         self.registry = Registry(
             window=watch_window, service_account_admission=service_account_admission
@@ -135,6 +141,12 @@ class SimCluster:
         self._namespace_sa_delay = namespace_sa_delay
         self._server: _EmbeddedServer | None = None
         self._server_task: asyncio.Task[Any] | None = None
+        self._labs: SingleUserServers | None = (
+            SingleUserServers(self.registry) if serve_labs else None
+        )
+        self._labs_server: _EmbeddedServer | None = None
+        self._labs_server_task: asyncio.Task[Any] | None = None
+        self._labs_url = ""
         self._tasks: list[asyncio.Task[Any]] = []
         self._url = ""
 
@@ -147,6 +159,17 @@ class SimCluster:
         if not self._url:
             raise RuntimeError("the simulated cluster is not started")
         return self._url
+
+    @property
+    def labs_url(self) -> str:
+        """Where Running pods answer as single-user servers, e.g. ``http://127.0.0.1:41235``.
+
+        A lab's URL is this plus its ``JUPYTERHUB_SERVICE_PREFIX``. Only with
+        ``serve_labs=True``, once started.
+        """
+        if not self._labs_url:
+            raise RuntimeError("the simulated cluster serves no labs (serve_labs=False)")
+        return self._labs_url
 
     def configuration(self) -> Configuration:
         """Return a kubernetes-asyncio `Configuration` for this cluster."""
@@ -177,24 +200,13 @@ class SimCluster:
 
     async def start(self) -> None:
         """Start the API server, the namespace controller and (optionally) the kubelet."""
-        config = uvicorn.Config(
-            self.api.app,
-            host="127.0.0.1",
-            port=self._port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
+        self._server, self._server_task, self._url = await self._serve(
+            self.api.app, self._port, name="sim-apiserver"
         )
-        self._server = _EmbeddedServer(config)
-        self._server_task = spawn(self._server.serve(), name="sim-apiserver")
-        while not self._server.started:
-            if self._server_task.done():
-                await self._server_task
-                raise RuntimeError("the simulated API server stopped while starting")
-            await asyncio.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self._url = f"http://127.0.0.1:{port}"
+        if self._labs is not None:
+            self._labs_server, self._labs_server_task, self._labs_url = await self._serve(
+                self._labs.app, 0, name="sim-single-user-servers"
+            )
         controller = NamespaceController(
             self.registry, service_account_delay=self._namespace_sa_delay
         )
@@ -212,15 +224,42 @@ class SimCluster:
             )
             self._tasks.append(spawn(kubelet.run(), name="sim-kubelet"))
 
+    async def _serve(
+        self, app: ASGIApp, port: int, *, name: str
+    ) -> tuple[_EmbeddedServer, asyncio.Task[Any], str]:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        server = _EmbeddedServer(config)
+        task = spawn(server.serve(), name=name)
+        while not server.started:
+            if task.done():
+                await task
+                raise RuntimeError(f"{name} stopped while starting")
+            await asyncio.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        return server, task, f"http://127.0.0.1:{bound}"
+
     async def stop(self) -> None:
         """Stop everything; open watch streams end."""
         await cancel_and_wait(self._tasks)
         self._tasks = []
         self.api.close_watches()
-        if self._server is not None and self._server_task is not None:
-            self._server.should_exit = True
-            await asyncio.gather(self._server_task, return_exceptions=True)
+        for server, task in (
+            (self._server, self._server_task),
+            (self._labs_server, self._labs_server_task),
+        ):
+            if server is not None and task is not None:
+                server.should_exit = True
+                await asyncio.gather(task, return_exceptions=True)
         self._server = self._server_task = None
+        self._labs_server = self._labs_server_task = None
 
     async def __aenter__(self) -> SimCluster:
         await self.start()
