@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
+from typing import Any
 
 import click
 import structlog
@@ -80,7 +81,12 @@ async def run_daemon(
     labd = await Labd.create(config)
     watchdog: asyncio.Task[None] | None = None
     try:
-        await labd.start()
+        # The first reconcile can take long (a large or slow cluster): a
+        # SIGTERM meanwhile stops labd there, before it ever says READY=1.
+        if not await _unless_stopped(labd.start(), stop):
+            _logger.info("labd stopping before it was ready")
+            notifier.stopping()
+            return
         app = create_app(
             config=config,
             service=labd.service,
@@ -128,6 +134,24 @@ async def run_daemon(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         _logger.info("labd stopped")
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` to its end unless ``stop`` is set first; return whether it ended.
+
+    ``work`` is cancelled when ``stop`` wins.  For `Labd.start` that is safe:
+    the reconcile writes each change in one transaction and repeats any
+    interrupted one on the next start.
+    """
+    working = tasks.spawn(work, name="start")
+    stopped = tasks.spawn(stop.wait(), name="stop-signal")
+    await asyncio.wait({working, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if working.done():
+        await tasks.cancel_and_wait([stopped])
+        working.result()
+        return True
+    await tasks.cancel_and_wait([working])
+    return False
 
 
 def _bound_url(server: uvicorn.Server, config: Config) -> str:
