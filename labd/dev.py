@@ -6,6 +6,11 @@ hub token (``hub-token``) and the token file holding its hash.  Files that
 exist are kept, so the database, the configuration and the token survive a
 restart; the simulated cluster itself lives in memory, and the reconciler
 marks the labs of the previous run as vanished at start.
+
+The simulated cluster answers HTTP for its running lab pods on a local port
+(``SimCluster(serve_labs=True)``), and labs' internal URLs point there, so a
+real JupyterHub with `labd.spawner.LabdSpawner` can use ``labd dev`` end to
+end (see ``docs/jupyterhub.md``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from labd.migrate import upgrade
 from labd.serving import run_daemon
 from labd.sim import SimCluster
 
-__all__ = ["dev"]
+__all__ = ["dev", "with_sim_lab_urls"]
 
 SAMPLE_IMAGES: Final = [
     "ghcr.io/labd/sciplat-lab:w_2026_47",
@@ -71,6 +76,19 @@ def sample_config(state_dir: Path, port: int) -> dict[str, object]:
         "timeouts": {"spawn": 120, "delete": 60},
         "reconcile_interval": 60,
     }
+
+
+def with_sim_lab_urls(config: Config, labs_url: str) -> Config:
+    """Point labs' internal URLs at the simulated cluster's single-user servers.
+
+    In ``labd dev`` no lab is reachable through cluster DNS, so whatever
+    ``lab.internal_url_template`` says is replaced by ``labs_url`` followed
+    by the lab's service prefix.
+    """
+    template = labs_url + "{service_prefix}"
+    return config.model_copy(
+        update={"lab": config.lab.model_copy(update={"internal_url_template": template})}
+    )
 
 
 def _write_new(path: Path, text: str, *, mode: int = 0o644) -> None:
@@ -166,8 +184,9 @@ async def _run(config: Config, state_dir: Path, pod_start_delay: float) -> None:
         await upgrade(database)
     finally:
         await database.dispose()
-    async with SimCluster(pod_start_delay=pod_start_delay) as cluster:
+    async with SimCluster(pod_start_delay=pod_start_delay, serve_labs=True) as cluster:
         cluster.write_kubeconfig(state_dir / "kubeconfig")
+        config = with_sim_lab_urls(config, cluster.labs_url)
 
         def ready(_labd: Labd, url: str) -> None:
             click.echo(_instructions(state_dir, url))

@@ -1,0 +1,387 @@
+"""`LabdSpawner`: a JupyterHub spawner that asks labd for labs.
+
+Install with ``pip install 'labd[jupyterhub]'`` and configure the hub with::
+
+    c.JupyterHub.spawner_class = "labd.spawner.LabdSpawner"
+    c.LabdSpawner.labd_url = "http://labd.labd.svc:8080"
+    # the hub token: c.LabdSpawner.labd_token, or $LABD_HUB_TOKEN
+
+The spawner keeps no state of its own: labd is the source of truth for
+every lab (keyed by the JupyterHub username), so `get_state` stores nothing
+beyond JupyterHub's own and a restarted hub simply asks labd again.
+
+Why it looks the way it does:
+
+- ``start`` returns only when the lab is up or has failed, by following
+  labd's event stream of the spawn rather than polling the status: the
+  stream ends with ``complete`` or ``failed``, and ``failed`` comes right
+  after an ``error`` event that says why, which becomes the message the hub
+  shows the user. A stream that breaks is resumed with ``Last-Event-ID``.
+- ``progress`` opens a stream of its own on every call: labd replays an
+  operation's events to each subscriber, so every page that watches a
+  spawn sees the same steps. JupyterHub may ask for progress before
+  ``start`` has created the lab; the stream waits for the create, or it
+  would replay the previous operation.
+- One `httpx.AsyncClient` per event loop and labd URL serves every spawner
+  of the hub. Each open event stream holds a connection for as long as a
+  spawn is watched, so the client has no cap on connections (a cap would
+  let many watchers starve status requests of the pool); streams have a
+  read timeout well above labd's 15 s keep-alives instead of none.
+- The hub token goes only into the ``Authorization`` header and is never
+  logged (`labd_token` is not shown by ``repr``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+from jupyterhub.spawner import Spawner
+from traitlets import Callable as CallableTrait
+from traitlets import Dict, Float, Integer, Unicode, Union, default
+
+__all__ = ["LabEvent", "LabSpawnError", "LabdSpawner", "read_events"]
+
+_TERMINAL: Final = frozenset({"complete", "failed"})
+_STOPPED: Final = frozenset({"terminating", "terminated"})
+_CLIENTS: dict[tuple[int, str], httpx.AsyncClient] = {}
+
+
+class LabSpawnError(Exception):
+    """A lab could not be spawned; the message is what JupyterHub shows the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.jupyterhub_message = message
+        """Read by JupyterHub for the "Spawn failed: ..." message."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabEvent:
+    """One server-sent event of a labd operation."""
+
+    id: str | None
+    """The event's id, for resuming with ``Last-Event-ID``."""
+
+    type: str
+    """``info``, ``error``, ``failed`` or ``complete``."""
+
+    message: str
+    """What happened."""
+
+    progress: int | None
+    """Percentage 1..100, when the event carries one."""
+
+
+async def read_events(lines: AsyncIterator[str]) -> AsyncGenerator[LabEvent, None]:
+    """Parse a ``text/event-stream`` into `LabEvent` objects.
+
+    Comment lines (labd's keep-alives) are skipped; an event whose data is
+    not a JSON object is passed on with its raw data as the message.
+    """
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    async for line in lines:
+        if line.startswith(":"):
+            continue
+        if line:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data.append(value)
+            else:
+                fields[name] = value
+            continue
+        if data:
+            yield _event(fields, "\n".join(data))
+        fields, data = {}, []
+    if data:
+        yield _event(fields, "\n".join(data))
+
+
+def _event(fields: dict[str, str], data: str) -> LabEvent:
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        payload = {"message": data}
+    if not isinstance(payload, dict):
+        payload = {"message": data}
+    progress = payload.get("progress")
+    return LabEvent(
+        id=fields.get("id"),
+        type=fields.get("event", "message"),
+        message=str(payload.get("message", "")),
+        progress=progress if isinstance(progress, int) else None,
+    )
+
+
+def _error_message(response: httpx.Response) -> str:
+    """labd's error text from an error body (API.md's ``detail`` list)."""
+    try:
+        detail = response.json()["detail"]
+        return "; ".join(
+            ".".join(str(part) for part in item.get("loc", [])[1:]) + ": " + str(item["msg"])
+            if item.get("loc")
+            else str(item["msg"])
+            for item in detail
+        )
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+def _error_type(response: httpx.Response) -> str | None:
+    try:
+        return str(response.json()["detail"][0]["type"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
+    """Spawn each user's lab through labd's lab-controller REST API."""
+
+    labd_url = Unicode(
+        help="Base URL of labd, e.g. http://labd.labd.svc:8080 (plus labd's route prefix).",
+    ).tag(config=True)
+
+    labd_token = Unicode(
+        help="The hub's bearer token for labd (role hub). Default: $LABD_HUB_TOKEN.",
+    ).tag(config=True)
+
+    uid = Union(
+        [Integer(), CallableTrait()],
+        default_value=None,
+        allow_none=True,
+        help="UID the lab runs as, or a callable taking the spawner; None: labd's default.",
+    ).tag(config=True)
+
+    gid = Union(
+        [Integer(), CallableTrait()],
+        default_value=None,
+        allow_none=True,
+        help="Primary GID of the lab, or a callable taking the spawner; None: labd's default.",
+    ).tag(config=True)
+
+    default_options = Dict(
+        default_value={"image_class": "recommended", "size": "medium"},
+        help=(
+            "Options sent when the server is started without any (e.g. through the REST API); "
+            "the default matches labd's default sizes and default_size."
+        ),
+    ).tag(config=True)
+
+    request_timeout = Float(
+        30.0, help="Seconds to wait for labd to answer a request (deletes excepted)."
+    ).tag(config=True)
+
+    delete_timeout = Float(
+        300.0, help="Seconds to wait for labd to delete a lab (labd answers once it is gone)."
+    ).tag(config=True)
+
+    stream_read_timeout = Float(
+        60.0,
+        help="Seconds of silence after which an event stream is reopened (labd pings every 15).",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._created = asyncio.Event()
+        """Set once ``start`` has created the lab, cleared when it stops."""
+
+    @default("labd_token")
+    def _default_token(self) -> str:
+        return os.environ.get("LABD_HUB_TOKEN", "")
+
+    @default("options_form")
+    def _default_options_form(self) -> Callable[[LabdSpawner], Any]:
+        return _lab_form
+
+    @default("env_keep")
+    def _default_env_keep(self) -> list[str]:
+        # The hub's PATH, PYTHONPATH... mean nothing inside a lab's container.
+        return []
+
+    # -- HTTP -------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        if not self.labd_url:
+            raise RuntimeError("LabdSpawner needs labd_url")
+        key = (id(asyncio.get_running_loop()), self.labd_url)
+        client = _CLIENTS.get(key)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(
+                base_url=self.labd_url.rstrip("/") + "/spawner/v1",
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+                timeout=httpx.Timeout(self.request_timeout),
+            )
+            _CLIENTS[key] = client
+        return client
+
+    def _headers(self, **extra: str) -> dict[str, str]:
+        if not self.labd_token:
+            raise RuntimeError("LabdSpawner needs labd_token (or $LABD_HUB_TOKEN)")
+        return {"Authorization": f"Bearer {self.labd_token}", **extra}
+
+    @property
+    def _lab_path(self) -> str:
+        return f"/labs/{quote(self.user.name, safe='')}"
+
+    async def _lab_state(self) -> dict[str, Any] | None:
+        response = await self._client().get(self._lab_path, headers=self._headers())
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        state: dict[str, Any] = response.json()
+        return state
+
+    async def _events(self, last_id: str | None = None) -> AsyncGenerator[LabEvent, None]:
+        """The current operation's events; empty if labd has none for the user."""
+        headers = self._headers(Accept="text/event-stream")
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        timeout = httpx.Timeout(self.request_timeout, read=self.stream_read_timeout)
+        async with self._client().stream(
+            "GET", f"{self._lab_path}/events", headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code == 404:
+                return
+            response.raise_for_status()
+            async for event in read_events(response.aiter_lines()):
+                yield event
+
+    # -- Spawner API ------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        identity: dict[str, Any] = {"name": self.user.name}
+        for field in ("uid", "gid"):
+            value = getattr(self, field)
+            if callable(value):
+                value = value(self)
+            if value is not None:
+                identity[field] = int(value)
+        return identity
+
+    async def start(self) -> str:
+        """Create the lab, wait until labd says it runs, and return its URL."""
+        if self.name:
+            raise LabSpawnError("labd runs one lab per user: named servers are not supported")
+        self._created.clear()
+        body = {
+            "options": dict(self.user_options or self.default_options),
+            "env": self.get_env(),
+            "user": self._identity(),
+        }
+        client = self._client()
+        response = await client.post(
+            f"{self._lab_path}/create", json=body, headers=self._headers()
+        )
+        if response.status_code == 409:
+            # A lab the hub does not know about (e.g. the hub lost its
+            # database, or a previous stop failed): labd's lab wins no
+            # argument here, the hub asked for a new one.
+            self.log.warning(
+                "labd has a lab for %s the hub did not know about (%s); deleting it",
+                self.user.name,
+                _error_type(response),
+            )
+            await self._delete()
+            response = await client.post(
+                f"{self._lab_path}/create", json=body, headers=self._headers()
+            )
+        if response.status_code != 201:
+            raise LabSpawnError(f"labd refused the lab: {_error_message(response)}")
+        self._created.set()
+        await self._wait_for_spawn()
+        state = await self._lab_state()
+        if state is None or not state.get("internal_url"):
+            raise LabSpawnError("labd reported the lab started but gives no URL for it")
+        url: str = state["internal_url"]
+        return url
+
+    async def _wait_for_spawn(self) -> None:
+        """Follow the spawn's events until ``complete``; raise on ``failed``."""
+        last_id: str | None = None
+        reason = ""
+        while True:
+            try:
+                async with aclosing(self._events(last_id)) as events:
+                    async for event in events:
+                        last_id = event.id or last_id
+                        if event.type == "error":
+                            reason = event.message
+                        elif event.type == "failed":
+                            raise LabSpawnError(reason or event.message)
+                        elif event.type == "complete":
+                            return
+            except httpx.TransportError as error:
+                self.log.warning("labd event stream for %s broke: %s", self.user.name, error)
+            # The stream ended without a verdict (labd restarted, a proxy
+            # cut it): ask for the state, then resume after the last event.
+            state = await self._lab_state()
+            if state is None:
+                raise LabSpawnError("labd lost the lab while it was spawning")
+            if state["status"] == "failed":
+                raise LabSpawnError(reason or "Lab spawn failed")
+            if state["status"] == "running":
+                return
+            await asyncio.sleep(1.0)
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield labd's progress events of the spawn; never raises."""
+        try:
+            await self._created.wait()
+            async with aclosing(self._events()) as events:
+                async for event in events:
+                    update: dict[str, Any] = {"message": event.message}
+                    if event.progress is not None:
+                        update["progress"] = event.progress
+                    yield update
+                    if event.type in _TERMINAL:
+                        return
+        except Exception as error:  # progress must never fail the spawn page
+            self.log.warning("no more progress from labd for %s: %s", self.user.name, error)
+
+    async def poll(self) -> int | None:
+        """None while the lab runs or spawns; an exit status once it is gone or failed."""
+        try:
+            state = await self._lab_state()
+        except httpx.HTTPError as error:
+            # labd unreachable is not "the lab stopped": the hub would tear down its route.
+            self.log.warning("could not poll labd for %s: %s", self.user.name, error)
+            return None
+        if state is None:
+            return 0
+        status = state["status"]
+        if status == "failed":
+            return 1
+        if status in _STOPPED:
+            return 0
+        return None
+
+    async def stop(self, now: bool = False) -> None:
+        """Delete the lab; returns once labd says its objects are gone."""
+        self._created.clear()
+        await self._delete()
+
+    async def _delete(self) -> None:
+        timeout = httpx.Timeout(self.request_timeout, read=self.delete_timeout)
+        response = await self._client().delete(
+            self._lab_path, headers=self._headers(), timeout=timeout
+        )
+        if response.status_code not in (204, 404):
+            raise RuntimeError(f"labd could not delete the lab: {_error_message(response)}")
+
+
+async def _lab_form(spawner: LabdSpawner) -> str:
+    """JupyterHub's spawn page: labd's form for the user."""
+    response = await spawner._client().get(
+        f"/lab-form/{quote(spawner.user.name, safe='')}", headers=spawner._headers()
+    )
+    response.raise_for_status()
+    return response.text

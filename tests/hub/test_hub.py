@@ -1,0 +1,138 @@
+"""End to end: a real JupyterHub spawns, watches, polls and stops labs through labd.
+
+Everything goes through the hub's own REST API, as a browser or a script
+would use it; labd and the simulated cluster are only looked at to check
+that the hub's view matches what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip(
+    "jupyterhub", reason="JupyterHub is not installed: pip install -e '.[jupyterhub]'"
+)
+
+from tests.hub.conftest import Hub, LabdDev, wait_until
+
+pytestmark = pytest.mark.slow
+
+READY_WITHIN = 90.0
+"""Seconds a spawn may take, end to end, on a loaded 2-core machine."""
+
+
+def _progress(hub: Hub, name: str) -> list[dict[str, Any]]:
+    """The hub's progress stream of a user's spawn, until it ends."""
+    events: list[dict[str, Any]] = []
+    timeout = httpx.Timeout(10, read=READY_WITHIN)
+    with httpx.stream(
+        "GET", f"{hub.api}/users/{name}/server/progress", headers=hub.headers, timeout=timeout
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line.removeprefix("data:"))
+                events.append(event)
+                if event.get("ready") or event.get("failed"):
+                    break
+    return events
+
+
+def _start(hub: Hub, name: str) -> None:
+    response = httpx.post(f"{hub.api}/users/{name}", headers=hub.headers)
+    assert response.status_code == 201, response.text
+    response = httpx.post(f"{hub.api}/users/{name}/server", headers=hub.headers)
+    assert response.status_code in (201, 202), response.text
+
+
+def _server(hub: Hub, name: str) -> dict[str, Any] | None:
+    server: dict[str, Any] | None = hub.user(name)["servers"].get("")
+    return server
+
+
+def test_a_server_starts_with_labd_progress_runs_and_stops(hub: Hub, labd_dev: LabdDev) -> None:
+    _start(hub, "alice")
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(_progress, [hub, hub], ["alice", "alice"])
+
+    # Both listeners saw labd's steps, the same ones, then the hub's verdict.
+    messages = [event["message"] for event in first]
+    assert messages[0] == "Server requested"
+    assert "Starting lab creation for alice" in messages
+    assert "Created Kubernetes objects for user lab" in messages
+    assert "Lab Kubernetes pod started for alice" in messages
+    assert first[-1]["ready"] is True
+    assert messages == [event["message"] for event in second]
+    steps = [event["progress"] for event in first if "progress" in event]
+    assert steps == sorted(steps)
+
+    server = _server(hub, "alice")
+    assert server is not None and server["ready"], server
+    lab = labd_dev.lab("alice").json()
+    assert lab["status"] == "running"
+    assert lab["internal_url"].endswith("/user/alice/")
+
+    # The hub's proxy routes the user's URL to the lab (the sim answers for it).
+    through_proxy = httpx.get(f"{hub.url}/user/alice/api", timeout=10)
+    assert through_proxy.status_code == 200
+    assert through_proxy.json()["prefix"] == "/user/alice/"
+
+    # Several poll intervals (1 s) later the hub still counts the lab as running.
+    time.sleep(4)
+    server = _server(hub, "alice")
+    assert server is not None and server["ready"], server
+
+    response = httpx.delete(f"{hub.api}/users/alice/server", headers=hub.headers, timeout=60)
+    assert response.status_code in (202, 204), response.text
+    wait_until(
+        lambda: _server(hub, "alice") is None and labd_dev.lab("alice").status_code == 404,
+        within=READY_WITHIN,
+        what="the hub stopped alice's server and labd deleted the lab",
+        log=hub.log,
+    )
+
+
+def test_a_spawn_failure_shows_labds_reason(hub: Hub, labd_dev: LabdDev) -> None:
+    labd_dev.add_rule("labd-carol", "pending:ErrImagePull")
+    _start(hub, "carol")
+    events = _progress(hub, "carol")
+
+    final = events[-1]
+    assert final.get("failed") is True, events
+    messages = [event["message"] for event in events]
+    # The cluster's reason reached the hub's progress page, and labd's
+    # verdict (its error event, just before "Lab spawn failed") is the
+    # reason the hub gives for the failed spawn.
+    assert "Error: ErrImagePull" in messages
+    reason = messages[messages.index("Lab spawn failed") - 1]
+    assert reason == "Lab spawn timed out after 10 s"
+    assert final["message"] == f"Spawn failed: {reason}"
+    assert _server(hub, "carol") is None
+
+
+def test_a_lab_that_exits_is_seen_stopped_by_the_hubs_poll(hub: Hub, labd_dev: LabdDev) -> None:
+    labd_dev.add_rule("labd-dave", "exit:6")
+    _start(hub, "dave")
+    events = _progress(hub, "dave")
+    assert events[-1].get("ready") is True, events
+
+    # The pod exits 6 s after it started; the hub polls every second.
+    wait_until(
+        lambda: _server(hub, "dave") is None,
+        within=READY_WITHIN,
+        what="the hub noticed dave's lab stopped",
+        log=hub.log,
+    )
+    assert "User dave server stopped, with exit code: 0" in hub.log.read_text()
+    wait_until(
+        lambda: labd_dev.lab("dave").status_code == 404,
+        within=READY_WITHIN,
+        what="the hub's stop deleted dave's lab in labd",
+        log=labd_dev.log,
+    )
