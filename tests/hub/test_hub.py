@@ -136,3 +136,28 @@ def test_a_lab_that_exits_is_seen_stopped_by_the_hubs_poll(hub: Hub, labd_dev: L
         what="the hub's stop deleted dave's lab in labd",
         log=labd_dev.log,
     )
+
+
+def test_a_lab_the_hub_did_not_know_is_replaced(hub: Hub, labd_dev: LabdDev) -> None:
+    # As after the hub lost its database: labd still runs a lab for frank.
+    body = {
+        "options": {"image_class": "recommended", "size": "large"},
+        "env": {"JUPYTERHUB_SERVICE_PREFIX": "/user/frank/"},
+    }
+    created = httpx.post(
+        f"{labd_dev.url}/spawner/v1/labs/frank/create", json=body, headers=labd_dev.headers
+    )
+    assert created.status_code == 201, created.text
+    wait_until(
+        lambda: labd_dev.lab("frank").json()["status"] == "running",
+        within=READY_WITHIN,
+        what="frank's orphaned lab running",
+        log=labd_dev.log,
+    )
+
+    _start(hub, "frank")
+    events = _progress(hub, "frank")
+
+    assert events[-1].get("ready") is True, events
+    assert "labd has a lab for frank the hub did not know about" in hub.log.read_text()
+    assert labd_dev.lab("frank").json()["options"]["size"] == "medium"

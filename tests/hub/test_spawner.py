@@ -1,0 +1,149 @@
+"""`LabdSpawner` against ``labd dev``, without a hub: what the end-to-end tests cannot reach.
+
+The spawner is built as the hub builds it (traits), with the hub's `User`
+reduced to the one attribute the spawner reads outside ``start``: its name.
+``start`` itself needs the hub (its environment comes from the hub's
+server, token and OAuth client), so it is exercised in ``test_hub.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip(
+    "jupyterhub", reason="JupyterHub is not installed: pip install -e '.[jupyterhub]'"
+)
+
+from labd.spawner import LabdSpawner, LabEvent, read_events
+from tests.hub.conftest import LabdDev, free_port
+
+pytestmark = pytest.mark.slow
+
+WITHIN = 60.0
+"""Seconds labd may take to reach a state on a loaded machine."""
+
+
+def _spawner(labd: LabdDev, name: str, **traits: Any) -> LabdSpawner:
+    return LabdSpawner(
+        user=SimpleNamespace(name=name),
+        **{"labd_url": labd.url, "labd_token": labd.token, **traits},
+    )
+
+
+async def _create(labd: LabdDev, name: str) -> None:
+    body = {
+        "options": {"image_class": ["recommended"], "size": ["small"]},
+        "env": {"JUPYTERHUB_SERVICE_PREFIX": f"/user/{name}/"},
+    }
+    async with httpx.AsyncClient(base_url=labd.url, headers=labd.headers) as client:
+        response = await client.post(f"/spawner/v1/labs/{name}/create", json=body)
+        assert response.status_code == 201, response.text
+
+
+async def _status(labd: LabdDev, name: str) -> str | None:
+    async with httpx.AsyncClient(base_url=labd.url, headers=labd.headers) as client:
+        response = await client.get(f"/spawner/v1/labs/{name}")
+    if response.status_code == 404:
+        return None
+    status: str = response.json()["status"]
+    return status
+
+
+async def _reach(labd: LabdDev, name: str, status: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WITHIN
+    while (current := await _status(labd, name)) != status:
+        assert asyncio.get_running_loop().time() < deadline, f"{name} is {current}, not {status}"
+        await asyncio.sleep(0.1)
+
+
+async def _lines(*lines: str) -> AsyncIterator[str]:
+    for line in lines:
+        yield line
+
+
+async def test_read_events_parses_labds_stream() -> None:
+    lines = _lines(
+        ": keep-alive",
+        "id: 7",
+        "event: info",
+        'data: {"message": "Created Kubernetes objects for user lab", "progress": 30}',
+        "",
+        "",
+        "id: 8",
+        "event: error",
+        "data: not json",
+        "data: on two lines",
+        "",
+        "event: complete",
+        'data: {"message": "done"}',
+    )
+    events = [event async for event in read_events(lines)]
+    assert events == [
+        LabEvent("7", "info", "Created Kubernetes objects for user lab", 30),
+        LabEvent("8", "error", "not json\non two lines", None),
+        LabEvent(None, "complete", "done", None),
+    ]
+
+
+async def test_poll_follows_labds_status(labd_dev: LabdDev) -> None:
+    labd_dev.add_rule("labd-poll-failed", "pending:ErrImagePull")
+    labd_dev.add_rule("labd-poll-exited", "exit:0")
+    for name in ("poll-running", "poll-failed", "poll-exited"):
+        await _create(labd_dev, name)
+
+    assert await _spawner(labd_dev, "poll-never").poll() == 0
+    await _reach(labd_dev, "poll-running", "running")
+    assert await _spawner(labd_dev, "poll-running").poll() is None
+    await _reach(labd_dev, "poll-exited", "terminated")
+    assert await _spawner(labd_dev, "poll-exited").poll() == 0
+    await _reach(labd_dev, "poll-failed", "failed")
+    assert await _spawner(labd_dev, "poll-failed").poll() == 1
+
+
+async def test_stop_deletes_the_lab_and_a_second_stop_is_fine(labd_dev: LabdDev) -> None:
+    await _create(labd_dev, "stopper")
+    await _reach(labd_dev, "stopper", "running")
+    spawner = _spawner(labd_dev, "stopper")
+    await spawner.stop()
+    assert await _status(labd_dev, "stopper") is None
+    await spawner.stop()
+
+
+async def test_the_options_form_is_labds(labd_dev: LabdDev) -> None:
+    form = await _spawner(labd_dev, "former").get_options_form()
+    assert 'name="size"' in form
+    assert "w_2026_47" in form
+
+
+async def test_an_unreachable_labd_is_not_a_stopped_lab(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spawner = LabdSpawner(
+        user=SimpleNamespace(name="alone"),
+        labd_url=f"http://127.0.0.1:{free_port()}",
+        labd_token="secret-hub-token",
+    )
+    with caplog.at_level(logging.WARNING):
+        assert await spawner.poll() is None
+    assert "could not poll labd for alone" in caplog.text
+    assert "secret-hub-token" not in caplog.text
+
+
+async def test_progress_ends_quietly_when_labd_fails(
+    labd_dev: LabdDev, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As after start's create: the stream is opened, and labd refuses it.
+    spawner = _spawner(labd_dev, "quiet", labd_token="not-a-token-labd-knows")
+    spawner._created.set()
+    with caplog.at_level(logging.WARNING):
+        events = [event async for event in spawner.progress()]
+    assert events == []
+    assert "no more progress from labd for quiet" in caplog.text
+    assert "not-a-token-labd-knows" not in caplog.text
