@@ -1,0 +1,1 @@
+"""The chaos suite: labd under failures everywhere, losing nothing."""

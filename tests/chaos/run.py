@@ -1,0 +1,56 @@
+"""Run the chaos suite for a while and print what it did and verified.
+
+Run::
+
+    .venv/bin/python tests/chaos/run.py --minutes 3 [--backend postgresql] [--users 24]
+
+On PostgreSQL (a throw-away database on the local server) the server is
+restarted once in the middle of the run: other connections to it, such as
+other test runs', are dropped then.  Exit status 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.chaos.chaos import ChaosReport, run_chaos
+from tests.support.databases import scratch_database
+
+
+async def main_async(backend: str, minutes: float, users: int, seed: int) -> ChaosReport:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with scratch_database(backend, Path(tmp), "labd_chaos") as url:
+            return await run_chaos(
+                database_url=url,
+                workdir=Path(tmp),
+                seconds=minutes * 60,
+                users=users,
+                seed=seed,
+                restart_postgres=backend == "postgresql",
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="postgresql")
+    parser.add_argument("--users", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=20261125)
+    args = parser.parse_args()
+    began = time.monotonic()
+    report = asyncio.run(main_async(args.backend, args.minutes, args.users, args.seed))
+    print(f"chaos run on {args.backend}, {args.users} users, seed {args.seed}:")
+    for line in report.lines():
+        print(line)
+    print(f"passed in {time.monotonic() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

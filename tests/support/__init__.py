@@ -1,0 +1,1 @@
+"""Helpers shared by the crash test, the chaos suite and the benchmarks."""

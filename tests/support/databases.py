@@ -1,0 +1,70 @@
+"""Throw-away databases at the head revision, for scripts outside pytest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from labd.database import Database
+from labd.migrate import upgrade
+
+__all__ = ["POSTGRES_ADMIN_URL", "scratch_database"]
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "LABD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _drop(name: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def scratch_database(backend: str, directory: Path, name: str) -> AsyncIterator[str]:
+    """Yield the URL of an empty database at head; drop it afterwards.
+
+    Parameters
+    ----------
+    backend
+        ``sqlite`` (a file in ``directory``) or ``postgresql`` (database
+        ``<name>_<pid>`` on the local server).
+    directory
+        Where a SQLite file goes.
+    name
+        Prefix of the PostgreSQL database's name.
+    """
+    database_name: str | None = None
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{directory / 'labd.db'}"
+    else:
+        database_name = f"{name}_{os.getpid()}"
+        await _drop(database_name)
+        conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+        try:
+            await conn.execute(f'CREATE DATABASE "{database_name}"')
+        finally:
+            await conn.close()
+        url = make_url(POSTGRES_ADMIN_URL).set(database=database_name).render_as_string(False)
+    database = Database(url)
+    try:
+        await upgrade(database)
+    finally:
+        await database.dispose()
+    try:
+        yield url
+    finally:
+        if database_name is not None:
+            await _drop(database_name)
