@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -51,7 +52,10 @@ __all__ = ["LabEvent", "LabSpawnError", "LabdSpawner", "read_events"]
 
 _TERMINAL: Final = frozenset({"complete", "failed"})
 _STOPPED: Final = frozenset({"terminating", "terminated"})
-_CLIENTS: dict[tuple[int, str], httpx.AsyncClient] = {}
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The shared clients, per event loop (a client cannot outlive its loop) and labd URL."""
 
 
 class LabSpawnError(Exception):
@@ -136,6 +140,13 @@ def _error_message(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}"
 
 
+def _transient(error: httpx.HTTPError) -> bool:
+    """Whether labd may answer if asked again: no connection, or 503 ``not_ready``."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code == 503
+    return isinstance(error, httpx.TransportError)
+
+
 def _error_type(response: httpx.Response) -> str | None:
     try:
         return str(response.json()["detail"][0]["type"])
@@ -212,15 +223,15 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
     def _client(self) -> httpx.AsyncClient:
         if not self.labd_url:
             raise RuntimeError("LabdSpawner needs labd_url")
-        key = (id(asyncio.get_running_loop()), self.labd_url)
-        client = _CLIENTS.get(key)
+        clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(self.labd_url)
         if client is None or client.is_closed:
             client = httpx.AsyncClient(
                 base_url=self.labd_url.rstrip("/") + "/spawner/v1",
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
                 timeout=httpx.Timeout(self.request_timeout),
             )
-            _CLIENTS[key] = client
+            clients[self.labd_url] = client
         return client
 
     def _headers(self, **extra: str) -> dict[str, str]:
@@ -305,7 +316,13 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
         return url
 
     async def _wait_for_spawn(self) -> None:
-        """Follow the spawn's events until ``complete``; raise on ``failed``."""
+        """Follow the spawn's events until ``complete``; raise on ``failed``.
+
+        A stream that ends without a verdict (labd restarted, a proxy cut
+        it, labd briefly unreachable) is not a failed spawn: ask labd for the
+        lab's state and resume after the last event seen. The hub's
+        ``start_timeout`` bounds the whole wait.
+        """
         last_id: str | None = None
         reason = ""
         while True:
@@ -319,11 +336,13 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
                             raise LabSpawnError(reason or event.message)
                         elif event.type == "complete":
                             return
-            except httpx.TransportError as error:
+                state = await self._lab_state()
+            except httpx.HTTPError as error:
+                if not _transient(error):
+                    raise
                 self.log.warning("labd event stream for %s broke: %s", self.user.name, error)
-            # The stream ended without a verdict (labd restarted, a proxy
-            # cut it): ask for the state, then resume after the last event.
-            state = await self._lab_state()
+                await asyncio.sleep(1.0)
+                continue
             if state is None:
                 raise LabSpawnError("labd lost the lab while it was spawning")
             if state["status"] == "failed":

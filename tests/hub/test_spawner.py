@@ -1,9 +1,10 @@
 """`LabdSpawner` against ``labd dev``, without a hub: what the end-to-end tests cannot reach.
 
 The spawner is built as the hub builds it (traits), with the hub's `User`
-reduced to the one attribute the spawner reads outside ``start``: its name.
-``start`` itself needs the hub (its environment comes from the hub's
-server, token and OAuth client), so it is exercised in ``test_hub.py``.
+reduced to the one attribute the spawner reads: its name. The environment
+for the lab comes from the hub's server, token and OAuth client, so here
+``get_env`` (which JupyterHub documents for subclasses to extend) gives
+just the service prefix; ``test_hub.py`` runs ``start`` inside a real hub.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ pytest.importorskip(
     "jupyterhub", reason="JupyterHub is not installed: pip install -e '.[jupyterhub]'"
 )
 
-from labd.spawner import LabdSpawner, LabEvent, read_events
+from labd.spawner import LabdSpawner, LabEvent, LabSpawnError, read_events
 from tests.hub.conftest import LabdDev, free_port
 
 pytestmark = pytest.mark.slow
@@ -30,8 +31,13 @@ WITHIN = 60.0
 """Seconds labd may take to reach a state on a loaded machine."""
 
 
+class _HublessSpawner(LabdSpawner):
+    def get_env(self) -> dict[str, str]:
+        return {"JUPYTERHUB_SERVICE_PREFIX": f"/user/{self.user.name}/"}
+
+
 def _spawner(labd: LabdDev, name: str, **traits: Any) -> LabdSpawner:
-    return LabdSpawner(
+    return _HublessSpawner(
         user=SimpleNamespace(name=name),
         **{"labd_url": labd.url, "labd_token": labd.token, **traits},
     )
@@ -147,3 +153,29 @@ async def test_progress_ends_quietly_when_labd_fails(
     assert events == []
     assert "no more progress from labd for quiet" in caplog.text
     assert "not-a-token-labd-knows" not in caplog.text
+
+
+async def test_start_returns_the_url_where_the_lab_answers(labd_dev: LabdDev) -> None:
+    url = await _spawner(labd_dev, "starter").start()
+    async with httpx.AsyncClient() as client:
+        lab = (
+            await client.get(f"{labd_dev.url}/spawner/v1/labs/starter", headers=labd_dev.headers)
+        ).json()
+        assert url == lab["internal_url"]
+        assert url.endswith("/user/starter/")
+        assert (await client.get(f"{url}api")).status_code == 200
+
+
+async def test_start_resumes_streams_that_go_silent(
+    labd_dev: LabdDev, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The pull fails, so labd sends nothing for seconds until its spawn
+    # timeout: far longer than this read timeout.
+    labd_dev.add_rule("labd-resumer", "pending:ErrImagePull")
+    spawner = _spawner(labd_dev, "resumer", stream_read_timeout=0.5)
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(LabSpawnError, match=r"^Lab spawn timed out after 10 s$"),
+    ):
+        await spawner.start()
+    assert "labd event stream for resumer broke" in caplog.text
