@@ -1,0 +1,861 @@
+"""Benchmark labd at scale: spawns, deletes, 10,000 labs, status reads, restarts.
+
+Everything runs against the simulated cluster with zero pod start delay, on
+one database backend per run (SQLite in a temporary directory, or a
+throw-away PostgreSQL database on the local server).  The simulated cluster
+runs in this process; labd runs in this process for the phases that count
+its SQL statements, and as ``labd serve`` (a real uvicorn, in a subprocess)
+for the phases a client sees.  The load generator (`loadgen.py`) is another
+subprocess.
+
+Phases, in order:
+
+1. **spawn ceiling**: the cluster alone.  ``--spawns`` labs' objects (the
+   manifests labd builds) are created at once through labd's Kubernetes
+   layer (`LabKube`, no database, no scheduler) until every pod is
+   Running; then each lab's pod and namespace are deleted until the
+   namespaces are gone (the delete ceiling).
+2. **spawn and delete** through labd (in-process `Labd`, built by
+   `labd.factory` as ``labd serve`` builds it): ``--spawns`` creates through
+   the lab service at once, until all are running (polled every 50 ms from
+   a separate connection); then all deleted at once.  Kubernetes calls come
+   from the sim's statistics, SQL statements from a
+   ``before_cursor_execute`` hook on labd's engine (scheduler polling
+   included).
+3. **fill** to ``--labs`` running labs, fast and not through labd's spawn
+   steps: each row is written by ``LabStore.create_lab`` (trigger ``adopt``,
+   pod phase Running: one transaction with its audit row), with the spec of
+   a lab labd spawned, and its objects (the manifests labd builds) go
+   straight into the sim's registry; the sim's kubelet runs the pods.
+4. **reconcile** of all labs, in-process: seconds and Kubernetes calls.
+5. **restart to ready**: ``labd serve`` started on that database; seconds
+   from process start to ``/readyz`` 200 (polled every 10 ms).
+6. **status reads**: ``GET /spawner/v1/labs/{user}`` over random users with
+   a hub token, at 1, 16 and 128 concurrent clients.
+7. **pod to status**: ``--latency-labs`` labs created one after another
+   through the API; for each, the time from the sim storing its pod as
+   Running (seen on an in-process watch of the sim's registry) to the status
+   route first answering ``running`` (polled every 2 ms).
+8. **memory**: the daemon's peak RSS (VmHWM) so far.
+9. **ceilings for status reads**: a bare Starlette route on the same uvicorn
+   settings answering the same JSON from memory, and a canned-response
+   asyncio server (the load generator's own limit).
+
+Run::
+
+    .venv/bin/python tests/bench/bench_scale.py --backend sqlite [--labs 10000]
+
+It prints a table and writes ``bench-results/scale-<backend>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from sqlalchemy import event, select
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from labd.api import hash_token
+from labd.config import Config
+from labd.database import Database
+from labd.factory import Labd
+from labd.kube.builder import LabBuild, build_lab_objects, internal_url
+from labd.kube.client import create_api_client
+from labd.kube.storage import LabKube
+from labd.logs import configure_logging
+from labd.machine import LabState, Trigger
+from labd.models import LabSpecification
+from labd.naming import lab_namespace
+from labd.schema import labs as labs_table
+from labd.sim import SimCluster
+from labd.sim.kinds import resource_named
+from labd.sim.selectors import FieldSelector, LabelSelector
+from labd.store import Actor, LabRecord
+from tests.support.databases import scratch_database
+from tests.support.processes import Daemon, free_port, vm_status
+
+HERE = Path(__file__).resolve().parent
+IMAGE = "registry.example/sciplat/lab:w_2026_47"
+TOKEN = "bench-hub-token"
+SPEC = LabSpecification.model_validate(
+    {
+        "options": {"image_class": "recommended", "size": "small"},
+        "env": {"JUPYTERHUB_SERVICE_PREFIX": "/user/x/", "JUPYTERHUB_API_TOKEN": "t"},
+    }
+)
+BODY = {
+    "options": {"image_class": ["recommended"], "size": ["small"]},
+    "env": {"JUPYTERHUB_SERVICE_PREFIX": "/user/x/", "JUPYTERHUB_API_TOKEN": "t"},
+}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Return the ``fraction`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
+    return ordered[index]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+# Databases -------------------------------------------------------------------
+
+
+def settings(url: str, kubeconfig: Path, port: int, token_file: Path) -> dict[str, Any]:
+    """labd's settings for every phase (in-process and ``labd serve``)."""
+    return {
+        "database_url": url,
+        "bind_address": f"127.0.0.1:{port}",
+        "token_file": str(token_file),
+        "kubernetes": {"kubeconfig": str(kubeconfig), "request_timeout": 30},
+        "images": {"available": [{"reference": IMAGE}], "recommended": "w_2026_47"},
+        "reconcile_interval": 3600,
+        "lab": {"pod_delete_grace": 0},
+        "log_level": "warning",
+        "log_format": "json",
+    }
+
+
+# Phase 1: the cluster alone ---------------------------------------------------
+
+
+def fake_build(config: Config, index: int) -> LabBuild:
+    """A lab's build inputs as labd's scheduler derives them for a small lab."""
+    username = f"ceiling{index}"
+    slug, namespace = lab_namespace(config.namespace_prefix, username)
+    return LabBuild(
+        lab_id=str(uuid.uuid4()),
+        username=username,
+        slug=slug,
+        namespace=namespace,
+        image=IMAGE,
+        size="small",
+        limits_cpu=1.0,
+        limits_memory=3 * 2**30,
+        requests_cpu=0.25,
+        requests_memory=768 * 2**20,
+        uid=1000,
+        gid=1000,
+        groups=[],
+        env=dict(SPEC.env),
+        secret_env={"JUPYTERHUB_API_TOKEN": "t"},
+        enable_debug=False,
+        reset_user_env=False,
+        spec_annotation="{}",
+    )
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Return once ``predicate()`` holds (checked every 20 ms)."""
+    while True:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+
+
+def running_pods(sim: SimCluster, namespaces: set[str]) -> int:
+    pods = sim.registry.objects(resource_named("pods"))
+    return sum(
+        1
+        for pod in pods
+        if pod["metadata"]["namespace"] in namespaces
+        and pod.get("status", {}).get("phase") == "Running"
+    )
+
+
+def live_namespaces(sim: SimCluster, namespaces: set[str]) -> int:
+    found = sim.registry.objects(resource_named("namespaces"))
+    return sum(1 for ns in found if ns["metadata"]["name"] in namespaces)
+
+
+async def ceiling(sim: SimCluster, config: Config, n: int) -> dict[str, Any]:
+    """Create and delete ``n`` labs' objects with no labd in between."""
+    builds = [build_lab_objects(fake_build(config, i), config) for i in range(n)]
+    namespaces = {objects.namespace["metadata"]["name"] for objects in builds}
+    api_client = await create_api_client(config.kubernetes)
+    kube = LabKube(api_client, config)
+    try:
+        sim.stats.reset()
+        began = time.monotonic()
+        await asyncio.gather(*(kube.create_lab_objects(objects) for objects in builds))
+        await until(lambda: running_pods(sim, namespaces) == n)
+        spawn_seconds = time.monotonic() - began
+        spawn_calls = sim.stats.total()
+
+        sim.stats.reset()
+        began = time.monotonic()
+
+        async def delete(objects: Any) -> None:
+            namespace = objects.namespace["metadata"]["name"]
+            await kube.delete_pod(namespace, objects.pod["metadata"]["name"], grace_seconds=0)
+            await kube.delete_namespace(namespace)
+
+        await asyncio.gather(*(delete(objects) for objects in builds))
+        await until(lambda: live_namespaces(sim, namespaces) == 0)
+        delete_seconds = time.monotonic() - began
+        delete_calls = sim.stats.total()
+    finally:
+        await api_client.close()
+    return {
+        "labs": n,
+        "spawn_seconds": round(spawn_seconds, 2),
+        "spawns_per_second": round(n / spawn_seconds, 1),
+        "spawn_calls_per_lab": round(spawn_calls / n, 2),
+        "delete_seconds": round(delete_seconds, 2),
+        "deletes_per_second": round(n / delete_seconds, 1),
+        "delete_calls_per_lab": round(delete_calls / n, 2),
+    }
+
+
+# Phase 2 and 3: labd in-process -------------------------------------------------
+
+
+class StatementCounter:
+    """Counts SQL statements on an engine."""
+
+    def __init__(self, database: Database) -> None:
+        self.count = 0
+        event.listen(database.engine.sync_engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *_: Any) -> None:
+        self.count += 1
+
+
+async def states(observer: Database, usernames: set[str]) -> dict[str, str]:
+    """Return the current state of each of ``usernames`` that has a live row."""
+    statement = select(labs_table.c.username, labs_table.c.state).where(
+        labs_table.c.state != LabState.DELETED.value
+    )
+    async with observer.read() as conn:
+        rows = (await conn.execute(statement)).all()
+    return {row.username: row.state for row in rows if row.username in usernames}
+
+
+async def spawn_batch(
+    labd: Labd, sim: SimCluster, observer: Database, sql: StatementCounter, names: list[str]
+) -> dict[str, Any]:
+    """Create ``names`` at once; wait until all are running."""
+    wanted = set(names)
+    sim.stats.reset()
+    statements = sql.count
+    began = time.monotonic()
+    creates = asyncio.gather(*(labd.service.create(n, SPEC, actor=Actor.HUB) for n in names))
+    ready: dict[str, float] = {}
+    create_task = asyncio.ensure_future(creates)
+    while len(ready) < len(names):
+        await asyncio.sleep(0.05)
+        now = time.monotonic() - began
+        for username, state in (await states(observer, wanted)).items():
+            if state == LabState.RUNNING.value and username not in ready:
+                ready[username] = now
+        if create_task.done() and create_task.exception() is not None:
+            raise create_task.exception()  # type: ignore[misc]
+        if now > 600:
+            raise RuntimeError(f"only {len(ready)} of {len(names)} labs running after 600 s")
+    await create_task
+    wall = time.monotonic() - began
+    times = list(ready.values())
+    n = len(names)
+    return {
+        "labs": n,
+        "wall_seconds": round(wall, 2),
+        "spawns_per_second": round(n / wall, 1),
+        "p50_to_running_s": round(percentile(times, 0.5), 2),
+        "p99_to_running_s": round(percentile(times, 0.99), 2),
+        "kube_calls_per_spawn": round(sim.stats.total() / n, 2),
+        "kube_calls": dict(sorted(Counter(sim.stats.requests).items())),
+        "sql_statements_per_spawn": round((sql.count - statements) / n, 1),
+    }
+
+
+async def delete_batch(
+    labd: Labd, sim: SimCluster, sql: StatementCounter, names: list[str]
+) -> dict[str, Any]:
+    """Delete ``names`` at once; each delete returns once its objects are gone."""
+    sim.stats.reset()
+    statements = sql.count
+    began = time.monotonic()
+
+    async def one(username: str) -> float:
+        await labd.service.delete(username, actor=Actor.HUB)
+        return time.monotonic() - began
+
+    times = await asyncio.gather(*(one(n) for n in names))
+    wall = time.monotonic() - began
+    n = len(names)
+    return {
+        "labs": n,
+        "wall_seconds": round(wall, 2),
+        "deletes_per_second": round(n / wall, 1),
+        "p50_s": round(percentile(list(times), 0.5), 2),
+        "p99_s": round(percentile(list(times), 0.99), 2),
+        "kube_calls_per_delete": round(sim.stats.total() / n, 2),
+        "sql_statements_per_delete": round((sql.count - statements) / n, 1),
+    }
+
+
+_PLURALS = {
+    "Namespace": "namespaces",
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "NetworkPolicy": "networkpolicies",
+    "ResourceQuota": "resourcequotas",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Service": "services",
+    "Pod": "pods",
+}
+
+
+def lab_build(lab: LabRecord) -> LabBuild:
+    """A lab's build inputs, derived from its row as labd's scheduler does."""
+    spec = lab.spec
+    options, user, resources = spec["options"], spec["user"], spec["resources"]
+    annotation = {k: v for k, v in spec.items() if k not in ("env", "previous_lab")}
+    return LabBuild(
+        lab_id=lab.id,
+        username=lab.username,
+        slug=lab.slug,
+        namespace=lab.namespace,
+        image=options["image"],
+        size=options["size"],
+        limits_cpu=resources["limits"]["cpu"],
+        limits_memory=resources["limits"]["memory"],
+        requests_cpu=resources["requests"]["cpu"],
+        requests_memory=resources["requests"]["memory"],
+        uid=user["uid"],
+        gid=user["gid"],
+        groups=[(g["name"], g.get("id")) for g in user.get("groups", [])],
+        env=spec.get("env", {}),
+        secret_env={"JUPYTERHUB_API_TOKEN": "t"},
+        enable_debug=options["enable_debug"],
+        reset_user_env=options["reset_user_env"],
+        spec_annotation=json.dumps(annotation, sort_keys=True, separators=(",", ":")),
+    )
+
+
+async def fill(
+    labd: Labd, sim: SimCluster, config: Config, template: LabRecord, labs: int
+) -> dict[str, Any]:
+    """Make ``labs`` running labs fast, without labd's spawn steps.
+
+    Each row is written by `LabStore.create_lab` with the ``adopt`` trigger
+    and pod phase Running (one transaction with its audit row, as when the
+    reconciler adopts a lab), with the spec of a lab labd spawned; its
+    objects are the manifests labd builds, stored straight into the sim's
+    registry, and the sim's kubelet brings the pods to Running.
+    """
+    began = time.monotonic()
+    namespaces: set[str] = set()
+
+    async def one(index: int) -> None:
+        username = f"user{index}"
+        slug, namespace = lab_namespace(config.namespace_prefix, username)
+        spec = {**template.spec, "user": {**template.spec["user"], "username": username}}
+        lab = await labd.store.create_lab(
+            username=username,
+            slug=slug,
+            namespace=namespace,
+            spec=spec,
+            actor=Actor.OPERATOR,
+            trigger=Trigger.ADOPT,
+            reason="benchmark fill",
+            changes={
+                "pod_phase": "Running",
+                "internal_url": internal_url(namespace, spec.get("env", {}), config),
+            },
+        )
+        for manifest in build_lab_objects(lab_build(lab), config).in_creation_order():
+            target = "" if manifest["kind"] == "Namespace" else namespace
+            sim.registry.create(resource_named(_PLURALS[manifest["kind"]]), target, manifest)
+        namespaces.add(namespace)
+
+    for start in range(0, labs, 50):
+        await asyncio.gather(*(one(i) for i in range(start, min(labs, start + 50))))
+    rows = time.monotonic() - began
+    await until(lambda: running_pods(sim, namespaces) == labs)
+    return {
+        "labs": labs,
+        "how": "rows via LabStore.create_lab (adopt, Running); objects into the sim registry",
+        "rows_seconds": round(rows, 1),
+        "all_running_seconds": round(time.monotonic() - began, 1),
+    }
+
+
+async def py_spy(pid: int, seconds: float, output: Path) -> asyncio.subprocess.Process:
+    """Start sampling ``pid`` with py-spy for ``seconds`` (collapsed stacks)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return await asyncio.create_subprocess_exec(
+        *("py-spy", "record", "--pid", str(pid), "--rate", "250"),
+        *("--duration", str(round(seconds)), "--format", "raw"),
+        *("--output", str(output), "--nonblocking"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def in_process(
+    sim: SimCluster,
+    config: Config,
+    *,
+    labs: int,
+    spawns: int,
+    progress: bool,
+    profile: Path | None,
+) -> dict[str, Any]:
+    labd = await Labd.create(config)
+    sql = StatementCounter(labd.database)
+    observer = Database(config.database_url, pool_size=1)
+    await labd.start()
+    result: dict[str, Any] = {}
+    try:
+        names = [f"spawn{i}" for i in range(spawns)]
+        if profile is not None:
+            backend = make_url(config.database_url).get_backend_name()
+            await py_spy(os.getpid(), 15, profile / f"spawn-{backend}.txt")
+        result["spawn"] = await spawn_batch(labd, sim, observer, sql, names)
+        template = await labd.store.get_current_lab(names[0])
+        assert template is not None
+        say(progress, "spawn", result["spawn"])
+        result["delete"] = await delete_batch(labd, sim, sql, names)
+        say(progress, "delete", result["delete"])
+
+        result["fill"] = await fill(labd, sim, config, template, labs)
+        say(progress, "fill", result["fill"])
+
+        sim.stats.reset()
+        report = await labd.reconciler.reconcile()
+        result["reconcile"] = {
+            "labs": report.labs,
+            "seconds": round(report.seconds, 3),
+            "kube_calls": dict(sorted(Counter(sim.stats.requests).items())),
+            "changes": len(report.adopted)
+            + len(report.orphans)
+            + len(report.vanished)
+            + len(report.updated),
+        }
+        say(progress, "reconcile", result["reconcile"])
+    finally:
+        await observer.dispose()
+        await labd.stop()
+    return result
+
+
+# Phases 5 to 9: labd serve and the load generator -------------------------------
+
+
+def say(progress: bool, what: str, value: Any) -> None:
+    if progress:
+        print(f"  {what}: {json.dumps(value)}", file=sys.stderr, flush=True)
+
+
+def load(url: str, *, users: int, prefix: str, concurrency: int, seconds: float) -> Any:
+    """Run the load generator in its own process; return its result.
+
+    wrk (Debian package ``wrk``) when installed: one thread, written in C,
+    so the client takes as little of the machine's CPU as possible; else
+    `loadgen.py` (aiohttp).
+    """
+    if shutil.which("wrk") is None:
+        output = subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "loadgen.py"),
+                *("--url", url, "--users", str(users), "--prefix", prefix),
+                *("--concurrency", str(concurrency), "--seconds", str(seconds)),
+                *("--token", TOKEN),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        result: dict[str, Any] = json.loads(output)
+        result["client"] = "loadgen.py (aiohttp)"
+        return result
+    environment = {**os.environ, "WRK_USERS": str(users), "WRK_PREFIX": prefix, "WRK_TOKEN": TOKEN}
+    output = subprocess.run(
+        [
+            "wrk",
+            *(
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "--timeout",
+                "10s",
+            ),
+            *("-s", str(HERE / "status.lua"), url),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=environment,
+    ).stdout
+    line = next(line for line in output.splitlines() if line.startswith("JSON "))
+    raw = json.loads(line.removeprefix("JSON "))
+    return {
+        "client": "wrk -t1",
+        "concurrency": concurrency,
+        "seconds": round(raw["duration_us"] / 1e6, 2),
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2),
+        "non_2xx": raw["non_2xx"],
+        "socket_errors": raw["socket_errors"],
+    }
+
+
+async def run_load(url: str, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(load, url, **kwargs)
+
+
+class RunningWatch:
+    """Records when the sim stores each pod as Running (an in-process watch)."""
+
+    def __init__(self, sim: SimCluster) -> None:
+        self._registry = sim.registry
+        self._watcher = sim.registry.watch(
+            resource_named("pods"),
+            None,
+            str(sim.registry.resource_version),
+            LabelSelector.parse(""),
+            FieldSelector.parse("", ()),
+        )
+        self.running: dict[str, float] = {}
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def _follow(self) -> None:
+        while (line := await self._watcher.queue.get()) is not None:
+            obj = json.loads(line)["object"]
+            namespace = obj["metadata"]["namespace"]
+            if obj.get("status", {}).get("phase") == "Running":
+                self.running.setdefault(namespace, time.monotonic())
+
+    async def close(self) -> None:
+        self._registry.unwatch(self._watcher)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def pod_to_status(sim: SimCluster, config: Config, url: str, n: int) -> dict[str, Any]:
+    """Per lab: pod stored Running in the sim -> status route says running."""
+    watch = RunningWatch(sim)
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with aiohttp.ClientSession(base_url=url, headers=headers) as http:
+            for i in range(n):
+                username = f"latency{i}"
+                _, namespace = lab_namespace(config.namespace_prefix, username)
+                async with http.post(f"/spawner/v1/labs/{username}/create", json=BODY) as r:
+                    assert r.status == 201, await r.text()
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    async with http.get(f"/spawner/v1/labs/{username}") as r:
+                        status = (await r.json())["status"]
+                    if status == "running":
+                        seen = time.monotonic()
+                        break
+                    await asyncio.sleep(0.002)
+                else:
+                    raise RuntimeError(f"{username} did not run within 30 s")
+                latencies.append(seen - watch.running[namespace])
+    finally:
+        await watch.close()
+    return {
+        "labs": n,
+        "p50_ms": ms(percentile(latencies, 0.5)),
+        "p99_ms": ms(percentile(latencies, 0.99)),
+        "max_ms": ms(max(latencies)),
+    }
+
+
+async def served(
+    sim: SimCluster,
+    config: Config,
+    config_file: Path,
+    log: Path,
+    *,
+    labs: int,
+    seconds: float,
+    latency_labs: int,
+    progress: bool,
+    profile: Path | None,
+) -> dict[str, Any]:
+    url = f"http://{config.bind_address}"
+    daemon = Daemon(config_file, f"{url}/readyz", log, ready_timeout=300)
+    result: dict[str, Any] = {}
+    sim.stats.reset()
+    result["restart_to_ready_s"] = round(await daemon.start(poll=0.01), 2)
+    result["startup_kube_calls"] = dict(sorted(Counter(sim.stats.requests).items()))
+    say(progress, "restart to ready", result["restart_to_ready_s"])
+    try:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with http.get(f"{url}/spawner/v1/labs/user0", headers=headers) as response:
+                assert response.status == 200
+                body = await response.text()
+        reads = []
+        for concurrency in (1, 16, 128):
+            sim.stats.reset()
+            spy = None
+            if profile is not None and concurrency == 16:
+                backend = make_url(config.database_url).get_backend_name()
+                spy = await py_spy(daemon.pid, seconds, profile / f"status-{backend}.txt")
+            reads.append(
+                await run_load(
+                    url, users=labs, prefix="user", concurrency=concurrency, seconds=seconds
+                )
+            )
+            reads[-1]["kube_calls"] = sim.stats.total()
+            if spy is not None:
+                await spy.wait()
+            say(progress, f"status reads x{concurrency}", reads[-1])
+        result["status_reads"] = reads
+        result["pod_to_status"] = await pod_to_status(sim, config, url, latency_labs)
+        say(progress, "pod to status", result["pod_to_status"])
+        memory = vm_status(daemon.pid)
+        result["rss_peak_mb"] = round(memory["VmHWM"] / 1024, 1)
+        result["rss_now_mb"] = round(memory["VmRSS"] / 1024, 1)
+    finally:
+        result["exit_status"] = await daemon.terminate()
+    result["status_body"] = body
+    return result
+
+
+async def read_ceilings(body: str, *, seconds: float, progress: bool) -> dict[str, Any]:
+    """Status reads against the bare Starlette route and the canned server."""
+    result: dict[str, Any] = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        file.write(body)
+        file.flush()
+        for mode, levels in (("starlette", (1, 16, 128)), ("raw", (16, 128))):
+            port = free_port()
+            server = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(HERE / "ceiling_server.py"),
+                "--mode",
+                mode,
+                "--port",
+                str(port),
+                "--body",
+                file.name,
+                stdout=subprocess.DEVNULL,
+            )
+            try:
+                await wait_for_port(port)
+                url = f"http://127.0.0.1:{port}"
+                result[mode] = []
+                for concurrency in levels:
+                    result[mode].append(
+                        await run_load(
+                            url,
+                            users=10_000,
+                            prefix="user",
+                            concurrency=concurrency,
+                            seconds=seconds,
+                        )
+                    )
+                    say(progress, f"{mode} x{concurrency}", result[mode][-1])
+            finally:
+                server.terminate()
+                await server.wait()
+    return result
+
+
+async def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+# Driver -----------------------------------------------------------------------------
+
+
+def loadavg() -> list[str]:
+    """The 1, 5 and 15 minute load averages."""
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    load = loadavg()
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "unknown",
+        ),
+        "loadavg_at_start": load,
+    }
+
+
+async def measure(
+    backend: str,
+    *,
+    labs: int,
+    spawns: int,
+    seconds: float,
+    latency_labs: int,
+    progress: bool,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    configure_logging(level="warning", fmt="json")
+    result: dict[str, Any] = {"backend": backend, "machine": machine()}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        token_file = tmp / "tokens"
+        token_file.write_text(f"{hash_token(TOKEN)} hub\n")
+        async with (
+            scratch_database(backend, tmp, "labd_bench") as url,
+            SimCluster(pod_start_delay=0.0, token="", service_account_admission=False) as sim,
+        ):
+            kubeconfig = sim.write_kubeconfig(tmp / "kubeconfig")
+            data = settings(url, kubeconfig, free_port(), token_file)
+            config_file = tmp / "labd.yaml"
+            config_file.write_text(yaml.safe_dump(data))
+            config = Config.model_validate(data)
+            result["ceiling"] = await ceiling(sim, config, spawns)
+            say(progress, "ceiling", result["ceiling"])
+            result.update(
+                await in_process(
+                    sim, config, labs=labs, spawns=spawns, progress=progress, profile=profile
+                )
+            )
+            result.update(
+                await served(
+                    sim,
+                    config,
+                    config_file,
+                    tmp / "labd.log",
+                    labs=labs,
+                    seconds=seconds,
+                    latency_labs=latency_labs,
+                    progress=progress,
+                    profile=profile,
+                )
+            )
+        result["read_ceiling"] = await read_ceilings(
+            result.pop("status_body"), seconds=seconds, progress=progress
+        )
+    result["machine"]["loadavg_at_end"] = loadavg()
+    return result
+
+
+def summary(result: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """The table's rows: (what, figure)."""
+    reads = {r["concurrency"]: r for r in result["status_reads"]}
+    bare = {r["concurrency"]: r for r in result["read_ceiling"]["starlette"]}
+    raw = {r["concurrency"]: r for r in result["read_ceiling"]["raw"]}
+    for c in (1, 16, 128):
+        r = reads[c]
+        yield (
+            f"status reads, {c} clients",
+            f"{r['rps']:.0f}/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms"
+            f" ({r['rps'] / bare[c]['rps']:.2f} of bare {bare[c]['rps']:.0f}/s)",
+        )
+    yield (
+        "load generator ceiling (canned, 16/128)",
+        f"{raw[16]['rps']:.0f}/s / {raw[128]['rps']:.0f}/s",
+    )
+    s, c, d = result["spawn"], result["ceiling"], result["delete"]
+    ratio = s["spawns_per_second"] / c["spawns_per_second"]
+    yield (
+        f"{s['labs']} spawns at once",
+        f"{s['wall_seconds']} s ({s['spawns_per_second']}/s, {ratio:.2f}"
+        f" of sim {c['spawns_per_second']}/s), to running p50 {s['p50_to_running_s']} s"
+        f" p99 {s['p99_to_running_s']} s",
+    )
+    yield (
+        "  per spawn",
+        f"{s['kube_calls_per_spawn']} Kubernetes calls, {s['sql_statements_per_spawn']} SQL",
+    )
+    ratio = d["deletes_per_second"] / c["deletes_per_second"]
+    yield (
+        f"{d['labs']} deletes at once",
+        f"{d['wall_seconds']} s ({d['deletes_per_second']}/s, {ratio:.2f}"
+        f" of sim {c['deletes_per_second']}/s), p50 {d['p50_s']} s p99 {d['p99_s']} s",
+    )
+    yield (
+        "  per delete",
+        f"{d['kube_calls_per_delete']} Kubernetes calls, {d['sql_statements_per_delete']} SQL",
+    )
+    rc = result["reconcile"]
+    yield f"reconcile {rc['labs']} labs", f"{rc['seconds']} s, calls {rc['kube_calls']}"
+    yield "restart to ready", f"{result['restart_to_ready_s']} s"
+    p = result["pod_to_status"]
+    yield f"pod Running -> status ({p['labs']} labs)", f"p50 {p['p50_ms']} ms p99 {p['p99_ms']} ms"
+    yield "peak RSS (VmHWM)", f"{result['rss_peak_mb']} MB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--labs", type=int, default=10_000)
+    parser.add_argument("--spawns", type=int, default=1_000)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load level")
+    parser.add_argument("--latency-labs", type=int, default=200)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="directory for py-spy profiles (collapsed stacks) of the daemon's 16-client"
+        " status reads and of this process during the spawns",
+    )
+    args = parser.parse_args()
+    result = asyncio.run(
+        measure(
+            args.backend,
+            labs=args.labs,
+            spawns=args.spawns,
+            seconds=args.seconds,
+            latency_labs=args.latency_labs,
+            progress=not args.quiet,
+            profile=args.profile,
+        )
+    )
+    print(f"labd at scale, {args.backend}, load {' '.join(result['machine']['loadavg_at_start'])}")
+    for what, figure in summary(result):
+        print(f"  {what:<42}{figure}")
+    output = args.output or Path(f"bench-results/scale-{args.backend}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
