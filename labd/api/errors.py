@@ -7,7 +7,10 @@ Refusals come from three places, all mapped here:
 * request validation (`RequestValidationError`): pydantic's errors, each
   location prefixed with the part of the request it is in (``body``,
   ``query``);
-* Starlette itself: 404 for an unknown route, 405 for a wrong method.
+* Starlette itself: 404 for an unknown route, 405 for a wrong method;
+* a database that cannot be reached (refused or dropped connections, a
+  server starting up or shutting down, an exhausted pool): 503
+  ``not_ready``, so the hub retries instead of seeing a 500.
 
 Anything else is a bug: `ErrorBoundary` logs it with its traceback and
 answers 500 ``internal_error`` with a message that gives nothing away.  It
@@ -21,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import asyncpg
+import sqlalchemy.exc
 import structlog
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -29,7 +34,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from labd.api.models import ErrorBody, ErrorDetail
-from labd.errors import LabdError, LabExistsConflictError, UnknownUserError
+from labd.errors import LabdError, LabExistsConflictError, NotReadyError, UnknownUserError
 from labd.store import LabExistsError, LabNotFoundError
 
 __all__ = [
@@ -46,6 +51,23 @@ _HTTP_TYPES: Final = {
     405: ("method_not_allowed", "Method not allowed on this route"),
     413: ("request_too_large", "Request body too large"),
 }
+
+_DATABASE_UNREACHABLE: Final = (
+    OSError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+)
+"""Failures that mean the database is out of reach for now, not a bug.
+
+asyncpg raises some of them unwrapped while connecting (a refused
+connection is a bare `ConnectionRefusedError`; a restarting server answers
+`CannotConnectNowError`); once connected, SQLAlchemy wraps lost connections
+in its `OperationalError` and `InterfaceError`.
+"""
 
 
 class RequestValidationError(Exception):
@@ -99,6 +121,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _database_unreachable(request: Request, exc: Exception) -> Response:
+    _logger.warning(
+        "database unreachable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"
+    )
+    return await _labd_error(request, NotReadyError("Database unavailable; retry later"))
+
+
 async def _lab_vanished(request: Request, exc: Exception) -> Response:
     # The lab's row went away between two reads of one request: for the
     # client, the user has no lab.
@@ -122,6 +151,7 @@ def exception_handlers() -> dict[Any, ExceptionHandler]:
         HTTPException: _http_error,
         LabNotFoundError: _lab_vanished,
         LabExistsError: _lab_exists,
+        **dict.fromkeys(_DATABASE_UNREACHABLE, _database_unreachable),
     }
 
 

@@ -1,0 +1,103 @@
+"""A labd whose database is out of reach answers 503 ``not_ready``, never 500.
+
+Found by the chaos run: while PostgreSQL restarted, status reads answered
+500 ``internal_error`` (asyncpg raises a bare ``ConnectionRefusedError``
+while connecting).  API.md promises 503 ``not_ready``, which the hub
+retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy.exc
+
+from labd.api import Authenticator, create_app, hash_token
+from labd.config import Config
+from labd.database import Database
+from labd.images import ImageCatalog
+from labd.service import LabService
+from labd.signals import LabSignals
+from labd.store import LabStore
+from tests.core.conftest import IMAGE
+from tests.support.processes import free_port
+
+TOKEN = "hub-token"
+
+
+async def _ready() -> None:
+    return None
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, LabStore]]:
+    """The API on a PostgreSQL URL where nothing listens."""
+    token_file = tmp_path / "tokens"
+    token_file.write_text(f"{hash_token(TOKEN)} hub\n")
+    config = Config.model_validate(
+        {
+            "database_url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/labd",
+            "token_file": str(token_file),
+            "images": {"available": [{"reference": IMAGE}], "recommended": "w_2026_47"},
+        }
+    )
+    database = Database(config.database_url)
+    store = LabStore(database)
+    service = LabService(
+        config=config, store=store, signals=LabSignals(), images=ImageCatalog(config.images)
+    )
+    app = create_app(
+        config=config,
+        service=service,
+        authenticator=Authenticator.from_file(token_file),
+        readiness=_ready,
+    )
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://labd", headers=headers
+    ) as c:
+        yield c, store
+    await database.dispose()
+
+
+def _not_ready(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.json()["detail"][0]["type"] == "not_ready"
+
+
+async def test_refused_connection_is_not_ready(
+    client: tuple[httpx.AsyncClient, LabStore],
+) -> None:
+    http, _ = client
+    _not_ready(await http.get("/spawner/v1/labs/alice"))
+    _not_ready(await http.delete("/spawner/v1/labs/alice"))
+
+
+async def test_lost_connection_is_not_ready(
+    client: tuple[httpx.AsyncClient, LabStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, store = client
+
+    async def lost(username: str) -> None:
+        raise sqlalchemy.exc.InterfaceError("SELECT 1", {}, Exception("connection was closed"))
+
+    monkeypatch.setattr(store, "get_current_lab", lost)
+    _not_ready(await http.get("/spawner/v1/labs/alice"))
+
+
+async def test_other_failures_stay_internal_errors(
+    client: tuple[httpx.AsyncClient, LabStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, store = client
+
+    async def broken(username: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(store, "get_current_lab", broken)
+    response = await http.get("/spawner/v1/labs/alice")
+    assert response.status_code == 500
+    assert response.json()["detail"][0]["type"] == "internal_error"
