@@ -97,6 +97,12 @@ TARGETS: list[tuple[str, Figure, str, Callable[[float], bool]]] = [
     ("reconcile of all labs, s", lambda r: r["reconcile"]["seconds"], "< 2", lambda v: v < 2),
     ("reconcile LIST requests per kind", _calls_per_kind, "<= 1", lambda v: v <= 1),
     ("restart to ready, s", lambda r: r["restart_to_ready_s"], "< 3", lambda v: v < 3),
+    (
+        "after ready: s until reads are quick",
+        lambda r: r["after_ready"]["seconds_until_quick"],
+        "",
+        lambda v: True,
+    ),
     ("peak RSS MB", lambda r: r["rss_peak_mb"], "< 150", lambda v: v < 150),
     ("pod Running -> status p50 ms", lambda r: r["pod_to_status"]["p50_ms"], "", lambda v: True),
     (
