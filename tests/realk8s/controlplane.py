@@ -123,6 +123,7 @@ class ControlPlane:
         self._processes: list[_Process] = []
         self._data_dirs: list[Path] = []
         self._ssl: ssl.SSLContext | None = None
+        self._resources: list[tuple[str, str, bool]] | None = None
 
     @property
     def url(self) -> str:
@@ -397,26 +398,79 @@ class ControlPlane:
             if item["metadata"]["name"] not in _SYSTEM_NAMESPACES
         ]
 
-    def remove_user_namespaces(self, *, within: float = 60.0) -> None:
-        """Delete every namespace tests made and wait until all are gone."""
+    def remove_user_namespaces(self, *, within: float = 30.0) -> None:
+        """Empty and remove every namespace tests made, without the 5 s wait.
+
+        The namespace controller starts on a deleted namespace only 5 s
+        after the deletion (``namespaceDeletionGracePeriod``, for HA API
+        servers), which would add 5 s to every test.  Between tests, this
+        does its work at once instead: mark the namespace terminating (no
+        new objects), delete every namespaced object in it (grace 0,
+        finalizers dropped), then remove the ``kubernetes`` finalizer
+        through ``/finalize``, as the controller would.  The tests
+        themselves still see the controller do it.
+        """
         names = self.user_namespaces()
         for name in names:
-            # Pods first, at once: the namespace controller re-checks a
-            # namespace with live pods only after half their grace period.
-            status, body = self.request(
-                "DELETE", f"/api/v1/namespaces/{name}/pods", {"gracePeriodSeconds": 0}
-            )
-            assert status == 200, body
-            status, body = self.request(
-                "DELETE", f"/api/v1/namespaces/{name}", {"propagationPolicy": "Background"}
-            )
+            status, body = self.request("DELETE", f"/api/v1/namespaces/{name}")
             assert status in (200, 202, 404, 409), body
+        for name in names:
+            self._empty_namespace(name)
+            status, namespace = self.request("GET", f"/api/v1/namespaces/{name}")
+            if status == 404:
+                continue
+            namespace["spec"] = {"finalizers": []}
+            status, body = self.request("PUT", f"/api/v1/namespaces/{name}/finalize", namespace)
+            assert status in (200, 404, 409), body
         deadline = time.monotonic() + within
         while names:
             if time.monotonic() > deadline:
                 raise AssertionError(f"namespaces still there after {within:g} s: {names}")
-            time.sleep(0.1)
+            time.sleep(0.05)
             names = self.user_namespaces()
+
+    def _empty_namespace(self, name: str) -> None:
+        for base, resource, collection in self._namespaced_resources():
+            path = f"{base}/namespaces/{name}/{resource}"
+            if collection:
+                status, body = self.request("DELETE", path, {"gracePeriodSeconds": 0})
+                assert status in (200, 404), body
+            status, listing = self.request("GET", path)
+            for item in listing.get("items") or []:
+                # Services, for one, have no deletecollection: one by one.
+                item_path = f"{path}/{item['metadata']['name']}"
+                if item["metadata"].get("finalizers"):
+                    status, body = self.request(
+                        "PATCH",
+                        item_path,
+                        {"metadata": {"finalizers": None}},
+                        content_type="application/merge-patch+json",
+                    )
+                    assert status in (200, 404), body
+                status, body = self.request("DELETE", item_path, {"gracePeriodSeconds": 0})
+                assert status in (200, 202, 404), body
+
+    def _namespaced_resources(self) -> list[tuple[str, str, bool]]:
+        """Every namespaced resource one can list and delete: (base path, name, collection)."""
+        if self._resources is None:
+            bases = ["/api/v1"]
+            _, groups = self.request("GET", "/apis")
+            for group in groups.get("groups") or []:
+                bases.append(f"/apis/{group['preferredVersion']['groupVersion']}")
+            self._resources = []
+            for base in bases:
+                _, listing = self.request("GET", base)
+                for resource in listing.get("resources") or []:
+                    verbs = resource.get("verbs", [])
+                    if (
+                        resource.get("namespaced")
+                        and "/" not in resource["name"]
+                        and "list" in verbs
+                        and "delete" in verbs
+                    ):
+                        collection = "deletecollection" in verbs
+                        self._resources.append((base, resource["name"], collection))
+        return self._resources
 
 
 def _http_ok(url: str) -> bool:
