@@ -117,7 +117,7 @@ def prepare(state_dir: Path, port: int) -> Path:
     return config_path
 
 
-def _instructions(state_dir: Path, url: str) -> str:
+def _instructions(state_dir: Path, url: str, labs_url: str) -> str:
     token = f'"Authorization: Bearer $(cat {state_dir / "hub-token"})"'
     body = (
         '{"options": {"image_class": "recommended", "size": "medium"},'
@@ -138,6 +138,9 @@ Its state, then delete it:
   curl -X DELETE -H {token} {url}/spawner/v1/labs/alice
 
 Audit history:  labd history alice --config {state_dir / "labd.yaml"}
+
+Running labs answer as single-user servers at {labs_url}/user/<name>/, so a
+real JupyterHub can use this labd: see docs/jupyterhub.md.
 Stop with Ctrl-C.
 """
 
@@ -189,6 +192,6 @@ async def _run(config: Config, state_dir: Path, pod_start_delay: float) -> None:
         config = with_sim_lab_urls(config, cluster.labs_url)
 
         def ready(_labd: Labd, url: str) -> None:
-            click.echo(_instructions(state_dir, url))
+            click.echo(_instructions(state_dir, url, cluster.labs_url))
 
         await run_daemon(config, on_ready=ready)

@@ -164,6 +164,8 @@ async def test_start_returns_the_url_where_the_lab_answers(labd_dev: LabdDev) ->
         assert url == lab["internal_url"]
         assert url.endswith("/user/starter/")
         assert (await client.get(f"{url}api")).status_code == 200
+    labs_url = url.removesuffix("/user/starter/")
+    assert f"single-user servers at {labs_url}/user/<name>/" in labd_dev.log.read_text()
 
 
 async def test_start_resumes_streams_that_go_silent(
