@@ -10,7 +10,8 @@ Refusals come from three places, all mapped here:
 * Starlette itself: 404 for an unknown route, 405 for a wrong method;
 * a database that cannot be reached (refused or dropped connections, a
   server starting up or shutting down, an exhausted pool): 503
-  ``not_ready``, so the hub retries instead of seeing a 500.
+  ``not_ready``, so the hub retries instead of seeing a 500.  Other
+  database errors stay bugs.
 
 Anything else is a bug: `ErrorBoundary` logs it with its traceback and
 answers 500 ``internal_error`` with a message that gives nothing away.  It
@@ -63,11 +64,25 @@ _DATABASE_UNREACHABLE: Final = (
 )
 """Failures that mean the database is out of reach for now, not a bug.
 
-asyncpg raises some of them unwrapped while connecting (a refused
-connection is a bare `ConnectionRefusedError`; a restarting server answers
-`CannotConnectNowError`); once connected, SQLAlchemy wraps lost connections
-in its `OperationalError` and `InterfaceError`.
+asyncpg raises a refused connection as a bare `ConnectionRefusedError`;
+SQLAlchemy wraps a server that is shutting down or starting
+(`CannotConnectNowError`) in a plain `DBAPIError`, and lost connections in
+its `OperationalError` and `InterfaceError`.
 """
+
+
+def _database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc``, or what it wraps, says the database is out of reach."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _DATABASE_UNREACHABLE):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class RequestValidationError(Exception):
@@ -121,7 +136,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _database_unreachable(request: Request, exc: Exception) -> Response:
+async def _database_error(request: Request, exc: Exception) -> Response:
+    if not _database_unreachable(exc):
+        raise exc  # A real failure: `ErrorBoundary` logs it and answers 500.
     _logger.warning(
         "database unreachable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"
     )
@@ -151,7 +168,7 @@ def exception_handlers() -> dict[Any, ExceptionHandler]:
         HTTPException: _http_error,
         LabNotFoundError: _lab_vanished,
         LabExistsError: _lab_exists,
-        **dict.fromkeys(_DATABASE_UNREACHABLE, _database_unreachable),
+        **dict.fromkeys((*_DATABASE_UNREACHABLE, sqlalchemy.exc.DBAPIError), _database_error),
     }
 
 

@@ -30,6 +30,9 @@ Figure = Callable[[dict[str, Any]], float]
 def _reads(concurrency: int, key: str) -> Figure:
     def figure(result: dict[str, Any]) -> float:
         reads = {r["concurrency"]: r for r in result["status_reads"]}
+        if not reads[concurrency]["requests"]:
+            # No answer at all in the whole run: no latency to show, and a miss.
+            return 0.0 if key == "rps" else float("inf")
         value: float = reads[concurrency][key]
         return value
 

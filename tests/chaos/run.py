@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -24,17 +25,23 @@ from tests.chaos.chaos import ChaosReport, run_chaos
 from tests.support.databases import scratch_database
 
 
-async def main_async(backend: str, minutes: float, users: int, seed: int) -> ChaosReport:
+async def main_async(
+    backend: str, minutes: float, users: int, seed: int, log: Path | None
+) -> ChaosReport:
     with tempfile.TemporaryDirectory() as tmp:
-        async with scratch_database(backend, Path(tmp), "labd_chaos") as url:
-            return await run_chaos(
-                database_url=url,
-                workdir=Path(tmp),
-                seconds=minutes * 60,
-                users=users,
-                seed=seed,
-                restart_postgres=backend == "postgresql",
-            )
+        try:
+            async with scratch_database(backend, Path(tmp), "labd_chaos") as url:
+                return await run_chaos(
+                    database_url=url,
+                    workdir=Path(tmp),
+                    seconds=minutes * 60,
+                    users=users,
+                    seed=seed,
+                    restart_postgres=backend == "postgresql",
+                )
+        finally:
+            if log is not None:
+                shutil.copyfile(Path(tmp) / "labd.log", log)
 
 
 def main() -> None:
@@ -43,9 +50,10 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgresql"], default="postgresql")
     parser.add_argument("--users", type=int, default=24)
     parser.add_argument("--seed", type=int, default=20261125)
+    parser.add_argument("--log", type=Path, help="keep labd's log (all its runs) here")
     args = parser.parse_args()
     began = time.monotonic()
-    report = asyncio.run(main_async(args.backend, args.minutes, args.users, args.seed))
+    report = asyncio.run(main_async(args.backend, args.minutes, args.users, args.seed, args.log))
     print(f"chaos run on {args.backend}, {args.users} users, seed {args.seed}:")
     for line in report.lines():
         print(line)

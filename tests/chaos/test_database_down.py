@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import sqlalchemy.exc
@@ -98,6 +99,45 @@ async def test_other_failures_stay_internal_errors(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(store, "get_current_lab", broken)
+    response = await http.get("/spawner/v1/labs/alice")
+    assert response.status_code == 500
+    assert response.json()["detail"][0]["type"] == "internal_error"
+
+
+def _wrapped(cause: Exception) -> sqlalchemy.exc.DBAPIError:
+    """A failure as SQLAlchemy raises it, the driver's error as its cause."""
+    try:
+        try:
+            raise cause
+        except Exception as exc:
+            raise sqlalchemy.exc.DBAPIError("SELECT 1", {}, exc) from exc
+    except sqlalchemy.exc.DBAPIError as error:
+        return error
+
+
+async def test_server_shutting_down_is_not_ready(
+    client: tuple[httpx.AsyncClient, LabStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the chaos run saw while PostgreSQL restarted: a plain DBAPIError
+    # wrapping asyncpg's CannotConnectNowError.
+    http, store = client
+
+    async def restarting(username: str) -> None:
+        raise _wrapped(asyncpg.CannotConnectNowError("the database system is shutting down"))
+
+    monkeypatch.setattr(store, "get_current_lab", restarting)
+    _not_ready(await http.get("/spawner/v1/labs/alice"))
+
+
+async def test_other_database_errors_stay_internal_errors(
+    client: tuple[httpx.AsyncClient, LabStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, store = client
+
+    async def bad_sql(username: str) -> None:
+        raise _wrapped(ValueError("syntax error at or near SELEC"))
+
+    monkeypatch.setattr(store, "get_current_lab", bad_sql)
     response = await http.get("/spawner/v1/labs/alice")
     assert response.status_code == 500
     assert response.json()["detail"][0]["type"] == "internal_error"
