@@ -10,10 +10,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/hub/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,jupyterhub]'
+	if command -v npm >/dev/null; then npm ci --prefix tests/hub --no-audit --no-fund; \
+	else echo "npm not found: the JupyterHub end-to-end tests will skip"; fi
 	touch $(STAMP)
 
 dev: $(STAMP)
