@@ -80,6 +80,10 @@ class ChaosReport:
     pg_restarts: int = 0
     """PostgreSQL server restarts."""
 
+    failed_starts: list[int] = field(default_factory=list)
+    """Exit statuses of labd starts that failed (database unreachable at
+    start: labd exits and, like systemd, the run starts it again)."""
+
     recreated: int = 0
     """Labs the hub started again after they ended failed or terminated."""
 
@@ -97,6 +101,9 @@ class ChaosReport:
         out.append(f"fault phases: {len(self.faults)}")
         out += [f"  {fault}" for fault in self.faults]
         out.append(f"labd SIGKILLs: {self.kills}, PostgreSQL restarts: {self.pg_restarts}")
+        out.append(
+            f"labd starts that exited at once (exit status): {self.failed_starts or 'none'}"
+        )
         out.append(f"labs re-created after a crash or vanish: {self.recreated}")
         out.append(f"unexpected 5xx: {self.unexpected or 'none'}")
         out.append(f"labd error log lines: {dict(self.errors_logged) or 'none'}")
@@ -282,7 +289,7 @@ async def run_chaos(
     names = [f"chaos{i}" for i in range(users)]
     sim.start()
     try:
-        await daemon.start()
+        await _start(daemon, report)
         headers = {"Authorization": f"Bearer {HUB_TOKEN}"}
         async with (
             aiohttp.ClientSession(headers=headers) as http,
@@ -346,7 +353,22 @@ async def _killer(daemon: Daemon, rng: random.Random, stop_at: float, report: Ch
         await daemon.kill()
         report.kills += 1
         await asyncio.sleep(rng.uniform(0, 1.0))
-        await daemon.start()
+        await _start(daemon, report)
+
+
+async def _start(daemon: Daemon, report: ChaosReport) -> None:
+    """Start labd; if it exits at once (its database is down), start it again."""
+    for _ in range(30):
+        try:
+            await daemon.start()
+        except AssertionError:
+            if daemon.process is None or daemon.process.returncode is None:
+                raise  # Running but never ready: that is a failure.
+            report.failed_starts.append(daemon.process.returncode)
+            await asyncio.sleep(1.0)
+        else:
+            return
+    raise AssertionError("labd did not start 30 times in a row:\n" + daemon.log_tail())
 
 
 async def _pg_once(seconds: float, report: ChaosReport) -> None:
