@@ -4,6 +4,7 @@ Run::
 
     .venv/bin/python tests/bench/run_all.py            # 10,000 labs, 1,000 spawns
     .venv/bin/python tests/bench/run_all.py --quick    # 2,000 labs, 200 spawns
+    .venv/bin/python tests/bench/run_all.py --reuse    # the table of the last results
 
 Each backend runs `bench_scale.py` in a fresh process (so one backend's
 memory and event loop do not colour the other's) and writes
@@ -122,11 +123,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument("--profile", type=Path, help="py-spy profiles into this directory")
+    parser.add_argument(
+        "--reuse", action="store_true", help="print the table from the last JSON results only"
+    )
     args = parser.parse_args()
     size = ["--labs", "2000", "--spawns", "200", "--seconds", "3", "--latency-labs", "50"]
     results: dict[str, dict[str, Any]] = {}
     for backend in args.backends:
         output = RESULTS / f"scale-{backend}.json"
+        if args.reuse:
+            results[backend] = json.loads(output.read_text())
+            continue
         command = [sys.executable, str(HERE / "bench_scale.py"), "--backend", backend]
         command += ["--output", str(output), "--quiet"]
         command += size if args.quick else []
