@@ -23,6 +23,7 @@ outright.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -111,9 +112,11 @@ class Reconciler:
         report = ReconcileReport()
         rows = {lab.id: lab for lab in await self._store.list_labs(_NOT_DELETED)}
         report.labs = len(rows)
-        namespaces = await self._kube.list_lab_namespaces()
-        pods = await self._kube.list_lab_pods()
-        config_maps = await self._kube.list_lab_config_maps()
+        namespaces, pods, config_maps = await asyncio.gather(
+            self._kube.list_lab_namespaces(),
+            self._kube.list_lab_pods(),
+            self._kube.list_lab_config_maps(),
+        )
         ns_by_lab = _by_lab(namespaces)
         pods_by_lab = _by_lab(pods)
         env_by_lab = {lab_id: dict(cm.data) for lab_id, (cm, _) in _by_lab(config_maps).items()}

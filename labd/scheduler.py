@@ -161,6 +161,7 @@ class Scheduler:
         self._progress: dict[str, int] = {}  # lab id -> last spawn progress
         self._early: defaultdict[str, list[PodEvent]] = defaultdict(list)
         self._stopping = False
+        self._spawning_loaded = False
         self._running: set[asyncio.Task[Any]] = set()
         self.heartbeat = time.monotonic()
         """When the loop last went round (the systemd watchdog reads it)."""
@@ -168,24 +169,40 @@ class Scheduler:
     # The loop
 
     async def run(self) -> None:
-        """Claim and step due labs until cancelled."""
-        await self._load_spawning()
+        """Claim and step due labs until `request_stop`.
+
+        A pass that fails (the database restarting, say) is logged and tried
+        again a second later: the loop must outlive any outage, since nothing
+        else would restart it short of the systemd watchdog.
+        """
         while not self._stopping:
             self.heartbeat = time.monotonic()
             self._signals.scheduler.clear()
-            free = self._config.kubernetes.max_concurrent_operations - len(self._locks.in_flight)
-            claimed: list[LabRecord] = []
-            if free > 0:
-                claimed = await self._store.claim_due(
-                    limit=free, lease=_LEASE, exclude=self._locks.in_flight
-                )
-                for lab in claimed:
-                    self._locks.in_flight.add(lab.id)
-                    self._track(self._run_step(lab.id), name=f"step-{lab.id}")
-            if claimed and len(claimed) == free:
-                await asyncio.sleep(0)  # More may be due: go round again.
-                continue
-            await self._signals.wait(self._signals.scheduler, within=await self._pause())
+            try:
+                if not self._spawning_loaded:
+                    await self._load_spawning()
+                    self._spawning_loaded = True
+                if await self._claim_and_step():
+                    await asyncio.sleep(0)  # More may be due: go round again.
+                    continue
+                pause = await self._pause()
+            except Exception:
+                _logger.exception("scheduler pass failed; trying again")
+                pause = 1.0
+            await self._signals.wait(self._signals.scheduler, within=pause)
+
+    async def _claim_and_step(self) -> bool:
+        """Claim due labs and start a step for each; say whether more may be due."""
+        free = self._config.kubernetes.max_concurrent_operations - len(self._locks.in_flight)
+        if free <= 0:
+            return False
+        claimed = await self._store.claim_due(
+            limit=free, lease=_LEASE, exclude=self._locks.in_flight
+        )
+        for lab in claimed:
+            self._locks.in_flight.add(lab.id)
+            self._track(self._run_step(lab.id), name=f"step-{lab.id}")
+        return bool(claimed) and len(claimed) == free
 
     def request_stop(self) -> None:
         """Make `run` return after its current pass."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
+import pytest
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from labd.database import Database
@@ -15,7 +17,7 @@ from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
 from labd.machine import LabState, Trigger
 from labd.sim import SimCluster
-from labd.store import Actor, LabStore
+from labd.store import Actor, LabRecord, LabStore
 from tests.core.conftest import IMAGE, LabdFactory, spec
 from tests.core.test_lifecycle import eventually, wait_state
 
@@ -153,3 +155,23 @@ async def test_restart_adopts_and_removes_orphans(
     # A second pass finds nothing more to do.
     again = await second.reconciler.reconcile()
     assert (again.adopted, again.vanished, again.updated) == ([], [], [])
+
+
+async def test_scheduler_outlives_database_errors(
+    labd: Labd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database error in a scheduler pass (a PostgreSQL restart, say) is survived."""
+    claim_due = labd.store.claim_due
+    failures = 3
+
+    async def flaky_claim_due(**kwargs: Any) -> list[LabRecord]:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError("connection to the database lost")
+        return await claim_due(**kwargs)
+
+    monkeypatch.setattr(labd.store, "claim_due", flaky_claim_due)
+    await labd.service.create("steady", spec(), actor=Actor.HUB)
+    await wait_state(labd, "steady", LabState.RUNNING, within=20)
+    assert failures == 0
