@@ -64,7 +64,7 @@ from labd.store import (
     utcnow,
 )
 
-__all__ = ["LabLocks", "Scheduler", "next_progress"]
+__all__ = ["LabLocks", "Scheduler", "lab_build", "next_progress"]
 
 _logger = structlog.get_logger()
 
@@ -349,31 +349,7 @@ class Scheduler:
             await self._apply_pod(lab, seen)
 
     def _build(self, lab: LabRecord) -> LabObjects:
-        spec = lab.spec
-        options, user, resources = spec["options"], spec["user"], spec["resources"]
-        return build_lab_objects(
-            LabBuild(
-                lab_id=lab.id,
-                username=lab.username,
-                slug=lab.slug,
-                namespace=lab.namespace,
-                image=options["image"],
-                size=options["size"],
-                limits_cpu=resources["limits"]["cpu"],
-                limits_memory=resources["limits"]["memory"],
-                requests_cpu=resources["requests"]["cpu"],
-                requests_memory=resources["requests"]["memory"],
-                uid=user["uid"],
-                gid=user["gid"],
-                groups=[(g["name"], g.get("id")) for g in user.get("groups", [])],
-                env=spec.get("env", {}),
-                secret_env=lab.secret_env or {},
-                enable_debug=options["enable_debug"],
-                reset_user_env=options["reset_user_env"],
-                spec_annotation=_spec_annotation(lab),
-            ),
-            self._config,
-        )
+        return build_lab_objects(lab_build(lab), self._config)
 
     async def _spawn_failed_step(self, lab: LabRecord, error: KubeError) -> None:
         attempts = lab.attempts + 1
@@ -694,6 +670,32 @@ def _pod_problem(pod: PodUpdate) -> str:
     detail = ": ".join(part for part in (pod.reason, pod.message) if part)
     text = f"Lab pod {pod.phase.lower()}"
     return f"{text}: {detail}" if detail else text
+
+
+def lab_build(lab: LabRecord) -> LabBuild:
+    """Return what the object builder needs to build a lab, from its row."""
+    spec = lab.spec
+    options, user, resources = spec["options"], spec["user"], spec["resources"]
+    return LabBuild(
+        lab_id=lab.id,
+        username=lab.username,
+        slug=lab.slug,
+        namespace=lab.namespace,
+        image=options["image"],
+        size=options["size"],
+        limits_cpu=resources["limits"]["cpu"],
+        limits_memory=resources["limits"]["memory"],
+        requests_cpu=resources["requests"]["cpu"],
+        requests_memory=resources["requests"]["memory"],
+        uid=user["uid"],
+        gid=user["gid"],
+        groups=[(g["name"], g.get("id")) for g in user.get("groups", [])],
+        env=spec.get("env", {}),
+        secret_env=lab.secret_env or {},
+        enable_debug=options["enable_debug"],
+        reset_user_env=options["reset_user_env"],
+        spec_annotation=_spec_annotation(lab),
+    )
 
 
 def _spec_annotation(lab: LabRecord) -> str:

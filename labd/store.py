@@ -751,27 +751,7 @@ def _is_live_username_violation(exc: IntegrityError) -> bool:
 
 
 def _lab(row: Row[Any]) -> LabRecord:
-    m = row._mapping
-    return LabRecord(
-        id=m["id"],
-        username=m["username"],
-        slug=m["slug"],
-        namespace=m["namespace"],
-        state=LabState(m["state"]),
-        spec=m["spec"],
-        secret_env=m["secret_env"],
-        internal_url=m["internal_url"],
-        pod_phase=m["pod_phase"],
-        last_error=m["last_error"],
-        operation=m["operation"],
-        attempts=m["attempts"],
-        next_attempt_at=m["next_attempt_at"],
-        deadline_at=m["deadline_at"],
-        version=m["version"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        deleted_at=m["deleted_at"],
-    )
+    return LabRecord(**{**row._mapping, "state": LabState(row.state)})
 
 
 def _transition(row: Row[Any]) -> TransitionRecord:
@@ -779,14 +759,4 @@ def _transition(row: Row[Any]) -> TransitionRecord:
 
 
 def _event(row: Row[Any]) -> EventRecord:
-    m = row._mapping
-    return EventRecord(
-        id=m["id"],
-        lab_id=m["lab_id"],
-        operation=m["operation"],
-        type=EventType(m["type"]),
-        message=m["message"],
-        progress=m["progress"],
-        terminal=m["terminal"],
-        created_at=m["created_at"],
-    )
+    return EventRecord(**{**row._mapping, "type": EventType(row.type)})

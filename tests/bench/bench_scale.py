@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -87,6 +88,7 @@ from labd.logs import configure_logging
 from labd.machine import LabState, Trigger
 from labd.models import LabSpecification
 from labd.naming import lab_namespace
+from labd.scheduler import lab_build as scheduler_lab_build
 from labd.schema import labs as labs_table
 from labd.sim import SimCluster
 from labd.sim.kinds import resource_named
@@ -331,29 +333,7 @@ _PLURALS = {
 
 def lab_build(lab: LabRecord) -> LabBuild:
     """A lab's build inputs, derived from its row as labd's scheduler does."""
-    spec = lab.spec
-    options, user, resources = spec["options"], spec["user"], spec["resources"]
-    annotation = {k: v for k, v in spec.items() if k not in ("env", "previous_lab")}
-    return LabBuild(
-        lab_id=lab.id,
-        username=lab.username,
-        slug=lab.slug,
-        namespace=lab.namespace,
-        image=options["image"],
-        size=options["size"],
-        limits_cpu=resources["limits"]["cpu"],
-        limits_memory=resources["limits"]["memory"],
-        requests_cpu=resources["requests"]["cpu"],
-        requests_memory=resources["requests"]["memory"],
-        uid=user["uid"],
-        gid=user["gid"],
-        groups=[(g["name"], g.get("id")) for g in user.get("groups", [])],
-        env=spec.get("env", {}),
-        secret_env={"JUPYTERHUB_API_TOKEN": "t"},
-        enable_debug=options["enable_debug"],
-        reset_user_env=options["reset_user_env"],
-        spec_annotation=json.dumps(annotation, sort_keys=True, separators=(",", ":")),
-    )
+    return dataclasses.replace(scheduler_lab_build(lab), secret_env={"JUPYTERHUB_API_TOKEN": "t"})
 
 
 async def fill(
