@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -54,15 +55,19 @@ from sqlalchemy.exc import ArgumentError
 
 __all__ = [
     "ENV_PREFIX",
+    "SERVICE_ACCOUNT_NAMESPACE_FILE",
+    "AlertsConfig",
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "CopiedSecretConfig",
     "ImageClass",
     "ImageConfig",
     "ImageReference",
     "ImagesConfig",
     "KubernetesConfig",
     "LabConfig",
+    "RegistryConfig",
     "Resources",
     "RetryConfig",
     "SizeConfig",
@@ -70,13 +75,19 @@ __all__ = [
     "VolumeConfig",
     "format_bytes",
     "load_config",
+    "natural_key",
     "parse_quantity",
+    "read_webhook_url",
 ]
 
 ENV_PREFIX = "LABD_"
 """Prefix of the environment variables that override the settings file."""
 
 _ENV_NESTED_DELIMITER = "__"
+
+SERVICE_ACCOUNT_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+"""Where a pod reads its own namespace: the default of ``lab.secrets_namespace``
+when labd runs in the cluster."""
 
 ImageClass = Literal["release", "weekly", "daily", "experimental", "other"]
 """The class of a lab image, as offered by ``image_class`` in a spawn."""
@@ -86,6 +97,8 @@ _IMAGE_CLASSES: tuple[ImageClass, ...] = ("release", "weekly", "daily", "experim
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOSTNAME_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -470,11 +483,90 @@ class ImageConfig(_Model):
         return self.name or self.tag or self.reference
 
 
-def _natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders digit runs numerically (``r9`` before ``r10``)."""
     return tuple(
         (0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|\D+", text)
     )
+
+
+class RegistryConfig(_Model):
+    """An OCI/Docker registry whose tags are offered as lab images."""
+
+    url: str = Field(
+        description=(
+            "Base URL of the registry (`https://registry.example` or "
+            "`http://127.0.0.1:5000`); labd calls `<url>/v2/...`."
+        )
+    )
+    repository: str = Field(description="Repository path inside the registry (`sciplat/lab`).")
+    username: str | None = Field(
+        default=None, description="User for basic auth or the token server; needs `password_file`."
+    )
+    password_file: Path | None = Field(
+        default=None, description="File holding the password of `username` (read at each refresh)."
+    )
+    token_file: Path | None = Field(
+        default=None,
+        description=(
+            "File holding a bearer token sent as is (read at each refresh); not with `username`."
+        ),
+    )
+    refresh_interval: float = Field(
+        default=300, gt=0, description="Seconds between two reads of the registry."
+    )
+    keep_per_class: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Keep only the newest N tags of each image class (the recommended tag always); "
+            "null keeps every tag."
+        ),
+    )
+    timeout: float = Field(default=10, gt=0, description="Seconds one registry request may take.")
+    verify_tls: bool = Field(
+        default=True, description="Verify the registry's TLS certificate (https only)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials: use username and password_file")
+        if parts.query or parts.fragment or parts.path.strip("/"):
+            raise ValueError(f"{value!r} must be the registry's root URL, without path or query")
+        host = parts.netloc
+        if ImageReference.parse(f"{host}/x:y").registry != host:
+            raise ValueError(
+                f"host {host!r} cannot name a registry in an image reference "
+                "(it needs a dot, a port, or to be localhost)"
+            )
+        return f"{parts.scheme}://{host}"
+
+    @field_validator("repository")
+    @classmethod
+    def _check_repository(cls, value: str) -> str:
+        if not _PATH.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a repository path (lowercase components separated by '/')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> Self:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together")
+        if self.token_file is not None and self.username is not None:
+            raise ValueError("token_file excludes username and password_file")
+        return self
+
+    @property
+    def image_base(self) -> str:
+        """Images of this registry are ``<image_base>:<tag>@<digest>``."""
+        return f"{urlsplit(self.url).netloc}/{self.repository}"
 
 
 class ImagesConfig(_Model):
@@ -491,11 +583,22 @@ class ImagesConfig(_Model):
             "classify images without `image_class`; first match wins, no match is `other`."
         ),
     )
+    registry: RegistryConfig | None = Field(
+        default=None,
+        description="A registry whose tags are offered too, refreshed in the background.",
+    )
     available: list[ImageConfig] = Field(
-        min_length=1, description="Every image users may spawn, in spawn-form order."
+        default_factory=list,
+        validate_default=True,
+        description=(
+            "Images users may spawn, in spawn-form order; at least one unless `registry` is set."
+        ),
     )
     recommended: str = Field(
-        description="Tag or full reference of the recommended image; must be in `available`."
+        description=(
+            "Tag or full reference of the recommended image: in `available`, or a tag of "
+            "`registry`."
+        )
     )
 
     @field_validator("class_patterns")
@@ -515,6 +618,8 @@ class ImagesConfig(_Model):
     @field_validator("available")
     @classmethod
     def _classify(cls, value: list[ImageConfig], info: ValidationInfo) -> list[ImageConfig]:
+        if not value and info.data.get("registry") is None and "registry" in info.data:
+            raise ValueError("at least one image is required unless images.registry is set")
         seen: dict[str, int] = {}
         for index, image in enumerate(value):
             if image.reference in seen:
@@ -536,9 +641,42 @@ class ImagesConfig(_Model):
     @classmethod
     def _check_recommended(cls, value: str, info: ValidationInfo) -> str:
         available: list[ImageConfig] | None = info.data.get("available")
-        if available is not None:
+        if available is None or "registry" not in info.data:
+            return value
+        registry: RegistryConfig | None = info.data["registry"]
+        if registry is None:
             _find_image(available, value)
+        elif not (_TAG.fullmatch(value) or _in_registry(value, registry)):
+            try:
+                _find_image(available, value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is neither a tag nor an image of {registry.image_base} "
+                    "nor among the available images"
+                ) from None
         return value
+
+    def find_static(self, wanted: str) -> ImageConfig | None:
+        """Return the one available image a tag or reference names, if any.
+
+        Parameters
+        ----------
+        wanted
+            A tag (``w_2026_47``) or a reference, with or without digest.
+
+        Returns
+        -------
+        ImageConfig or None
+            The image, or `None` if no image or several match.
+        """
+        try:
+            return _find_image(self.available, wanted)
+        except ValueError:
+            return None
+
+    def classify(self, tag: str | None) -> ImageClass:
+        """Return the class `class_patterns` gives a tag (``other`` if none)."""
+        return _classify_tag(tag, self.class_patterns)
 
     def by_tag(self, tag: str) -> ImageConfig | None:
         """Return the first available image with this tag, if any.
@@ -562,6 +700,12 @@ class ImagesConfig(_Model):
         -------
         ImageConfig
             The recommended image (validated to exist when loading).
+
+        Raises
+        ------
+        ValueError
+            If `recommended` names a registry tag rather than an available
+            image (only possible with `registry`; see `labd.images`).
         """
         return _find_image(self.available, self.recommended)
 
@@ -587,7 +731,7 @@ class ImagesConfig(_Model):
         ]
         if not candidates:
             return None
-        return max(candidates, key=lambda image: _natural_key(image.tag or ""))
+        return max(candidates, key=lambda image: natural_key(image.tag or ""))
 
 
 def _classify_tag(tag: str | None, patterns: Mapping[str, str]) -> ImageClass:
@@ -597,6 +741,15 @@ def _classify_tag(tag: str | None, patterns: Mapping[str, str]) -> ImageClass:
             if pattern is not None and re.search(pattern, tag):
                 return name
     return "other"
+
+
+def _in_registry(wanted: str, registry: RegistryConfig) -> bool:
+    """Whether a reference names a tag of the registry's repository."""
+    try:
+        ref = ImageReference.parse(wanted)
+    except ValueError:
+        return False
+    return ref.base == registry.image_base and ref.tag is not None
 
 
 def _find_image(available: list[ImageConfig], wanted: str) -> ImageConfig:
@@ -699,6 +852,58 @@ class VolumeConfig(_Model):
         return value
 
 
+class CopiedSecretConfig(_Model):
+    """One key of an existing Secret, copied into every lab."""
+
+    secret_name: str = Field(description="Name of the source Secret, in `lab.secrets_namespace`.")
+    secret_key: str = Field(
+        description="Key of the source Secret to copy; unique across `lab.secrets`."
+    )
+    env: str | None = Field(
+        default=None, description="Environment variable of the lab that holds the value."
+    )
+    path: str | None = Field(
+        default=None, description="Absolute path of a read-only file in the lab that holds it."
+    )
+
+    @field_validator("secret_name")
+    @classmethod
+    def _check_secret_name(cls, value: str) -> str:
+        _check_dns_subdomain(value)
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: str) -> str:
+        if not _SECRET_KEY.fullmatch(value) or value == "." or value.startswith(".."):
+            raise ValueError(
+                f"{value!r} is not a Secret key (letters, digits, '-', '_' and '.'; "
+                "not '.' and not starting with '..')"
+            )
+        if len(value) > 200:
+            raise ValueError(f"{value!r} is longer than 200 characters")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid environment variable name")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        path = PurePosixPath(value)
+        if not path.is_absolute() or path == PurePosixPath("/"):
+            raise ValueError(f"{value!r} is not an absolute file path")
+        if ".." in path.parts:
+            raise ValueError(f"{value!r} must not contain '..'")
+        return str(path)
+
+
 class LabConfig(_Model):
     """What every lab gets, whatever the user asked for."""
 
@@ -737,6 +942,19 @@ class LabConfig(_Model):
     )
     volumes: list[VolumeConfig] = Field(
         default_factory=list, description="Persistent volumes claimed for each lab."
+    )
+    secrets: list[CopiedSecretConfig] = Field(
+        default_factory=list,
+        description="Keys of existing Secrets copied into each lab's Secret at spawn.",
+    )
+    pull_secret: str | None = Field(
+        default=None,
+        description="Image pull Secret copied into each lab namespace and used by the pod.",
+    )
+    secrets_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the Secrets of `secrets` and `pull_secret`; unset means "
+        "labd's own namespace when `kubernetes.in_cluster`.",
     )
 
     @field_validator("uid")
@@ -792,6 +1010,67 @@ class LabConfig(_Model):
                 seen.add(key)
         return value
 
+    @field_validator("pull_secret")
+    @classmethod
+    def _check_pull_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_dns_subdomain(value)
+        return value
+
+    @field_validator("secrets_namespace")
+    @classmethod
+    def _check_secrets_namespace(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_dns_label(value, max_length=63)
+        return value
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> Self:
+        problems = [
+            *_duplicates("secret_key", [s.secret_key for s in self.secrets]),
+            *_duplicates("env", [s.env for s in self.secrets if s.env is not None]),
+            *_duplicates(
+                "path",
+                [s.path for s in self.secrets if s.path is not None]
+                + ["/tmp"]
+                + [volume.mount_path for volume in self.volumes],
+            ),
+        ]
+        if problems:
+            raise ValueError("secrets: " + "; ".join(problems))
+        return self
+
+    @property
+    def copies_secrets(self) -> bool:
+        """Whether spawns read Secrets from `secrets_namespace`."""
+        return bool(self.secrets) or self.pull_secret is not None
+
+
+def _duplicates(what: str, values: list[str]) -> list[str]:
+    """Describe each value that appears more than once."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for value in values:
+        if value in seen and value not in repeated:
+            repeated.append(value)
+        seen.add(value)
+    hint = " (by two secrets, or by a secret and /tmp or a volume)" if what == "path" else ""
+    return [f"{what} {value!r} is used twice{hint}" for value in repeated]
+
+
+def _read_own_namespace() -> str:
+    """Return the namespace of labd's pod, from its service-account mount."""
+    path = SERVICE_ACCOUNT_NAMESPACE_FILE
+    try:
+        namespace = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(
+            f"lab.secrets_namespace is unset and labd's own namespace cannot be read "
+            f"from {path} ({exc.strerror or type(exc).__name__}); set lab.secrets_namespace"
+        ) from None
+    _check_dns_label(namespace, max_length=63)
+    return namespace
+
 
 class TimeoutsConfig(_Model):
     """How long lab operations may take before they fail."""
@@ -826,6 +1105,108 @@ class RetryConfig(_Model):
         initial = info.data.get("initial")
         if initial is not None and value < initial:
             raise ValueError(f"{value:g} is less than retry.initial {initial:g}")
+        return value
+
+
+def _check_dns_subdomain(value: str) -> None:
+    if not _DNS_SUBDOMAIN.fullmatch(value) or len(value) > 253:
+        raise ValueError(
+            f"{value!r} is not a Kubernetes object name (lowercase letters, digits, '-' "
+            "and '.', starting and ending with a letter or digit, at most 253 characters)"
+        )
+
+
+def read_webhook_url(path: Path) -> str:
+    """Read the webhook URL kept in a file (one line; surrounding space ignored).
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Returns
+    -------
+    str
+        The URL.
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read or does not hold one http(s) URL. The
+        message names the problem, never the file's content (a secret).
+    """
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    if not text:
+        raise ValueError(f"{path}: is empty; it must hold the webhook URL")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"{path}: must hold exactly one URL, on one line")
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{path}: does not hold an http:// or https:// URL with a host")
+    return text
+
+
+class AlertsConfig(_Model):
+    """Operator alerts: where they go and how storms are grouped."""
+
+    slack_webhook_file: Path | None = Field(
+        default=None,
+        description="File holding a Slack incoming-webhook URL; unset means no Slack alerts.",
+    )
+    webhook_url_file: Path | None = Field(
+        default=None,
+        description="File holding the URL of a generic JSON webhook; unset means none.",
+    )
+    window: float = Field(
+        default=60,
+        gt=0,
+        description="Seconds during which further alerts of a kind are grouped into a summary.",
+    )
+    max_window: float = Field(
+        default=900,
+        gt=0,
+        description="Longest grouping window while a storm lasts, in seconds; at least `window`.",
+    )
+    timeout: float = Field(default=5, gt=0, description="Timeout of one post, in seconds.")
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Retries of a post answered 5xx or 429, or not answered.",
+    )
+    queue_size: int = Field(
+        default=100, gt=0, description="Posts waiting per target; further ones are dropped."
+    )
+    instance: str | None = Field(
+        default=None, description="Name of this labd in alerts; unset means the host name."
+    )
+
+    @field_validator("slack_webhook_file", "webhook_url_file")
+    @classmethod
+    def _check_url_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_webhook_url(value)
+        return value
+
+    @field_validator("max_window")
+    @classmethod
+    def _check_max_window(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("window")
+        if window is not None and value < window:
+            raise ValueError(f"{value:g} is less than alerts.window {window:g}")
         return value
 
 
@@ -943,6 +1324,10 @@ class Config(BaseSettings):
     retry: RetryConfig = Field(
         default_factory=RetryConfig, description="Backoff of failed Kubernetes steps."
     )
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig,
+        description="Operator alerts (Slack, generic webhook); none configured by default.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged."
     )
@@ -1016,6 +1401,23 @@ class Config(BaseSettings):
     def _check_namespace_prefix(cls, value: str) -> str:
         _check_dns_label(value, max_length=40)
         return value
+
+    @field_validator("lab")
+    @classmethod
+    def _resolve_secrets_namespace(cls, value: LabConfig, info: ValidationInfo) -> LabConfig:
+        """Default ``lab.secrets_namespace`` to labd's own namespace, in the cluster."""
+        if not value.copies_secrets or value.secrets_namespace is not None:
+            return value
+        kubernetes: KubernetesConfig | None = info.data.get("kubernetes")
+        if kubernetes is None:
+            return value  # already reported under `kubernetes`
+        if not kubernetes.in_cluster:
+            raise ValueError(
+                "lab.secrets or lab.pull_secret is set but lab.secrets_namespace is not, "
+                "and labd does not run in the cluster (kubernetes.in_cluster) to use its "
+                "own namespace; set lab.secrets_namespace"
+            )
+        return value.model_copy(update={"secrets_namespace": _read_own_namespace()})
 
     @field_validator("sizes", mode="before")
     @classmethod

@@ -79,7 +79,13 @@ def render_summary(config: Config, *, source: Path | None = None) -> str:
             )
         )
     lines.extend(_table(rows))
-    recommended = config.images.recommended_image()
+    recommended = config.images.find_static(config.images.recommended)
+    registry = config.images.registry
+    if registry is not None:
+        lines.append(
+            f"image registry:    {registry.image_base}, every {registry.refresh_interval:g} s, "
+            f"recommended {config.images.recommended}"
+        )
     lines.append("images (* recommended):")
     lines.extend(
         _table(
@@ -106,6 +112,8 @@ def render_summary(config: Config, *, source: Path | None = None) -> str:
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     """Align the columns of `rows`, indented by two spaces."""
+    if not rows:
+        return ["  (none)"]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:

@@ -65,7 +65,8 @@ class Database:
             )
         self.url = parsed
         self.dialect: Final = parsed.get_backend_name()
-        options: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        # No SQL parameters in logs or errors, ever: some are secrets.
+        options: dict[str, Any] = {"echo": echo, "pool_pre_ping": True, "hide_parameters": True}
         if self.dialect == "sqlite":
             options["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:

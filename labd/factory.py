@@ -20,6 +20,8 @@ import structlog
 from kubernetes_asyncio.client import ApiClient
 
 from labd import tasks
+from labd.alerts import Alerts
+from labd.changes import ChangeListener
 from labd.config import Config
 from labd.database import Database
 from labd.images import ImageCatalog
@@ -29,9 +31,11 @@ from labd.kube.watching import PodEventWatcher, PodWatcher
 from labd.metrics import Metrics
 from labd.migrate import check_schema
 from labd.reconciler import Reconciler, ReconcileReport
+from labd.registry import RegistryClient
 from labd.scheduler import LabLocks, Scheduler
 from labd.service import LabService
 from labd.signals import LabSignals
+from labd.status import StatusCache
 from labd.store import LabStore
 
 __all__ = ["Labd"]
@@ -54,20 +58,35 @@ class Labd:
         config: Config,
         database: Database,
         api_client: ApiClient,
+        alerts: Alerts | None = None,
     ) -> None:
         self.config = config
         self.database = database
         self.api_client = api_client
         self.metrics = Metrics()
+        self.alerts = alerts or Alerts.from_config(config.alerts, metrics=self.metrics)
         self.store = LabStore(database)
+        # On PostgreSQL other replicas write too: the cache waits for the
+        # change listener.  On SQLite labd is the only writer.
+        self.status = StatusCache(self.store, enabled=database.is_sqlite, metrics=self.metrics)
+        self.store.on_write.append(self.status.invalidate)
+        self.change_listener = (
+            None if database.is_sqlite else ChangeListener(database.url, status=self.status)
+        )
         self.signals = LabSignals()
-        self.images = ImageCatalog(config.images)
+        registry = config.images.registry
+        self.images = ImageCatalog(
+            config.images,
+            registry=RegistryClient(registry) if registry is not None else None,
+            metrics=self.metrics,
+        )
         self.service = LabService(
             config=config,
             store=self.store,
             signals=self.signals,
             images=self.images,
             metrics=self.metrics,
+            status=self.status,
         )
         self.locks = LabLocks()
         self.kube = LabKube(api_client, config, on_call=self.metrics.kube_call)
@@ -78,6 +97,7 @@ class Labd:
             kube=self.kube,
             locks=self.locks,
             metrics=self.metrics,
+            alerts=self.alerts,
         )
         self.reconciler = Reconciler(
             config=config,
@@ -86,6 +106,7 @@ class Labd:
             scheduler=self.scheduler,
             locks=self.locks,
             signals=self.signals,
+            alerts=self.alerts,
         )
         self.pod_watcher = PodWatcher(api_client, config, on_call=self.metrics.kube_call)
         self.event_watcher = PodEventWatcher(api_client, config, on_call=self.metrics.kube_call)
@@ -115,15 +136,24 @@ class Labd:
         return cls(config=config, database=database, api_client=api_client)
 
     async def start(self) -> None:
-        """Reconcile once, then start the scheduler, the watches and the timer."""
+        """Read the image registry and reconcile once, then start the loops.
+
+        A registry that cannot be read does not stop the start: labd serves
+        the configured images until a later refresh succeeds.
+        """
+        self.alerts.start()
+        if self.change_listener is not None:
+            self._tasks.append(tasks.spawn(self.change_listener.run(), name="change-listener"))
+        await self.images.refresh()
         await self._reconcile()
         self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
-        self._tasks = [
+        self._tasks += [
             tasks.spawn(self.scheduler.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
             tasks.spawn(
                 self.scheduler.watch_pod_events(self.event_watcher.events()), name="event-watch"
             ),
             tasks.spawn(self._reconcile_periodically(), name="reconcile"),
+            tasks.spawn(self.images.refresh_periodically(self._stopping), name="image-refresh"),
         ]
         self._not_ready = ""
         _logger.info("labd started")
@@ -149,6 +179,8 @@ class Labd:
             await tasks.cancel_and_wait(list(pending))
         await tasks.cancel_and_wait(self._tasks)
         await self.scheduler.drain(grace=_STOP_GRACE)
+        await self.alerts.stop()
+        await self.images.aclose()
         await self.api_client.close()
         await self.database.dispose()
 
@@ -183,5 +215,6 @@ class Labd:
                 return
             try:
                 await self._reconcile()
-            except Exception:
+            except Exception as exc:
                 _logger.exception("reconcile failed; will try again")
+                self.alerts.unexpected("the periodic reconcile", exc)

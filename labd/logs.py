@@ -111,14 +111,18 @@ def configure_logging(
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
     for name in (
         "sqlalchemy",
-        "aiosqlite",
         "asyncio",
         "alembic",
         "transitions",
-        "kubernetes_asyncio",
+        "httpx",
+        "httpcore",
         "uvicorn.access",
     ):
         logging.getLogger(name).setLevel(quiet)
+    # These log SQL parameters (a hub token on its way to a lab's Secret) or
+    # request and response bodies (a lab's Secret) at DEBUG: never that low.
+    for name in ("aiosqlite", "sqlalchemy.engine", "kubernetes_asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -47,7 +47,8 @@ class Metrics:
         )
         self.spawn_failures = Counter(
             "labd_spawn_failures_total",
-            "Spawns that failed, by reason (kubernetes, timeout, pod_failed, pod_lost).",
+            "Spawns that failed, by reason (kubernetes, configuration, timeout, pod_failed, "
+            "pod_lost).",
             ["reason"],
             registry=self.registry,
         )
@@ -97,6 +98,59 @@ class Metrics:
         self.sse_subscribers = Gauge(
             "labd_sse_subscribers",
             "Open event streams.",
+            registry=self.registry,
+        )
+        self.status_reads = Counter(
+            "labd_status_reads_total",
+            "Lab status reads, by where they were answered from (memory, sql).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.status_cache_enabled = Gauge(
+            "labd_status_cache_enabled",
+            "1 while status reads may be answered from memory; 0 while they all go to SQL"
+            " (on PostgreSQL: while the change listener is not connected).",
+            registry=self.registry,
+        )
+        self.image_refresh_failures = Counter(
+            "labd_image_refresh_failures_total",
+            "Image registry reads that failed (the last good list is kept), by reason "
+            "(unreachable, auth, not_found, protocol, credentials).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.image_last_success = Gauge(
+            "labd_image_last_success_timestamp_seconds",
+            "Unix time of the last successful image registry read (0: none yet).",
+            registry=self.registry,
+        )
+        self.images_known = Gauge(
+            "labd_images_known",
+            "Images users may spawn now (configured and from the registry).",
+            registry=self.registry,
+        )
+        self.alerts_sent = Counter(
+            "labd_alerts_sent_total",
+            "Alert posts delivered, by kind and target (slack, webhook).",
+            ["kind", "target"],
+            registry=self.registry,
+        )
+        self.alerts_failed = Counter(
+            "labd_alerts_failed_total",
+            "Alert posts given up after their retries, by kind and target.",
+            ["kind", "target"],
+            registry=self.registry,
+        )
+        self.alerts_dropped = Counter(
+            "labd_alerts_dropped_total",
+            "Alert posts dropped unsent (queue full, or pending at shutdown), by kind and target.",
+            ["kind", "target"],
+            registry=self.registry,
+        )
+        self.alerts_grouped = Counter(
+            "labd_alerts_grouped_total",
+            "Alerts folded into a summary instead of being posted alone, by kind.",
+            ["kind"],
             registry=self.registry,
         )
 

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from labd.alerts import AlertKind, Alerts
 from labd.config import Config
 from labd.kube.builder import SERVICE_PREFIX_VAR, LabIdentity, internal_url
 from labd.kube.storage import LabConfigMap, LabKube, LabNamespace, LabPod
@@ -87,6 +88,8 @@ class Reconciler:
         Shared with the scheduler: labs in flight are skipped.
     signals
         Wake-ups for the scheduler.
+    alerts
+        Where removed orphans are reported; disabled if not given.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class Reconciler:
         scheduler: Scheduler,
         locks: LabLocks,
         signals: LabSignals,
+        alerts: Alerts | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -105,6 +109,7 @@ class Reconciler:
         self._scheduler = scheduler
         self._locks = locks
         self._signals = signals
+        self._alerts = alerts or Alerts()
 
     async def reconcile(self) -> ReconcileReport:
         """Run one pass; return what it did."""
@@ -154,19 +159,23 @@ class Reconciler:
                 continue
             assert pod_entry is not None
             pod = pod_entry[0]
+            update = PodUpdate(
+                namespace=pod.namespace,
+                name=pod.name,
+                lab_id=lab.id,
+                slug=lab.slug,
+                phase=pod.phase,
+                deleted=False,
+                reason=pod.status.reason,
+                message=pod.status.message,
+            )
             if pod.phase != lab.pod_phase and pod.phase in ("Running", "Succeeded", "Failed"):
-                update = PodUpdate(
-                    namespace=pod.namespace,
-                    name=pod.name,
-                    lab_id=lab.id,
-                    slug=lab.slug,
-                    phase=pod.phase,
-                    deleted=False,
-                    reason=pod.status.reason,
-                    message=pod.status.message,
-                )
                 if await self._apply(lab, update):
                     report.updated.append(lab.id)
+            else:
+                # Nothing to do: the watch need not look at this pod again
+                # when it starts by replaying every pod.
+                self._scheduler.remember_pod(update)
 
         report.seconds = time.monotonic() - start
         log = _logger.bind(
@@ -243,6 +252,14 @@ class Reconciler:
         _logger.warning("deleting orphaned lab namespace", namespace=namespace.name, why=why)
         await self._kube.delete_namespace(namespace.name)
         report.orphans.append(namespace.name)
+        ident = namespace.identity
+        self._alerts.alert(
+            AlertKind.ORPHAN_REMOVED,
+            f"Deleted orphaned lab namespace {namespace.name}",
+            username=ident.username if ident else None,
+            lab_id=ident.lab_id if ident else None,
+            detail=f"Deleted because {why}",
+        )
 
 
 _NOT_DELETED = [state for state in LabState if state not in (LabState.NEW, LabState.DELETED)]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -43,9 +44,18 @@ from typing import Any, Final
 import structlog
 
 from labd import tasks
+from labd.alerts import AlertKind, Alerts
 from labd.config import Config
-from labd.kube.builder import LabBuild, LabObjects, build_lab_objects, internal_url, pod_name
+from labd.kube.builder import (
+    LabBuild,
+    LabBuildError,
+    LabObjects,
+    build_lab_objects,
+    internal_url,
+    pod_name,
+)
 from labd.kube.client import KubeError
+from labd.kube.copying import SecretSourceError, read_copied_secrets
 from labd.kube.storage import LabKube, NamespaceTerminatingError
 from labd.kube.watching import PodEvent, PodUpdate
 from labd.machine import InvalidTransitionError, LabState, Trigger
@@ -56,7 +66,6 @@ from labd.store import (
     EventType,
     LabChanges,
     LabExistsError,
-    LabNotFoundError,
     LabRecord,
     LabStore,
     NewEvent,
@@ -106,6 +115,10 @@ class LabLocks:
         self.in_flight: set[str] = set()
         """Ids of labs whose step is running here."""
 
+    def busy(self, lab_id: str) -> bool:
+        """Whether someone holds or waits for the lock of ``lab_id``."""
+        return lab_id in self._users
+
     @contextlib.asynccontextmanager
     async def hold(self, lab_id: str) -> AsyncIterator[None]:
         """Hold the lock of one lab; the lock is forgotten when unused."""
@@ -137,6 +150,9 @@ class Scheduler:
         Per-lab locks, shared with the reconciler.
     metrics
         Where durations, failures and steps are counted.
+    alerts
+        Where failed spawns and deletes, vanished labs and unexpected
+        errors are reported; disabled if not given.
     """
 
     def __init__(
@@ -148,9 +164,11 @@ class Scheduler:
         kube: LabKube,
         locks: LabLocks,
         metrics: Metrics | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics or Metrics()
+        self._alerts = alerts or Alerts()
         self._store = store
         self._signals = signals
         self._kube = kube
@@ -182,27 +200,32 @@ class Scheduler:
                 if not self._spawning_loaded:
                     await self._load_spawning()
                     self._spawning_loaded = True
-                if await self._claim_and_step():
+                if self._free_slots() <= 0:
+                    pause = 1.0  # A step that ends wakes the loop.
+                elif await self._claim_and_step():
                     await asyncio.sleep(0)  # More may be due: go round again.
                     continue
-                pause = await self._pause()
-            except Exception:
+                else:
+                    pause = await self._pause()
+            except Exception as exc:
                 _logger.exception("scheduler pass failed; trying again")
+                self._alerts.unexpected("the scheduler loop", exc)
                 pause = 1.0
             await self._signals.wait(self._signals.scheduler, within=pause)
 
     async def _claim_and_step(self) -> bool:
         """Claim due labs and start a step for each; say whether more may be due."""
-        free = self._config.kubernetes.max_concurrent_operations - len(self._locks.in_flight)
-        if free <= 0:
-            return False
+        free = self._free_slots()
         claimed = await self._store.claim_due(
             limit=free, lease=_LEASE, exclude=self._locks.in_flight
         )
         for lab in claimed:
             self._locks.in_flight.add(lab.id)
-            self._track(self._run_step(lab.id), name=f"step-{lab.id}")
+            self._track(self._run_step(lab), name=f"step-{lab.id}")
         return bool(claimed) and len(claimed) == free
+
+    def _free_slots(self) -> int:
+        return self._config.kubernetes.max_concurrent_operations - len(self._locks.in_flight)
 
     def request_stop(self) -> None:
         """Make `run` return after its current pass."""
@@ -230,10 +253,16 @@ class Scheduler:
         for lab in await self._store.list_labs([LabState.CREATING, LabState.STARTING]):
             self._spawning[lab.namespace] = lab.id
 
-    async def _run_step(self, lab_id: str) -> None:
+    async def _run_step(self, claimed: LabRecord) -> None:
+        lab_id = claimed.id
         try:
-            async with self._slots, self._locks.hold(lab_id):
-                await self._step(lab_id)
+            async with self._slots:
+                # Step from the row as claimed, unless a pod update holds the
+                # lab now and is likely to change it.  A row that is stale all
+                # the same costs one retry: every transition checks versions.
+                fresh = not self._locks.busy(lab_id)
+                async with self._locks.hold(lab_id):
+                    await self._step(claimed if fresh else await self._store.find_lab(lab_id))
         except (StaleLabError, InvalidTransitionError) as exc:
             # Another writer moved the lab while we worked: decide again.
             _logger.debug("step lost a race", lab_id=lab_id, error=str(exc))
@@ -243,10 +272,8 @@ class Scheduler:
             self._signals.notify(lab_id)
             self._signals.wake_scheduler()
 
-    async def _step(self, lab_id: str) -> None:
-        try:
-            lab = await self._store.get_lab(lab_id)
-        except LabNotFoundError:
+    async def _step(self, lab: LabRecord | None) -> None:
+        if lab is None:
             return
         log = _logger.bind(username=lab.username, lab_id=lab.id, state=lab.state.value)
         step = self._steps().get(lab.state)
@@ -315,7 +342,12 @@ class Scheduler:
     async def _step_creating(self, lab: LabRecord) -> None:
         self._spawning[lab.namespace] = lab.id
         try:
-            await self._kube.create_lab_objects(self._build(lab))
+            await self._kube.create_lab_objects(await self._build(lab))
+        except (SecretSourceError, LabBuildError) as exc:
+            # Configuration (or the hub's request) is at fault: no retry helps.
+            _logger.error("spawn failed", username=lab.username, lab_id=lab.id, error=str(exc))
+            await self._fail_spawn(lab, Trigger.FAIL, str(exc), cause="configuration")
+            return
         except NamespaceTerminatingError:
             # The previous lab's namespace is still going away.
             await self._store.update(
@@ -348,8 +380,19 @@ class Scheduler:
         if seen is not None:
             await self._apply_pod(lab, seen)
 
-    def _build(self, lab: LabRecord) -> LabObjects:
-        return build_lab_objects(lab_build(lab), self._config)
+    async def _build(self, lab: LabRecord) -> LabObjects:
+        """Build the lab's objects, with the secrets configuration copies into it.
+
+        The copied values are read afresh on every attempt and dropped with
+        the objects: they are never stored.
+        """
+        build = lab_build(lab)
+        if self._config.lab.copies_secrets:
+            copied = await read_copied_secrets(self._kube, self._config.lab)
+            build = dataclasses.replace(
+                build, copied_secrets=copied.secrets, docker_config=copied.docker_config
+            )
+        return build_lab_objects(build, self._config)
 
     async def _spawn_failed_step(self, lab: LabRecord, error: KubeError) -> None:
         attempts = lab.attempts + 1
@@ -387,6 +430,13 @@ class Scheduler:
             ],
         )
         self._metrics.spawn_failures.labels(cause).inc()
+        self._alerts.alert(
+            AlertKind.SPAWN_FAILED,
+            f"Lab spawn failed for {lab.username}",
+            username=lab.username,
+            lab_id=lab.id,
+            detail=reason,
+        )
         self._forget_spawn(lab)
 
     async def _time_out(self, lab: LabRecord) -> None:
@@ -429,6 +479,21 @@ class Scheduler:
         task = tasks.spawn(coro, name=name)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._report_crash)
+
+    def _report_crash(self, task: asyncio.Task[Any]) -> None:
+        """Alert on a step or change that died of an unexpected exception."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._alerts.unexpected(f"task {task.get_name()}", error)
+
+    def remember_pod(self, update: PodUpdate) -> None:
+        """Take ``update`` as what the watch saw, unless it saw something already.
+
+        The reconciler passes the pods it listed whose labs needed nothing, so
+        that the watch, which starts by replaying every pod, skips them.
+        """
+        self._pods.setdefault(update.lab_id, update)
 
     async def apply_pod_update(
         self, update: PodUpdate, *, expected_version: int | None = None
@@ -517,6 +582,14 @@ class Scheduler:
             },
         )
         _logger.info("lab pod ended", username=lab.username, lab_id=lab.id, reason=reason)
+        if trigger is Trigger.POD_LOST:
+            self._alerts.alert(
+                AlertKind.LAB_VANISHED,
+                f"Running lab of {lab.username} vanished",
+                username=lab.username,
+                lab_id=lab.id,
+                detail=reason,
+            )
 
     async def watch_pod_events(self, events: AsyncIterator[PodEvent]) -> None:
         """Turn Kubernetes Events of spawning pods into progress events."""
@@ -527,6 +600,8 @@ class Scheduler:
 
     async def _apply_pod_event(self, lab_id: str, event: PodEvent) -> None:
         async with self._locks.hold(lab_id):
+            if self._spawning.get(event.namespace) != lab_id:
+                return  # The spawn ended while the event waited for the lock.
             lab = await self._store.find_lab(lab_id)
             if lab is None:
                 return
@@ -556,20 +631,21 @@ class Scheduler:
             return
         seen = {e.progress for e in await self._store.events(lab.id, lab.operation)}
         try:
-            # Progress 62 is recorded once both deletes were accepted, so a
-            # later pass (or a restart) only has to wait for the namespace.
+            # Progress 25 and 62 are recorded once both deletes were accepted
+            # (both are idempotent), so a later pass (or a restart) only has
+            # to wait for the namespace.
             if 62 not in seen:
-                if 25 not in seen:
-                    await self._emit(
-                        lab, NewEvent(EventType.INFO, "Shutting down Kubernetes pod", 25)
-                    )
                 await self._kube.delete_pod(
                     lab.namespace,
                     pod_name(lab.slug),
                     grace_seconds=self._config.lab.pod_delete_grace,
                 )
                 await self._kube.delete_namespace(lab.namespace)
-                await self._emit(lab, NewEvent(EventType.INFO, "Deleting user namespace", 62))
+                await self._emit(
+                    lab,
+                    NewEvent(EventType.INFO, "Shutting down Kubernetes pod", 25),
+                    NewEvent(EventType.INFO, "Deleting user namespace", 62),
+                )
             gone = await self._kube.namespace_gone(lab.namespace)
         except KubeError as exc:
             attempts = lab.attempts + 1
@@ -614,8 +690,8 @@ class Scheduler:
             self._metrics.delete_duration.observe((utcnow() - started).total_seconds())
         _logger.info("lab deleted", username=lab.username, lab_id=lab.id)
 
-    async def _emit(self, lab: LabRecord, event: NewEvent) -> None:
-        await self._store.add_events(lab.id, [event])
+    async def _emit(self, lab: LabRecord, *events: NewEvent) -> None:
+        await self._store.add_events(lab.id, events)
         self._signals.notify(lab.id)
 
     async def _delete_failed(self, lab: LabRecord, reason: str) -> None:
@@ -638,6 +714,13 @@ class Scheduler:
             # may not become the user's current lab again) and keeps trying.
             await self._store.update(lab.id, {"last_error": reason, "next_attempt_at": retry})
         self._metrics.delete_failures.inc()
+        self._alerts.alert(
+            AlertKind.DELETE_FAILED,
+            f"Lab delete failed for {lab.username}",
+            username=lab.username,
+            lab_id=lab.id,
+            detail=reason,
+        )
         _logger.error("lab delete failed", username=lab.username, lab_id=lab.id, reason=reason)
 
     async def _step_clean_up(self, lab: LabRecord) -> None:

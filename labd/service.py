@@ -6,9 +6,9 @@ progress events, wakes the scheduler and returns.  It never calls
 Kubernetes: the scheduler does that work from the rows, so an intent
 accepted here survives a crash.
 
-Status reads come from SQL only.  Event streams replay the stored events of
-the lab's current operation and then follow new ones as writers signal
-them.
+Status reads come from `labd.status.StatusCache`, which falls back to SQL.
+Event streams replay the stored events of the lab's current operation and
+then follow new ones as writers signal them.
 """
 
 from __future__ import annotations
@@ -38,15 +38,11 @@ from labd.metrics import Metrics
 from labd.models import (
     LabSpecification,
     LabStateModel,
-    ResolvedOptions,
-    Resources,
-    ResourceValues,
-    StateUser,
-    UserGroup,
     UserQuota,
 )
 from labd.naming import lab_namespace, username_problem
 from labd.signals import LabSignals
+from labd.status import LabStatus, StatusCache
 from labd.store import (
     Actor,
     EventRecord,
@@ -110,6 +106,9 @@ class LabService:
         Resolves the image a request names.
     metrics
         Counts open event streams.
+    status
+        Answers status reads; by default straight from SQL (`labd.factory`
+        builds a cache kept coherent with every writer).
     """
 
     def __init__(
@@ -120,12 +119,14 @@ class LabService:
         signals: LabSignals,
         images: ImageCatalog,
         metrics: Metrics | None = None,
+        status: StatusCache | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics or Metrics()
         self._store = store
         self._signals = signals
         self._images = images
+        self._status = StatusCache(store, enabled=False) if status is None else status
 
     async def create(self, username: str, spec: LabSpecification, *, actor: Actor) -> LabRecord:
         """Accept a spawn: validate it and record a ``requested`` lab.
@@ -231,6 +232,16 @@ class LabService:
     async def get_state(self, username: str) -> LabStateModel:
         """Return the user's lab as the API reports it.
 
+        Raises
+        ------
+        UnknownUserError
+            If the user has no lab.
+        """
+        return (await self.get_status(username)).model()
+
+    async def get_status(self, username: str) -> LabStatus:
+        """Return the user's lab as the API reports it, rendered.
+
         A lab reported as ``failed`` or ``terminated`` is then cleaned up by
         labd on its own (API.md): the hub has seen how it ended.
 
@@ -240,12 +251,12 @@ class LabService:
             If the user has no lab.
         """
         check_username(username)
-        lab = await self._store.get_current_lab(username)
-        if lab is None:
+        status = await self._status.get(username)
+        if status is None:
             raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
-        if lab.state in (LabState.FAILED, LabState.EXITED):
-            await self._clean_up_soon(lab)
-        return lab_state_model(lab)
+        if status.state in (LabState.FAILED, LabState.EXITED):
+            await self._clean_up_soon(status)
+        return status
 
     async def running_users(self) -> list[str]:
         """Return the usernames whose lab is running, sorted."""
@@ -405,12 +416,12 @@ class LabService:
                 )
             await self._signals.wait(waiter, within=min(remaining, _STREAM_POLL))
 
-    async def _clean_up_soon(self, lab: LabRecord) -> None:
+    async def _clean_up_soon(self, status: LabStatus) -> None:
         """Have the scheduler clean up a lab the hub has now seen ended."""
         now = utcnow()
-        if lab.next_attempt_at is not None and lab.next_attempt_at <= now:
+        if status.next_attempt_at is not None and status.next_attempt_at <= now:
             return  # Already due.
-        await self._store.update(lab.id, {"next_attempt_at": now})
+        await self._store.update(status.lab_id, {"next_attempt_at": now})
         self._signals.wake_scheduler()
 
     async def _follow(self, lab: LabRecord, after: int | None) -> AsyncIterator[EventRecord]:
@@ -468,35 +479,3 @@ def _fits(size: SizeConfig, quota: UserQuota) -> bool:
     if quota.cpu is not None and size.limits.cpu > quota.cpu:
         return False
     return quota.memory is None or size.limits.memory <= quota.memory
-
-
-def lab_state_model(lab: LabRecord) -> LabStateModel:
-    """Build the API's view of a lab from its row."""
-    spec = lab.spec
-    user = spec.get("user", {})
-    options = spec.get("options", {})
-    resources = spec.get("resources", {})
-    status = lab.status
-    assert status is not None, "deleted labs are not reported"
-    return LabStateModel(
-        user=StateUser(
-            username=lab.username,
-            name=user.get("name"),
-            uid=user.get("uid"),
-            gid=user.get("gid"),
-            groups=[UserGroup.model_validate(g) for g in user.get("groups", [])],
-        ),
-        options=ResolvedOptions(
-            image=options.get("image", ""),
-            size=options.get("size", ""),
-            enable_debug=options.get("enable_debug", False),
-            reset_user_env=options.get("reset_user_env", False),
-        ),
-        status=status.value,
-        internal_url=lab.internal_url,
-        resources=Resources(
-            limits=ResourceValues(**resources.get("limits", {"cpu": 0, "memory": 0})),
-            requests=ResourceValues(**resources.get("requests", {"cpu": 0, "memory": 0})),
-        ),
-        quota=UserQuota.model_validate(spec["quota"]) if spec.get("quota") else None,
-    )

@@ -93,6 +93,7 @@ async def run_daemon(
             authenticator=authenticator,
             readiness=labd.readiness,
             metrics=lambda: labd.metrics.render(labd.store),
+            alerts=labd.alerts,
         )
         server = _Server(
             uvicorn.Config(

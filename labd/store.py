@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -259,6 +259,13 @@ class StaleLabError(Exception):
 
 _LIVE = [state.value for state in LIVE_STATES]
 
+# Statements of the hot paths, built once: SQLAlchemy then skips building
+# and hashing them again on every call (its compiled cache still applies).
+_SELECT_LAB = select(labs).where(labs.c.id == bindparam("lab_id"))
+_LOCK_LAB = _SELECT_LAB.with_for_update()
+_INSERT_TRANSITION = insert(lab_transitions)
+_INSERT_EVENT = insert(lab_events).returning(lab_events)
+
 
 class LabStore:
     """Queries and transactional writes on the lab tables.
@@ -271,6 +278,13 @@ class LabStore:
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self.on_write: list[Callable[[str], None]] = []
+        """Called with the username after every write of a lab row (commit
+        or not: a write whose outcome is unknown counts as a change)."""
+
+    def _written(self, username: str) -> None:
+        for callback in self.on_write:
+            callback(username)
 
     async def create_lab(
         self,
@@ -349,6 +363,8 @@ class LabStore:
             if _is_live_username_violation(exc):
                 raise LabExistsError(username) from exc
             raise
+        finally:
+            self._written(username)
         return _lab(row)
 
     async def transition(
@@ -407,6 +423,7 @@ class LabStore:
             If the transition would give the user two current labs.
         """
         changes = changes or {}
+        current: LabRecord | None = None
         try:
             async with self._db.write() as conn:
                 current = await self._lock(conn, lab_id)
@@ -451,9 +468,12 @@ class LabStore:
                     events=events,
                 )
         except IntegrityError as exc:
-            if _is_live_username_violation(exc):
+            if current is not None and _is_live_username_violation(exc):
                 raise LabExistsError(current.username) from exc
             raise
+        finally:
+            if current is not None:
+                self._written(current.username)
         return _lab(row)
 
     async def update(
@@ -473,18 +493,23 @@ class LabStore:
         StaleLabError
             If ``expected_version`` is given and not current.
         """
-        async with self._db.write() as conn:
-            current = await self._lock(conn, lab_id)
-            if expected_version is not None and current.version != expected_version:
-                raise StaleLabError(lab_id, expected_version, current.version)
-            statement = (
-                update(labs)
-                .where(labs.c.id == lab_id)
-                .values({**changes, "updated_at": utcnow()})
-                .returning(labs)
-            )
-            row = (await conn.execute(statement)).one()
-            await self._insert_events(conn, row, events)
+        current: LabRecord | None = None
+        try:
+            async with self._db.write() as conn:
+                current = await self._lock(conn, lab_id)
+                if expected_version is not None and current.version != expected_version:
+                    raise StaleLabError(lab_id, expected_version, current.version)
+                statement = (
+                    update(labs)
+                    .where(labs.c.id == lab_id)
+                    .values({**changes, "updated_at": utcnow()})
+                    .returning(labs)
+                )
+                row = (await conn.execute(statement)).one()
+                await self._insert_events(conn, row, events)
+        finally:
+            if current is not None:
+                self._written(current.username)
         return _lab(row)
 
     async def add_events(self, lab_id: str, events: Sequence[NewEvent]) -> list[EventRecord]:
@@ -564,7 +589,7 @@ class LabStore:
             If there is no such lab.
         """
         async with self._db.read() as conn:
-            row = (await conn.execute(select(labs).where(labs.c.id == lab_id))).one_or_none()
+            row = (await conn.execute(_SELECT_LAB, {"lab_id": lab_id})).one_or_none()
         if row is None:
             raise LabNotFoundError(lab_id)
         return _lab(row)
@@ -683,8 +708,7 @@ class LabStore:
         return [_event(row) for row in rows]
 
     async def _lock(self, conn: AsyncConnection, lab_id: str) -> LabRecord:
-        statement = select(labs).where(labs.c.id == lab_id).with_for_update()
-        row = (await conn.execute(statement)).one_or_none()
+        row = (await conn.execute(_LOCK_LAB, {"lab_id": lab_id})).one_or_none()
         if row is None:
             raise LabNotFoundError(lab_id)
         return _lab(row)
@@ -702,18 +726,19 @@ class LabStore:
         events: Sequence[NewEvent],
     ) -> None:
         await conn.execute(
-            insert(lab_transitions).values(
-                lab_id=row.id,
-                username=row.username,
-                version=row.version,
-                from_state=from_state.value,
-                to_state=row.state,
-                trigger=trigger.value,
-                actor=actor.value,
-                reason=reason,
-                details=details,
-                created_at=row.updated_at,
-            )
+            _INSERT_TRANSITION,
+            {
+                "lab_id": row.id,
+                "username": row.username,
+                "version": row.version,
+                "from_state": from_state.value,
+                "to_state": row.state,
+                "trigger": trigger.value,
+                "actor": actor.value,
+                "reason": reason,
+                "details": details,
+                "created_at": row.updated_at,
+            },
         )
         await self._insert_events(conn, _lab(row), events)
 
@@ -738,9 +763,7 @@ class LabStore:
         # One INSERT per event keeps ids in list order on every database.
         records = []
         for value in values:
-            row = (
-                await conn.execute(insert(lab_events).values(value).returning(lab_events))
-            ).one()
+            row = (await conn.execute(_INSERT_EVENT, value)).one()
             records.append(_event(row))
         return records
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -140,3 +142,21 @@ def _collect_garbage() -> Iterator[None]:
     """Collect garbage after each test, so a leaked connection fails its own test."""
     yield
     gc.collect()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo `labd.logs.configure_logging`: root handlers and every logger's level."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {
+        name: logger.level
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, logger_level in levels.items():
+        logging.getLogger(name).setLevel(logger_level)
+    structlog.reset_defaults()

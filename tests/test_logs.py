@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
 
+from labd.database import Database
 from labd.logs import configure_logging
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
+from labd.store import Actor, LabStore
 
 
 def lines(text: str) -> list[dict[str, object]]:
@@ -67,3 +58,23 @@ def test_console_rendering(restore_logging: None, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "hello" in out and "bob" in out
     assert "x\n" not in out and "[redacted]" in out
+
+
+async def test_debug_logs_carry_no_sql_parameters(
+    restore_logging: None,
+    capsys: pytest.CaptureFixture[str],
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At debug level a secret on its way through SQL is not logged."""
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    configure_logging(level="debug", fmt="json")
+    await LabStore(database).create_lab(
+        username="alice",
+        slug="alice",
+        namespace="labd-alice",
+        spec={},
+        actor=Actor.HUB,
+        changes={"secret_env": {"JUPYTERHUB_API_TOKEN": "tok-4f9a1c"}},
+    )
+    assert "tok-4f9a1c" not in capsys.readouterr().out

@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import Lifespan
 
+from labd.alerts import Alerts
 from labd.api.auth import Authenticator
 from labd.api.errors import ErrorBoundary, exception_handlers
 from labd.api.handlers import LabApi, MetricsSource, Readiness
@@ -43,6 +44,7 @@ def create_app(
     lifespan: Lifespan[Starlette] | None = None,
     keepalive: float = DEFAULT_KEEPALIVE,
     metrics: MetricsSource | None = None,
+    alerts: Alerts | None = None,
 ) -> Starlette:
     """Build the API application.
 
@@ -62,6 +64,8 @@ def create_app(
         Seconds between keep-alive comments on event streams.
     metrics
         Renders ``/metrics`` (Prometheus text format).
+    alerts
+        Where unexpected failures are reported to operators.
 
     Returns
     -------
@@ -96,7 +100,7 @@ def create_app(
     app = Starlette(
         routes=build_routes(api, prefix=config.path_prefix),
         middleware=[
-            Middleware(ErrorBoundary),
+            Middleware(ErrorBoundary, alerts=alerts),
             Middleware(BodySizeLimit, max_body_size=config.max_body_size),
         ],
         exception_handlers=exception_handlers(),

@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
+from labd.alerts import Alerts
 from labd.api.models import ErrorBody, ErrorDetail
 from labd.errors import LabdError, LabExistsConflictError, NotReadyError, UnknownUserError
 from labd.store import LabExistsError, LabNotFoundError
@@ -179,10 +180,13 @@ class ErrorBoundary:
     ----------
     app
         The application inside the boundary.
+    alerts
+        Where the failure is reported to operators; disabled if not given.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, alerts: Alerts | None = None) -> None:
         self.app = app
+        self.alerts = alerts or Alerts()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -198,8 +202,9 @@ class ErrorBoundary:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
             _logger.exception("request failed", method=scope.get("method"), path=scope.get("path"))
+            self.alerts.unexpected(f"{scope.get('method')} {scope.get('path')}", exc)
             if started:
                 # Too late for an error body; the server closes the connection.
                 raise

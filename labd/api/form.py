@@ -39,9 +39,9 @@ def render_form(choices: FormChoices) -> str:
 
 
 def _images(choices: FormChoices) -> str:
-    recommended = choices.images.recommended.reference
+    recommended = choices.images.recommended
     radios = [
-        _radio("image_list", image.reference, _image_label(image), image.reference == recommended)
+        _radio("image_list", image.reference, _image_label(image), image == recommended)
         for image in choices.images.featured
     ]
     radios.append(_radio("image_list", DROPDOWN_SENTINEL, "Select another image:", False))

@@ -99,8 +99,8 @@ class LabApi:
 
     async def get_lab(self, request: Request, caller: Caller | None) -> Response:
         """The user's lab."""
-        state = await self.service.get_state(request.path_params["username"])
-        return _json(state)
+        status = await self.service.get_status(request.path_params["username"])
+        return Response(status.body, media_type="application/json")
 
     async def create_lab(self, request: Request, caller: Caller | None) -> Response:
         """Accept a spawn; 201 with the status URL in ``Location``."""
@@ -138,11 +138,11 @@ class LabApi:
         if caller is None or caller.username is None:  # pragma: no cover - routes ensure it
             raise UnknownUserError("No user token")
         try:
-            state = await self.service.get_state(caller.username)
+            status = await self.service.get_status(caller.username)
         except UnknownUserError:
             # As Nublado: no location, the caller named no path.
             raise UnknownUserError(f"Unknown user {caller.username}") from None
-        return _json(state)
+        return Response(status.body, media_type="application/json")
 
     async def lab_form(self, request: Request, caller: Caller | None) -> Response:
         """The spawn form of the user."""

@@ -20,19 +20,30 @@ capabilities, the runtime's seccomp profile, a read-only root filesystem
 (with a writable ``/tmp``), no service-account token and no service links.
 It never restarts: a lab whose process exits is reported as exited (as
 Nublado does), and JupyterHub decides what happens next.
+
+Secrets copied from configuration (``lab.secrets``) join the hub's secret
+environment in the lab's Secret, under `COPIED_KEY_PREFIX` so that no key
+the hub sends can collide with them; the pod reads each as an environment
+variable (``secretKeyRef``) or as a read-only file (a ``subPath`` mount of
+one secret volume, so files in the same directory do not hide each other
+or what the image has there).  The values themselves are read from
+Kubernetes at spawn time by the scheduler and handed in through
+`LabBuild`; the builder only places them.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from labd.config import Config
 
 __all__ = [
     "CONTAINER_NAME",
+    "COPIED_KEY_PREFIX",
+    "DOCKER_CONFIG_KEY",
     "LAB_ID_LABEL",
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
@@ -45,6 +56,7 @@ __all__ = [
     "USERNAME_ANNOTATION",
     "USER_LABEL",
     "LabBuild",
+    "LabBuildError",
     "LabIdentity",
     "LabObjects",
     "build_lab_objects",
@@ -52,6 +64,7 @@ __all__ = [
     "internal_url",
     "parse_lab_labels",
     "pod_name",
+    "pull_secret_name",
 ]
 
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
@@ -90,9 +103,23 @@ SERVICE_NAME: Final = "lab"
 SERVICE_PREFIX_VAR: Final = "JUPYTERHUB_SERVICE_PREFIX"
 """Environment variable with the lab's URL path, used in `internal_url`."""
 
+COPIED_KEY_PREFIX: Final = "copied."
+"""Prefix of copied secrets' keys in the lab Secret (hub keys are variable
+names, which never contain a dot)."""
+
+DOCKER_CONFIG_KEY: Final = ".dockerconfigjson"
+"""The key of an image pull Secret (type ``kubernetes.io/dockerconfigjson``)."""
+
 _PORT_NAME: Final = "http"
 _TMP_VOLUME: Final = "tmp"
+_COPIED_VOLUME: Final = "copied-secrets"
+_COPIED_FILE_MODE: Final = 0o440
+"""Read-only for the owner (root) and the pod's ``fsGroup`` (the user's group)."""
 _HUB_NAMESPACE_LABEL: Final = "kubernetes.io/metadata.name"
+
+
+class LabBuildError(ValueError):
+    """The lab's objects cannot be built: its spec or the configuration is at fault."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +182,13 @@ class LabBuild:
     spec_annotation: str
     """JSON text of the lab's spec, stored as `SPEC_ANNOTATION`."""
 
+    copied_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Values of ``lab.secrets`` by ``secret_key``, base64-encoded as read
+    from their source Secrets; never stored."""
+
+    docker_config: str | None = field(default=None, repr=False)
+    """The base64 ``.dockerconfigjson`` of ``lab.pull_secret``, if configured."""
+
 
 @dataclass(frozen=True, slots=True)
 class LabObjects:
@@ -184,6 +218,9 @@ class LabObjects:
     pod: dict[str, Any]
     """Pod ``<slug>-nb`` running the lab."""
 
+    pull_secret: dict[str, Any] | None = None
+    """Secret ``<slug>-nb-pull``: the copied image pull secret, if configured."""
+
     def in_creation_order(self) -> list[dict[str, Any]]:
         """Return every object in the order they must be created.
 
@@ -192,6 +229,8 @@ class LabObjects:
         what the user waits for).
         """
         objects = [self.namespace, self.config_map, self.secret, self.network_policy]
+        if self.pull_secret is not None:
+            objects.append(self.pull_secret)
         if self.resource_quota is not None:
             objects.append(self.resource_quota)
         return [*objects, *self.pvcs, self.service, self.pod]
@@ -217,6 +256,11 @@ class LabIdentity:
 def pod_name(slug: str) -> str:
     """Return the name of a user's lab pod (``<slug>-nb``)."""
     return f"{slug}-nb"
+
+
+def pull_secret_name(slug: str) -> str:
+    """Return the name of a user's copied image pull Secret (``<slug>-nb-pull``)."""
+    return f"{slug}-nb-pull"
 
 
 def config_map_name(slug: str) -> str:
@@ -295,11 +339,12 @@ def build_lab_objects(lab: LabBuild, config: Config) -> LabObjects:
 
     Raises
     ------
-    ValueError
-        If the lab would run as root (``uid`` 0).
+    LabBuildError
+        If the lab would run as root (``uid`` 0), or a value of
+        ``lab.secrets`` or ``lab.pull_secret`` is missing from ``lab``.
     """
     if lab.uid == 0:
-        raise ValueError(f"lab {lab.lab_id} would run as root (uid 0)")
+        raise LabBuildError(f"lab {lab.lab_id} would run as root (uid 0)")
     builder = _Builder(lab, config)
     return LabObjects(
         namespace=builder.namespace(),
@@ -310,6 +355,7 @@ def build_lab_objects(lab: LabBuild, config: Config) -> LabObjects:
         pvcs=tuple(builder.pvc(index) for index in range(len(config.lab.volumes))),
         service=builder.service(),
         pod=builder.pod(),
+        pull_secret=builder.pull_secret() if config.lab.pull_secret is not None else None,
     )
 
 
@@ -390,17 +436,41 @@ class _Builder:
             "data": self.environment(),
         }
 
-    def secret(self) -> dict[str, Any]:
+    def secret_data(self) -> dict[str, str]:
+        """The hub's secret environment, then the copied secrets under their prefix."""
         data = {
             key: base64.b64encode(value.encode()).decode()
             for key, value in sorted(self.lab.secret_env.items())
         }
+        for copied in self.config.lab.secrets:
+            key = COPIED_KEY_PREFIX + copied.secret_key
+            if key in data:
+                raise LabBuildError(f"the hub's secret variable {key!r} clashes with lab.secrets")
+            value = self.lab.copied_secrets.get(copied.secret_key)
+            if value is None:
+                raise LabBuildError(f"no value was read for lab.secrets key {copied.secret_key!r}")
+            data[key] = value
+        return data
+
+    def secret(self) -> dict[str, Any]:
+        data = self.secret_data()
         return {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": self.metadata(self.pod_name),
             "type": "Opaque",
             "data": data,
+        }
+
+    def pull_secret(self) -> dict[str, Any]:
+        if self.lab.docker_config is None:
+            raise LabBuildError("no value was read for lab.pull_secret")
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": self.metadata(pull_secret_name(self.lab.slug)),
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {DOCKER_CONFIG_KEY: self.lab.docker_config},
         }
 
     def pod_selector(self) -> dict[str, str]:
@@ -490,24 +560,53 @@ class _Builder:
             mounts.append(
                 {"name": name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
             )
+        files = [copied for copied in self.config.lab.secrets if copied.path is not None]
+        if files:
+            items = [
+                {"key": COPIED_KEY_PREFIX + copied.secret_key, "path": copied.secret_key}
+                for copied in files
+            ]
+            volumes.append(
+                {
+                    "name": _COPIED_VOLUME,
+                    "secret": {
+                        "secretName": self.pod_name,
+                        "items": items,
+                        "defaultMode": _COPIED_FILE_MODE,
+                    },
+                }
+            )
+            mounts.extend(
+                {
+                    "name": _COPIED_VOLUME,
+                    "mountPath": copied.path,
+                    "subPath": copied.secret_key,
+                    "readOnly": True,
+                }
+                for copied in files
+            )
         return volumes, mounts
+
+    def secret_env(self) -> list[dict[str, Any]]:
+        """Variables read from the lab Secret: the hub's, then copied ones (which win)."""
+        keys = {name: name for name in self.lab.secret_env}
+        for copied in self.config.lab.secrets:
+            if copied.env is not None:
+                keys[copied.env] = COPIED_KEY_PREFIX + copied.secret_key
+        return [
+            {"name": name, "valueFrom": {"secretKeyRef": {"name": self.pod_name, "key": key}}}
+            for name, key in sorted(keys.items())
+        ]
 
     def pod(self) -> dict[str, Any]:
         lab = self.lab
         volumes, mounts = self.volumes()
-        secret_env = [
-            {
-                "name": key,
-                "valueFrom": {"secretKeyRef": {"name": self.pod_name, "key": key}},
-            }
-            for key in sorted(lab.secret_env)
-        ]
         container = {
             "name": CONTAINER_NAME,
             "image": lab.image,
             "imagePullPolicy": self.config.lab.pull_policy,
             "envFrom": [{"configMapRef": {"name": config_map_name(lab.slug)}}],
-            "env": secret_env,
+            "env": self.secret_env(),
             "ports": [
                 {"name": _PORT_NAME, "containerPort": self.config.lab.port, "protocol": "TCP"}
             ],
@@ -524,11 +623,17 @@ class _Builder:
             "volumeMounts": mounts,
         }
         supplemental = sorted({gid for _, gid in lab.groups if gid is not None})
+        pull_secrets = (
+            {"imagePullSecrets": [{"name": pull_secret_name(lab.slug)}]}
+            if self.config.lab.pull_secret is not None
+            else {}
+        )
         return {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": self.metadata(self.pod_name, spec=True),
             "spec": {
+                **pull_secrets,
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
                 "restartPolicy": "Never",

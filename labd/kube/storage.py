@@ -460,6 +460,43 @@ class LabKube:
         if not fresh:
             self._check_owner(existing, wanted, "Namespace")
 
+    # Reading -------------------------------------------------------------
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read a Secret that labd copies from (``lab.secrets``, ``lab.pull_secret``).
+
+        The answer holds secret values: callers keep it no longer than the
+        step that needs it, and never log it.
+
+        Parameters
+        ----------
+        namespace
+            The Secret's namespace.
+        name
+            The Secret's name.
+
+        Returns
+        -------
+        dict or None
+            The Secret as a JSON dict, or `None` if it does not exist.
+
+        Raises
+        ------
+        KubeError
+            If the call failed after its retries (403 without the right).
+        """
+        reply = await self.api.call(
+            "get",
+            "Secret",
+            self._core.read_namespaced_secret,
+            name,
+            namespace,
+            namespace=namespace,
+            name=name,
+            accept=(404,),
+        )
+        return reply.body if reply.ok else None
+
     # Deletion ------------------------------------------------------------
 
     async def delete_pod(self, namespace: str, name: str, *, grace_seconds: int) -> None:

@@ -92,6 +92,11 @@ class Probes:
         """Create an existing lab again: every create answers 409 and is read back."""
         await self.kube.create_lab_objects(self.objects(_EXISTING))
 
+    async def read_secrets(self) -> None:
+        """Read a Secret labs get a copy of (``lab.secrets``), then read lab Secrets back."""
+        await self.kube.read_secret("default", "rbac-never-created")
+        await self.create_existing_lab()
+
     async def watch(self, kind: str, method: Callable[..., Awaitable[Any]], **kw: Any) -> None:
         """Open the watch labd's watchers open (ended by the server after 1 s)."""
         await self.kube.api.call("watch", kind, method, watch=True, timeout_seconds=1, **kw)
@@ -122,7 +127,7 @@ PROBES: dict[tuple[str, str, str], tuple[str, Probe]] = {
     ("", "configmaps", "get"): ("ConfigMap", Probes.create_existing_lab),
     ("", "configmaps", "list"): ("ConfigMap", lambda p: _ignore(p.kube.list_lab_config_maps())),
     ("", "secrets", "create"): ("Secret", Probes.create_fresh_lab),
-    ("", "secrets", "get"): ("Secret", Probes.create_existing_lab),
+    ("", "secrets", "get"): ("Secret", Probes.read_secrets),
     ("", "services", "create"): ("Service", Probes.create_fresh_lab),
     ("", "services", "get"): ("Service", Probes.create_existing_lab),
     ("", "resourcequotas", "create"): ("ResourceQuota", Probes.create_fresh_lab),

@@ -1,0 +1,169 @@
+"""Status reads from memory, coherent with every writer.
+
+On both databases a lab's status is served from `StatusCache` and follows
+the writes of this process at once.  On PostgreSQL it also follows the
+writes of other replicas (through LISTEN/NOTIFY), and turns itself off
+while it cannot hear them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+from labd.changes import APPLICATION
+from labd.database import Database
+from labd.errors import UnknownUserError
+from labd.factory import Labd
+from labd.machine import LabState, Trigger
+from labd.status import LabStatus, StatusCache
+from labd.store import Actor, LabRecord, LabStore
+from tests.core.conftest import LabdFactory, spec
+from tests.core.test_lifecycle import eventually, wait_state
+
+
+async def status_of(labd: Labd, username: str) -> str | None:
+    try:
+        return (await labd.service.get_state(username)).status
+    except UnknownUserError:
+        return None
+
+
+async def listening(labd: Labd) -> None:
+    if labd.change_listener is not None:
+        await asyncio.wait_for(labd.change_listener.listening.wait(), 10)
+
+
+async def test_reads_are_served_from_memory_and_follow_writes(labd: Labd) -> None:
+    await listening(labd)
+    assert await status_of(labd, "alice") is None
+    await labd.service.create("alice", spec(), actor=Actor.HUB)
+    assert await status_of(labd, "alice") == "pending"  # The create dropped the None.
+    await wait_state(labd, "alice", LabState.RUNNING)
+    assert await status_of(labd, "alice") == "running"
+    hits = labd.status.hits
+    for _ in range(5):
+        assert await status_of(labd, "alice") == "running"
+    assert labd.status.hits == hits + 5
+    metrics = (await labd.metrics.render(labd.store)).decode()
+    assert f'labd_status_reads_total{{source="memory"}} {float(labd.status.hits)}' in metrics
+    assert "labd_status_cache_enabled 1.0" in metrics
+    await labd.service.request_delete("alice", actor=Actor.HUB)
+    assert await status_of(labd, "alice") == "terminating"
+    await wait_state(labd, "alice", LabState.DELETED)
+    assert await status_of(labd, "alice") is None
+
+
+async def test_a_write_during_a_missed_read_is_not_hidden(database: Database) -> None:
+    """A read that began before a write and ends after it caches nothing."""
+    store = SlowStore(database)
+    cache = StatusCache(store, enabled=True)
+    store.on_write.append(cache.invalidate)
+    lab = await create(store, "bob")
+    reading = asyncio.create_task(cache.get("bob"))
+    await store.reading.wait()
+    await store.transition(lab.id, Trigger.START, actor=Actor.SCHEDULER)
+    store.proceed.set()
+    stale = await reading
+    assert stale is not None and stale.state is LabState.REQUESTED
+    fresh = await cache.get("bob")
+    assert fresh is not None and fresh.state is LabState.CREATING
+
+
+async def test_cache_size_is_bounded(database: Database) -> None:
+    store = LabStore(database)
+    cache = StatusCache(store, enabled=True, size=3)
+    for name in ("u1", "u2", "u3", "u4", "u5"):
+        await create(store, name)
+        assert (await cache.get(name)) is not None
+    assert len(cache) == 3
+    status = await cache.get("u5")
+    assert isinstance(status, LabStatus) and status.model().user.username == "u5"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_replicas_see_each_others_writes(labd_factory: LabdFactory) -> None:
+    first: Labd = await labd_factory()
+    second: Labd = await labd_factory()
+    await listening(first)
+    await listening(second)
+    assert await status_of(second, "carol") is None  # Cached as "no lab".
+    await first.service.create("carol", spec(), actor=Actor.HUB)
+
+    async def seen() -> bool:
+        return await status_of(second, "carol") is not None
+
+    await eventually(seen, within=5, what="the other replica's create")
+    await wait_state(first, "carol", LabState.RUNNING)
+
+    async def running() -> bool:
+        return await status_of(second, "carol") == "running"
+
+    await eventually(running, within=5, what="running on the other replica")
+    await first.service.request_delete("carol", actor=Actor.HUB)
+
+    async def terminating() -> bool:
+        return await status_of(second, "carol") in ("terminating", None)
+
+    await eventually(terminating, within=5, what="the other replica's delete")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_lost_listener_turns_the_cache_off(labd: Labd, database_url: str) -> None:
+    await listening(labd)
+    listener = labd.change_listener
+    assert listener is not None
+    other = Database(database_url)
+    try:
+        lab = await create(LabStore(other), "dave")
+        assert await status_of(labd, "dave") == "pending"
+        async with other.write() as conn:
+            terminated = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": APPLICATION},
+            )
+        assert terminated == 1
+
+        async def off() -> bool:
+            return not labd.status.enabled
+
+        await eventually(off, within=10, what="the cache to turn off")
+        assert "labd_status_cache_enabled 0.0" in (await labd.metrics.render(labd.store)).decode()
+        # A write that no notification reports is still seen: reads go to SQL.
+        await LabStore(other).transition(lab.id, Trigger.DELETE, actor=Actor.HUB)
+        assert await status_of(labd, "dave") == "terminating"
+        await asyncio.wait_for(listener.listening.wait(), 10)
+        assert labd.status.enabled
+        assert await status_of(labd, "dave") == "terminating"
+    finally:
+        await other.dispose()
+
+
+async def create(store: LabStore, username: str) -> LabRecord:
+    return await store.create_lab(
+        username=username,
+        slug=username,
+        namespace=f"labd-{username}",
+        spec={"options": {"image": "lab:1", "size": "small"}},
+        actor=Actor.HUB,
+    )
+
+
+class SlowStore(LabStore):
+    """A store whose status read waits, between reading and returning, to be told."""
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.reading = asyncio.Event()
+        self.proceed = asyncio.Event()
+
+    async def get_current_lab(self, username: str) -> LabRecord | None:
+        lab = await super().get_current_lab(username)
+        self.reading.set()
+        await self.proceed.wait()
+        return lab
