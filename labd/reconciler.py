@@ -39,7 +39,7 @@ from labd.kube.watching import PodUpdate
 from labd.machine import LabState, Trigger
 from labd.scheduler import LabLocks, Scheduler
 from labd.signals import LabSignals
-from labd.store import Actor, LabExistsError, LabRecord, LabStore
+from labd.store import Actor, LabExistsError, LabStore, LabSummary
 
 __all__ = ["ReconcileReport", "Reconciler"]
 
@@ -115,7 +115,7 @@ class Reconciler:
         """Run one pass; return what it did."""
         start = time.monotonic()
         report = ReconcileReport()
-        rows = {lab.id: lab for lab in await self._store.list_labs(_NOT_DELETED)}
+        rows = {lab.id: lab for lab in await self._store.list_lab_summaries(_NOT_DELETED)}
         report.labs = len(rows)
         namespaces, pods, config_maps = await asyncio.gather(
             self._kube.list_lab_namespaces(),
@@ -193,7 +193,7 @@ class Reconciler:
         self._signals.wake_scheduler()
         return report
 
-    async def _apply(self, lab: LabRecord, update: PodUpdate) -> bool:
+    async def _apply(self, lab: LabSummary, update: PodUpdate) -> bool:
         """Apply a pod state the watch missed, unless the lab moved since."""
         return await self._scheduler.apply_pod_update(update, expected_version=lab.version)
 

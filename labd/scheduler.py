@@ -473,6 +473,10 @@ class Scheduler:
                 update.deleted,
             ):
                 continue
+            if update.phase == "Pending" and not update.deleted:
+                # A pending pod moves no lab along: just remember it.
+                self._pods[update.lab_id] = update
+                continue
             self._track(self.apply_pod_update(update), name=f"pod-{update.lab_id}")
 
     def _track(self, coro: Coroutine[Any, Any, Any], *, name: str) -> None:
@@ -602,6 +606,20 @@ class Scheduler:
         async with self._locks.hold(lab_id):
             if self._spawning.get(event.namespace) != lab_id:
                 return  # The spawn ended while the event waited for the lock.
+            previous = self._progress.get(lab_id)
+            if previous is not None:
+                # The objects exist, so the lab is starting, unless another
+                # writer moved it meanwhile: the store checks that.
+                progress = next_progress(previous)
+                added = await self._store.add_events(
+                    lab_id,
+                    [NewEvent(EventType.INFO, event.message, progress)],
+                    in_state=LabState.STARTING,
+                )
+                if added:
+                    self._progress[lab_id] = progress
+                    self._signals.notify(lab_id)
+                return
             lab = await self._store.find_lab(lab_id)
             if lab is None:
                 return

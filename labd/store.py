@@ -54,6 +54,7 @@ __all__ = [
     "LabNotFoundError",
     "LabRecord",
     "LabStore",
+    "LabSummary",
     "NewEvent",
     "StaleLabError",
     "TransitionRecord",
@@ -212,6 +213,32 @@ class LabRecord:
     def is_live(self) -> bool:
         """Whether this is the user's current lab (not deleting or deleted)."""
         return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class LabSummary:
+    """Where a lab stands, without what was asked (cheap to list by thousands)."""
+
+    id: str
+    """The lab's id."""
+
+    username: str
+    """Its user."""
+
+    slug: str
+    """Kubernetes-safe form of the username."""
+
+    namespace: str
+    """The lab's namespace."""
+
+    state: LabState
+    """Its state."""
+
+    pod_phase: str | None
+    """The pod phase last recorded."""
+
+    version: int
+    """Its version (the number of its transitions)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,15 +539,29 @@ class LabStore:
                 self._written(current.username)
         return _lab(row)
 
-    async def add_events(self, lab_id: str, events: Sequence[NewEvent]) -> list[EventRecord]:
+    async def add_events(
+        self, lab_id: str, events: Sequence[NewEvent], *, in_state: LabState | None = None
+    ) -> list[EventRecord]:
         """Append progress events to the lab's current operation.
 
         The lab row is locked while the events are inserted, so the events of
         one lab are committed in id order and a reader that follows ids never
         skips one.
+
+        Parameters
+        ----------
+        lab_id
+            The lab.
+        events
+            What to append.
+        in_state
+            Append only if the lab is in this state (checked under the lock);
+            otherwise append nothing and return an empty list.
         """
         async with self._db.write() as conn:
             current = await self._lock(conn, lab_id)
+            if in_state is not None and current.state is not in_state:
+                return []
             return await self._insert_events(conn, current, events)
 
     async def claim_due(
@@ -637,6 +678,21 @@ class LabStore:
         async with self._db.read() as conn:
             rows = (await conn.execute(statement)).all()
         return [_lab(row) for row in rows]
+
+    async def list_lab_summaries(self, states: Iterable[LabState]) -> list[LabSummary]:
+        """Return where the labs in ``states`` stand, without their specs."""
+        statement = select(
+            labs.c.id,
+            labs.c.username,
+            labs.c.slug,
+            labs.c.namespace,
+            labs.c.state,
+            labs.c.pod_phase,
+            labs.c.version,
+        ).where(labs.c.state.in_([s.value for s in states]))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [LabSummary(**{**row._mapping, "state": LabState(row.state)}) for row in rows]
 
     async def count_by_state(self) -> dict[LabState, int]:
         """Return how many labs are in each state (deleted ones included)."""
