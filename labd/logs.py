@@ -23,7 +23,7 @@ from typing import Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "set_library_levels"]
 
 _SECRET_KEY = re.compile(r"token|password|passwd|secret|authorization|credential", re.I)
 _JOURNAL_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
@@ -107,7 +107,20 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Libraries that are chatty at INFO stay at WARNING unless debugging.
+    set_library_levels(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+def set_library_levels(level: str) -> None:
+    """Set the levels of the libraries' loggers for labd's ``level``.
+
+    Libraries that are chatty at INFO stay at WARNING unless labd debugs.
+    Those that log SQL parameters (a hub token on its way to a lab's Secret)
+    or request and response bodies (a lab's Secret) at DEBUG stay at
+    WARNING always.
+    """
     quiet = logging.DEBUG if level == "debug" else logging.WARNING
     for name in (
         "sqlalchemy",
@@ -119,10 +132,5 @@ def configure_logging(
         "uvicorn.access",
     ):
         logging.getLogger(name).setLevel(quiet)
-    # These log SQL parameters (a hub token on its way to a lab's Secret) or
-    # request and response bodies (a lab's Secret) at DEBUG: never that low.
     for name in ("aiosqlite", "sqlalchemy.engine", "kubernetes_asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True

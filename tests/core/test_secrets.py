@@ -29,7 +29,7 @@ from kubernetes_asyncio.config import load_kube_config
 from sqlalchemy import select
 
 from labd.factory import Labd
-from labd.logs import configure_logging
+from labd.logs import set_library_levels
 from labd.machine import LabState
 from labd.schema import lab_events, lab_transitions, labs
 from labd.sim import SimCluster
@@ -128,11 +128,12 @@ async def test_spawn_copies_secrets(
     labd_factory: LabdFactory,
     sim: SimCluster,
     restore_logging: None,
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await create_sources(sim)
-    # labd's own logging set-up, at its most talkative.
-    configure_logging(level="debug", fmt="json")
+    # Every logger as talkative as labd ever lets it be (log_level: debug).
+    caplog.set_level(logging.DEBUG)
+    set_library_levels("debug")
     logging.getLogger("labd.test").debug("standard logs are captured")
     with structlog.testing.capture_logs() as logs:
         labd: Labd = await labd_factory(lab=SECRETS_CONFIG, log_level="debug")
@@ -161,9 +162,10 @@ async def test_spawn_copies_secrets(
     assert volume["secret"]["items"] == [{"key": "copied.aws.ini", "path": "aws.ini"}]
 
     assert_no_values(await database_text(labd), "the database")
-    standard = capsys.readouterr().out
+    standard = caplog.text
     assert "standard logs are captured" in standard
     assert_no_values(standard, "the standard logs")
+    assert "token-of-the-lab" not in standard, "the hub's token reached the standard logs"
     assert_no_values(repr(logs), "the structured logs")
     assert logs, "logs were captured"
 

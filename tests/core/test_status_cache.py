@@ -123,7 +123,7 @@ async def test_lost_listener_turns_the_cache_off(labd: Labd, database_url: str) 
             terminated = await conn.scalar(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE application_name = :name AND pid <> pg_backend_pid()"
+                    " WHERE application_name = :name AND datname = current_database()"
                 ),
                 {"name": APPLICATION},
             )
