@@ -178,6 +178,7 @@ class Scheduler:
         self._spawning: dict[str, str] = {}  # namespace -> lab id
         self._progress: dict[str, int] = {}  # lab id -> last spawn progress
         self._early: defaultdict[str, list[PodEvent]] = defaultdict(list)
+        self._queued: defaultdict[str, list[PodEvent]] = defaultdict(list)
         self._stopping = False
         self._spawning_loaded = False
         self._running: set[asyncio.Task[Any]] = set()
@@ -374,8 +375,9 @@ class Scheduler:
         )
         self._progress[lab.id] = 30
         self._signals.notify(lab.id)
-        for event in self._early.pop(lab.id, []):
-            await self._record_pod_event(lab, event)
+        early = self._early.pop(lab.id, [])
+        if early:
+            await self._record_pod_events(lab.id, early)
         seen = self._pods.get(lab.id)
         if seen is not None:
             await self._apply_pod(lab, seen)
@@ -455,6 +457,7 @@ class Scheduler:
         self._spawning.pop(lab.namespace, None)
         self._progress.pop(lab.id, None)
         self._early.pop(lab.id, None)
+        self._queued.pop(lab.id, None)
 
     # Pods and their events
 
@@ -596,48 +599,60 @@ class Scheduler:
             )
 
     async def watch_pod_events(self, events: AsyncIterator[PodEvent]) -> None:
-        """Turn Kubernetes Events of spawning pods into progress events."""
+        """Turn Kubernetes Events of spawning pods into progress events.
+
+        Events of one lab that arrive while its previous ones are being
+        written wait in `_queued` and are written together, in one
+        transaction (a pod's first events come in a burst).
+        """
         async for event in events:
             lab_id = self._spawning.get(event.namespace)
-            if lab_id is not None:
-                self._track(self._apply_pod_event(lab_id, event), name=f"event-{lab_id}")
+            if lab_id is None:
+                continue
+            queued = self._queued[lab_id]
+            queued.append(event)
+            if len(queued) == 1:
+                self._track(self._apply_pod_events(lab_id), name=f"event-{lab_id}")
 
-    async def _apply_pod_event(self, lab_id: str, event: PodEvent) -> None:
+    async def _apply_pod_events(self, lab_id: str) -> None:
         async with self._locks.hold(lab_id):
-            if self._spawning.get(event.namespace) != lab_id:
-                return  # The spawn ended while the event waited for the lock.
-            previous = self._progress.get(lab_id)
-            if previous is not None:
+            events = self._queued.pop(lab_id, [])
+            if not events or self._spawning.get(events[0].namespace) != lab_id:
+                return  # The spawn ended while the events waited for the lock.
+            if lab_id in self._progress:
                 # The objects exist, so the lab is starting, unless another
                 # writer moved it meanwhile: the store checks that.
-                progress = next_progress(previous)
-                added = await self._store.add_events(
-                    lab_id,
-                    [NewEvent(EventType.INFO, event.message, progress)],
-                    in_state=LabState.STARTING,
-                )
-                if added:
-                    self._progress[lab_id] = progress
-                    self._signals.notify(lab_id)
+                await self._record_pod_events(lab_id, events, in_state=LabState.STARTING)
                 return
             lab = await self._store.find_lab(lab_id)
             if lab is None:
                 return
             if lab.state is LabState.CREATING:
                 # Keep progress in order: after "Created Kubernetes objects".
-                self._early[lab.id].append(event)
+                self._early[lab.id].extend(events)
             elif lab.state is LabState.STARTING:
-                await self._record_pod_event(lab, event)
-        self._signals.notify(lab_id)
+                await self._record_pod_events(lab_id, events, operation_of=lab)
 
-    async def _record_pod_event(self, lab: LabRecord, event: PodEvent) -> None:
-        previous = self._progress.get(lab.id)
-        if previous is None:
-            stored = await self._store.events(lab.id, lab.operation)
-            previous = max((e.progress or 0 for e in stored), default=None)
-        progress = next_progress(previous)
-        self._progress[lab.id] = progress
-        await self._store.add_events(lab.id, [NewEvent(EventType.INFO, event.message, progress)])
+    async def _record_pod_events(
+        self,
+        lab_id: str,
+        events: list[PodEvent],
+        *,
+        in_state: LabState | None = None,
+        operation_of: LabRecord | None = None,
+    ) -> None:
+        """Append ``events`` as progress, continuing from the last progress seen."""
+        progress = self._progress.get(lab_id)
+        if progress is None and operation_of is not None:
+            stored = await self._store.events(lab_id, operation_of.operation)
+            progress = max((e.progress or 0 for e in stored), default=None)
+        new = []
+        for event in events:
+            progress = next_progress(progress)
+            new.append(NewEvent(EventType.INFO, event.message, progress))
+        if await self._store.add_events(lab_id, new, in_state=in_state):
+            self._progress[lab_id] = new[-1].progress or 0
+            self._signals.notify(lab_id)
 
     # Deleting
 
