@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL
 
 from labd.status import StatusCache
 
-__all__ = ["APPLICATION", "CHANNEL", "ChangeListener"]
+__all__ = ["APPLICATION", "CHANNEL", "ChangeListener", "warm_status"]
 
 CHANNEL: Final = "labd_lab_changes"
 """The channel of migration 0002's trigger."""
@@ -59,6 +59,7 @@ class ChangeListener:
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._status = status
         self._listened = False
+        self._connects = 0
         self.listening = asyncio.Event()
         """Set while notifications are being received."""
 
@@ -93,6 +94,11 @@ class ChangeListener:
             self._listened = True
             self.listening.set()
             _logger.info("listening for lab changes of other processes")
+            self._connects += 1
+            if self._connects > 1:
+                # The cache was emptied while deaf; labd warms it after its
+                # start itself (`Labd.start`), without competing with it.
+                await self._warm()
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), _PING_INTERVAL)
@@ -103,9 +109,22 @@ class ChangeListener:
             self._stop_listening()
             connection.terminate()
 
+    async def _warm(self) -> None:
+        await warm_status(self._status)
+
     def _stop_listening(self) -> None:
         self.listening.clear()
         self._status.reset(enabled=False)
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         self._status.invalidate(str(payload))
+
+
+async def warm_status(status: StatusCache) -> None:
+    """Preload ``status``; a failure only costs speed, so it is logged."""
+    try:
+        added = await status.warm()
+    except Exception as exc:
+        _logger.warning("could not preload lab status", error=f"{type(exc).__name__}: {exc}")
+    else:
+        _logger.debug("preloaded lab status", labs=added)

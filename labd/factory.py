@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import Any
 
 import structlog
@@ -21,7 +22,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from labd import tasks
 from labd.alerts import Alerts
-from labd.changes import ChangeListener
+from labd.changes import ChangeListener, warm_status
 from labd.config import Config
 from labd.database import Database
 from labd.images import ImageCatalog
@@ -145,7 +146,11 @@ class Labd:
         if self.change_listener is not None:
             self._tasks.append(tasks.spawn(self.change_listener.run(), name="change-listener"))
         await self.images.refresh()
-        await self._reconcile()
+        report = await self._reconcile()
+        if report.pod_version:
+            # The watch follows on from the reconcile's LIST: no second LIST
+            # of every pod, no replay of them all.
+            self.pod_watcher.start_from(report.pod_version, report.pods)
         self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
         self._tasks += [
             tasks.spawn(self.scheduler.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
@@ -154,9 +159,16 @@ class Labd:
             ),
             tasks.spawn(self._reconcile_periodically(), name="reconcile"),
             tasks.spawn(self.images.refresh_periodically(self._stopping), name="image-refresh"),
+            tasks.spawn(self._warm_status(), name="status-warm"),
         ]
         self._not_ready = ""
         _logger.info("labd started")
+
+    async def _warm_status(self) -> None:
+        """Preload every user's status once ready (PostgreSQL: once listening)."""
+        if self.change_listener is not None:
+            await self.change_listener.listening.wait()
+        await warm_status(self.status)
 
     async def stop(self) -> None:
         """Stop the loops, give in-flight steps a moment, close connections.
@@ -194,7 +206,7 @@ class Labd:
             return f"database not usable: {exc}"
         return None
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self) -> ReconcileReport:
         report = await self.reconciler.reconcile()
         self.metrics.reconcile_duration.observe(report.seconds)
         for action, items in (
@@ -205,7 +217,8 @@ class Labd:
         ):
             if items:
                 self.metrics.reconcile_actions.labels(action).inc(len(items))
-        self.last_reconcile = report
+        self.last_reconcile = dataclasses.replace(report, pods=[])
+        return report
 
     async def _reconcile_periodically(self) -> None:
         while not self._stopping.is_set():

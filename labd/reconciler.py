@@ -35,7 +35,7 @@ from labd.alerts import AlertKind, Alerts
 from labd.config import Config
 from labd.kube.builder import SERVICE_PREFIX_VAR, LabIdentity, internal_url
 from labd.kube.storage import LabConfigMap, LabKube, LabNamespace, LabPod
-from labd.kube.watching import PodUpdate
+from labd.kube.watching import PodUpdate, listed_pod_update
 from labd.machine import LabState, Trigger
 from labd.scheduler import LabLocks, Scheduler
 from labd.signals import LabSignals
@@ -69,6 +69,12 @@ class ReconcileReport:
 
     seconds: float = 0.0
     """How long the pass took."""
+
+    pods: list[PodUpdate] = field(default_factory=list, repr=False)
+    """Every lab pod the pass listed (for the pod watch to start from)."""
+
+    pod_version: str | None = None
+    """The resourceVersion of the pod LIST."""
 
 
 class Reconciler:
@@ -122,6 +128,8 @@ class Reconciler:
             self._kube.list_lab_pods(),
             self._kube.list_lab_config_maps(),
         )
+        report.pod_version = self._kube.pod_list_version
+        report.pods = [u for u in map(listed_pod_update, pods) if u is not None]
         ns_by_lab = _by_lab(namespaces)
         pods_by_lab = _by_lab(pods)
         env_by_lab = {lab_id: dict(cm.data) for lab_id, (cm, _) in _by_lab(config_maps).items()}

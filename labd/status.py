@@ -22,6 +22,7 @@ before a write and finished after it would cache the old row for good.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -43,6 +44,11 @@ __all__ = ["DEFAULT_CACHE_SIZE", "LabStatus", "StatusCache", "lab_state_model"]
 
 DEFAULT_CACHE_SIZE: Final = 50_000
 """Users whose status is kept; beyond it, the oldest entries are dropped."""
+
+_WARM_BATCH: Final = 200
+"""Entries rendered between two yields to the event loop while warming."""
+
+_NOT_DELETED: Final = [s for s in LabState if s not in (LabState.NEW, LabState.DELETED)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +154,40 @@ class StatusCache:
                 del self._entries[next(iter(self._entries))]
             self._entries[username] = status
         return status
+
+    async def warm(self) -> int:
+        """Fill the cache with every user's current lab, in one query.
+
+        Run after a start (or after the change listener reconnected), so
+        that the hub's first poll of each user costs no SQL either.  Entries
+        that a write invalidated while the query ran are left out.
+
+        Returns
+        -------
+        int
+            How many entries were added.
+        """
+        if not self._enabled:
+            return 0
+        epoch, generations = self._epoch, dict(self._generations)
+        current: dict[str, LabRecord] = {}
+        for lab in await self._store.list_labs(_NOT_DELETED):
+            best = current.get(lab.username)
+            if best is None or (lab.is_live, lab.created_at) > (best.is_live, best.created_at):
+                current[lab.username] = lab
+        added = 0
+        for index, (username, lab) in enumerate(current.items()):
+            if index % _WARM_BATCH == 0:
+                await asyncio.sleep(0)  # Let requests in while rendering.
+            if not self._enabled or epoch != self._epoch or len(self._entries) >= self._size:
+                break
+            if username in self._entries or self._generations.get(username, 0) != generations.get(
+                username, 0
+            ):
+                continue
+            self._entries[username] = LabStatus.from_record(lab)
+            added += 1
+        return added
 
     def invalidate(self, username: str) -> None:
         """Forget the user's status: one of their lab rows changed."""

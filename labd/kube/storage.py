@@ -292,6 +292,8 @@ class LabKube:
         )
         """Makes the calls."""
         self._page_size = page_size
+        self.pod_list_version: str | None = None
+        """resourceVersion of the last `list_lab_pods` (a watch can follow it)."""
         core = CoreV1Api(api_client)
         networking = NetworkingV1Api(api_client)
         self._core = core
@@ -618,7 +620,9 @@ class LabKube:
         KubeError
             If a call failed after its retries.
         """
-        items = await self._list("Pod", self._core.list_pod_for_all_namespaces)
+        items, self.pod_list_version = await self._list_versioned(
+            "Pod", self._core.list_pod_for_all_namespaces
+        )
         result = []
         for item in items:
             namespace, name, labels, annotations, deleted = _metadata(item)
@@ -644,10 +648,15 @@ class LabKube:
     async def _list(
         self, kind: str, method: Callable[..., Awaitable[Any]]
     ) -> list[dict[str, Any]]:
-        items, _ = await list_objects(
+        items, _ = await self._list_versioned(kind, method)
+        return items
+
+    async def _list_versioned(
+        self, kind: str, method: Callable[..., Awaitable[Any]]
+    ) -> tuple[list[dict[str, Any]], str]:
+        return await list_objects(
             self.api, kind, method, label_selector=MANAGED_SELECTOR, page_size=self._page_size
         )
-        return items
 
 
 async def list_objects(

@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Final
@@ -62,13 +62,14 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from labd.config import Config
 from labd.kube.builder import LAB_ID_LABEL, MANAGED_SELECTOR, USER_LABEL
 from labd.kube.client import CallHook, KubeApi, KubeError, RetryPolicy
-from labd.kube.storage import list_objects, pod_status
+from labd.kube.storage import LabPod, list_objects, pod_status
 
 __all__ = [
     "PodEvent",
     "PodEventWatcher",
     "PodUpdate",
     "PodWatcher",
+    "listed_pod_update",
 ]
 
 _SERVER_TIMEOUT_SHARE: Final = 0.9
@@ -347,10 +348,29 @@ class PodWatcher:
             backoff=backoff,
         )
 
+        self._known: dict[tuple[str, str], PodUpdate] = {}
+
     @property
     def resource_version(self) -> str | None:
         """The last resourceVersion seen (bookmarks included)."""
         return self._follower.resource_version
+
+    def start_from(self, version: str, pods: Iterable[PodUpdate]) -> None:
+        """Skip the first LIST: watch from a LIST already made (by the reconciler).
+
+        Call before iterating `updates`.  ``pods`` are that LIST's lab pods,
+        which a later re-LIST compares with to report the pods deleted
+        meanwhile; they are not reported now.
+
+        Parameters
+        ----------
+        version
+            The resourceVersion of that LIST.
+        pods
+            What it listed.
+        """
+        self._follower.resource_version = version
+        self._known = {(pod.namespace, pod.name): pod for pod in pods}
 
     async def updates(self) -> AsyncGenerator[PodUpdate, None]:
         """Yield pod updates until cancelled; never raises `KubeError`.
@@ -360,7 +380,7 @@ class PodWatcher:
         PodUpdate
             The state of one lab pod.
         """
-        known: dict[tuple[str, str], PodUpdate] = {}
+        known = self._known
         async with aclosing(self._follower.changes()) as changes:
             async for change in changes:
                 for update in _apply(change, known):
@@ -393,6 +413,23 @@ def _apply(change: _Listed | _Changed, known: dict[tuple[str, str], PodUpdate]) 
     else:
         known[key] = update
     return [update]
+
+
+def listed_pod_update(pod: LabPod) -> PodUpdate | None:
+    """Describe a listed lab pod as the watch would; `None` without lab labels."""
+    identity = pod.identity
+    if identity is None:
+        return None
+    return PodUpdate(
+        namespace=pod.namespace,
+        name=pod.name,
+        lab_id=identity.lab_id,
+        slug=identity.slug,
+        phase=pod.phase,
+        deleted=False,
+        reason=pod.status.reason,
+        message=pod.status.message,
+    )
 
 
 def _pod_update(pod: dict[str, Any], *, deleted: bool) -> PodUpdate | None:

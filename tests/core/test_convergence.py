@@ -157,6 +157,26 @@ async def test_restart_adopts_and_removes_orphans(
     assert (again.adopted, again.vanished, again.updated) == ([], [], [])
 
 
+async def test_the_pod_watch_follows_on_from_the_first_reconcile(
+    labd_factory: LabdFactory, sim: SimCluster
+) -> None:
+    first: Labd = await labd_factory()
+    for name in ("stays", "goes"):
+        await first.service.create(name, spec(), actor=Actor.HUB)
+    for name in ("stays", "goes"):
+        await wait_state(first, name, LabState.RUNNING)
+    await first.stop()
+
+    sim.stats.reset()
+    second: Labd = await labd_factory()
+    assert sim.stats.requests["list pods"] == 1  # The reconcile's; the watch follows it.
+    # A change after the start still arrives, through the watch.
+    await _delete_pod(second, "labd-goes", "goes-nb")
+    await wait_state(second, "goes", LabState.FAILED)
+    assert (await second.service.get_state("stays")).status == "running"
+    assert sim.stats.requests["list pods"] == 1
+
+
 async def test_scheduler_outlives_database_errors(
     labd: Labd, monkeypatch: pytest.MonkeyPatch
 ) -> None:

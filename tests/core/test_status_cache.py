@@ -9,6 +9,7 @@ while it cannot hear them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import pytest
 from sqlalchemy import text
@@ -81,6 +82,40 @@ async def test_cache_size_is_bounded(database: Database) -> None:
     assert len(cache) == 3
     status = await cache.get("u5")
     assert isinstance(status, LabStatus) and status.model().user.username == "u5"
+
+
+async def test_the_cache_is_warm_after_a_start(
+    labd_factory: LabdFactory, database_url: str
+) -> None:
+    other = Database(database_url)
+    try:
+        for name in ("w1", "w2", "w3"):
+            await create(LabStore(other), name)
+    finally:
+        await other.dispose()
+    labd: Labd = await labd_factory()
+
+    async def warm() -> bool:
+        return len(labd.status) == 3
+
+    await eventually(warm, within=10, what="the cache to be preloaded")
+    misses = labd.status.misses
+    assert [await status_of(labd, name) for name in ("w1", "w2", "w3")] == ["pending"] * 3
+    assert labd.status.misses == misses
+
+
+async def test_warming_skips_users_written_meanwhile(database: Database) -> None:
+    store = SlowListStore(database)
+    cache = StatusCache(store, enabled=True)
+    store.on_write.append(cache.invalidate)
+    first, _ = await create(store, "x1"), await create(store, "x2")
+    warming = asyncio.create_task(cache.warm())
+    await store.reading.wait()
+    await store.transition(first.id, Trigger.START, actor=Actor.SCHEDULER)
+    store.proceed.set()
+    assert await warming == 1
+    fresh = await cache.get("x1")
+    assert fresh is not None and fresh.state is LabState.CREATING
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -167,3 +202,18 @@ class SlowStore(LabStore):
         self.reading.set()
         await self.proceed.wait()
         return lab
+
+
+class SlowListStore(LabStore):
+    """A store whose lab listing waits, between reading and returning, to be told."""
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.reading = asyncio.Event()
+        self.proceed = asyncio.Event()
+
+    async def list_labs(self, states: Iterable[LabState] | None = None) -> list[LabRecord]:
+        labs = await super().list_labs(states)
+        self.reading.set()
+        await self.proceed.wait()
+        return labs
