@@ -130,6 +130,7 @@ class Reconciler:
         )
         report.pod_version = self._kube.pod_list_version
         report.pods = [u for u in map(listed_pod_update, pods) if u is not None]
+        listed = {update.lab_id: update for update in report.pods}
         ns_by_lab = _by_lab(namespaces)
         pods_by_lab = _by_lab(pods)
         env_by_lab = {lab_id: dict(cm.data) for lab_id, (cm, _) in _by_lab(config_maps).items()}
@@ -167,16 +168,7 @@ class Reconciler:
                 continue
             assert pod_entry is not None
             pod = pod_entry[0]
-            update = PodUpdate(
-                namespace=pod.namespace,
-                name=pod.name,
-                lab_id=lab.id,
-                slug=lab.slug,
-                phase=pod.phase,
-                deleted=False,
-                reason=pod.status.reason,
-                message=pod.status.message,
-            )
+            update = listed[lab.id]
             if pod.phase != lab.pod_phase and pod.phase in ("Running", "Succeeded", "Failed"):
                 if await self._apply(lab, update):
                     report.updated.append(lab.id)

@@ -453,9 +453,7 @@ class LabStore:
         current: LabRecord | None = None
         try:
             async with self._db.write() as conn:
-                current = await self._lock(conn, lab_id)
-                if expected_version is not None and current.version != expected_version:
-                    raise StaleLabError(lab_id, expected_version, current.version)
+                current = await self._lock(conn, lab_id, expected_version)
                 state = next_state(
                     current.state,
                     trigger,
@@ -523,9 +521,7 @@ class LabStore:
         current: LabRecord | None = None
         try:
             async with self._db.write() as conn:
-                current = await self._lock(conn, lab_id)
-                if expected_version is not None and current.version != expected_version:
-                    raise StaleLabError(lab_id, expected_version, current.version)
+                current = await self._lock(conn, lab_id, expected_version)
                 statement = (
                     update(labs)
                     .where(labs.c.id == lab_id)
@@ -763,11 +759,17 @@ class LabStore:
             rows = (await conn.execute(statement)).all()
         return [_event(row) for row in rows]
 
-    async def _lock(self, conn: AsyncConnection, lab_id: str) -> LabRecord:
+    async def _lock(
+        self, conn: AsyncConnection, lab_id: str, expected_version: int | None = None
+    ) -> LabRecord:
+        """Lock the lab's row; `StaleLabError` if it is not at ``expected_version``."""
         row = (await conn.execute(_LOCK_LAB, {"lab_id": lab_id})).one_or_none()
         if row is None:
             raise LabNotFoundError(lab_id)
-        return _lab(row)
+        current = _lab(row)
+        if expected_version is not None and current.version != expected_version:
+            raise StaleLabError(lab_id, expected_version, current.version)
+        return current
 
     async def _record(
         self,
