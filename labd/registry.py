@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -221,15 +222,8 @@ class RegistryClient:
         self, method: str, url: str, *, params: dict[str, Any] | None, headers: dict[str, str]
     ) -> httpx.Response:
         try:
-            return await self._http.request(method, url, params=params, headers=headers)
-        except httpx.TimeoutException:
-            raise RegistryError(
-                "unreachable", f"registry {self._config.url} did not answer in time"
-            ) from None
-        except httpx.TransportError as exc:
-            raise RegistryError(
-                "unreachable", f"cannot reach registry {self._config.url}: {_describe(exc)}"
-            ) from None
+            with _reaching(f"registry {self._config.url}"):
+                return await self._http.request(method, url, params=params, headers=headers)
         except httpx.InvalidURL:
             # Only a registry's own Link header can lead here.
             raise RegistryError(
@@ -268,16 +262,8 @@ class RegistryClient:
             key: challenge[key] for key in ("service", "scope") if key in challenge
         }
         params.setdefault("scope", f"repository:{self._config.repository}:pull")
-        try:
+        with _reaching(f"token server {realm}"):
             response = await self._http.get(realm, params=params, auth=self._login)
-        except httpx.TimeoutException:
-            raise RegistryError(
-                "unreachable", f"token server {realm} did not answer in time"
-            ) from None
-        except httpx.TransportError as exc:
-            raise RegistryError(
-                "unreachable", f"cannot reach token server {realm}: {_describe(exc)}"
-            ) from None
         if response.status_code in (401, 403):
             who = "anonymous access" if self._login is None else f"user {self._config.username!r}"
             raise RegistryError(
@@ -371,6 +357,17 @@ def _token_of(response: httpx.Response) -> str | None:
 def _next_link(response: httpx.Response) -> str | None:
     match = _NEXT_LINK.search(response.headers.get("Link", ""))
     return match[1] if match else None
+
+
+@contextmanager
+def _reaching(peer: str) -> Iterator[None]:
+    """Turn a timeout or a transport failure talking to ``peer`` into `RegistryError`."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise RegistryError("unreachable", f"{peer} did not answer in time") from None
+    except httpx.TransportError as exc:
+        raise RegistryError("unreachable", f"cannot reach {peer}: {_describe(exc)}") from None
 
 
 def _describe(exc: Exception) -> str:

@@ -48,8 +48,6 @@ DEFAULT_CACHE_SIZE: Final = 50_000
 _WARM_BATCH: Final = 200
 """Entries rendered between two yields to the event loop while warming."""
 
-_NOT_DELETED: Final = [s for s in LabState if s not in (LabState.NEW, LabState.DELETED)]
-
 
 @dataclass(frozen=True, slots=True)
 class LabStatus:
@@ -170,13 +168,9 @@ class StatusCache:
         if not self._enabled:
             return 0
         epoch, generations = self._epoch, dict(self._generations)
-        current: dict[str, LabRecord] = {}
-        for lab in await self._store.list_labs(_NOT_DELETED):
-            best = current.get(lab.username)
-            if best is None or (lab.is_live, lab.created_at) > (best.is_live, best.created_at):
-                current[lab.username] = lab
         added = 0
-        for index, (username, lab) in enumerate(current.items()):
+        for index, lab in enumerate(await self._store.list_current_labs()):
+            username = lab.username
             if index % _WARM_BATCH == 0:
                 await asyncio.sleep(0)  # Let requests in while rendering.
             if not self._enabled or epoch != self._epoch or len(self._entries) >= self._size:

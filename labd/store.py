@@ -286,6 +286,9 @@ class StaleLabError(Exception):
 
 _LIVE = [state.value for state in LIVE_STATES]
 
+_CURRENT_FIRST = (labs.c.state.in_(_LIVE).desc(), labs.c.created_at.desc())
+"""Of one user's labs not deleted, the current one first: live, then newest."""
+
 # Statements of the hot paths, built once: SQLAlchemy then skips building
 # and hashing them again on every call (its compiled cache still applies).
 _SELECT_LAB = select(labs).where(labs.c.id == bindparam("lab_id"))
@@ -647,12 +650,27 @@ class LabStore:
         statement = (
             select(labs)
             .where(labs.c.username == username, labs.c.state != LabState.DELETED.value)
-            .order_by(labs.c.state.in_(_LIVE).desc(), labs.c.created_at.desc())
+            .order_by(*_CURRENT_FIRST)
             .limit(1)
         )
         async with self._db.read() as conn:
             row = (await conn.execute(statement)).one_or_none()
         return None if row is None else _lab(row)
+
+    async def list_current_labs(self) -> list[LabRecord]:
+        """Return every user's current lab (as `get_current_lab`), in one query."""
+        statement = (
+            select(labs)
+            .where(labs.c.state != LabState.DELETED.value)
+            .order_by(labs.c.username, *_CURRENT_FIRST)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        current: dict[str, LabRecord] = {}
+        for row in rows:
+            if row.username not in current:
+                current[row.username] = _lab(row)
+        return list(current.values())
 
     async def get_latest_lab(self, username: str) -> LabRecord | None:
         """Return the user's most recent lab, deleted or not."""

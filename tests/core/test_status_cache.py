@@ -9,7 +9,6 @@ while it cannot hear them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 
 import pytest
 from sqlalchemy import text
@@ -212,8 +211,8 @@ class SlowListStore(LabStore):
         self.reading = asyncio.Event()
         self.proceed = asyncio.Event()
 
-    async def list_labs(self, states: Iterable[LabState] | None = None) -> list[LabRecord]:
-        labs = await super().list_labs(states)
+    async def list_current_labs(self) -> list[LabRecord]:
+        labs = await super().list_current_labs()
         self.reading.set()
         await self.proceed.wait()
         return labs
