@@ -3,11 +3,12 @@
 The pod watch keeps labs current in well under a second, but watches can
 miss things (labd was down, a watch was cut) and objects can change behind
 labd's back.  At start, and every ``reconcile_interval``, the reconciler
-compares the lab rows with the cluster, using one LIST per kind (namespaces,
-pods, ConfigMaps), never a GET per lab:
+compares the lab rows with the cluster, using one LIST of namespaces and one
+of pods, never a GET per known lab:
 
 * lab objects with no row are *adopted*: the row is rebuilt from the
-  objects' labels, annotations and environment ConfigMap;
+  objects' labels and annotations, and the environment ConfigMap (one GET
+  for each lab adopted);
 * objects of a lab whose row says ``deleted``, or of a user who already has
   another current lab, are *orphans* and are deleted;
 * a ``starting`` or ``running`` lab whose pod or namespace vanished, or
@@ -34,7 +35,7 @@ import structlog
 from labd.alerts import AlertKind, Alerts
 from labd.config import Config
 from labd.kube.builder import SERVICE_PREFIX_VAR, LabIdentity, internal_url
-from labd.kube.storage import LabConfigMap, LabKube, LabNamespace, LabPod
+from labd.kube.storage import LabKube, LabNamespace, LabPod
 from labd.kube.watching import PodUpdate, listed_pod_update
 from labd.machine import LabState, Trigger
 from labd.scheduler import LabLocks, Scheduler
@@ -123,24 +124,19 @@ class Reconciler:
         report = ReconcileReport()
         rows = {lab.id: lab for lab in await self._store.list_lab_summaries(_NOT_DELETED)}
         report.labs = len(rows)
-        namespaces, pods, config_maps = await asyncio.gather(
-            self._kube.list_lab_namespaces(),
-            self._kube.list_lab_pods(),
-            self._kube.list_lab_config_maps(),
+        namespaces, pods = await asyncio.gather(
+            self._kube.list_lab_namespaces(), self._kube.list_lab_pods()
         )
         report.pod_version = self._kube.pod_list_version
         report.pods = [u for u in map(listed_pod_update, pods) if u is not None]
         listed = {update.lab_id: update for update in report.pods}
         ns_by_lab = _by_lab(namespaces)
         pods_by_lab = _by_lab(pods)
-        env_by_lab = {lab_id: dict(cm.data) for lab_id, (cm, _) in _by_lab(config_maps).items()}
 
         for lab_id, (namespace, ident) in ns_by_lab.items():
             if lab_id in rows or lab_id in self._locks.in_flight:
                 continue
-            await self._unknown_lab(
-                namespace, ident, pods_by_lab.get(lab_id), env_by_lab.get(lab_id), report
-            )
+            await self._unknown_lab(namespace, ident, pods_by_lab.get(lab_id), report)
 
         for lab in rows.values():
             if lab.id in self._locks.in_flight or lab.state not in _WATCHED:
@@ -202,7 +198,6 @@ class Reconciler:
         namespace: LabNamespace,
         ident: LabIdentity,
         pod: tuple[LabPod, LabIdentity] | None,
-        env: dict[str, str] | None,
         report: ReconcileReport,
     ) -> None:
         if namespace.deletion_timestamp is not None:
@@ -220,7 +215,7 @@ class Reconciler:
         except ValueError:
             await self._delete_orphan(namespace, "its spec annotation is not JSON", report)
             return
-        env = dict(env or {})
+        env = await self._kube.read_lab_environment(namespace.name, ident.slug) or {}
         spec["env"] = env
         pod_phase = pod[0].phase if pod is not None else None
         try:
@@ -265,7 +260,7 @@ class Reconciler:
 _NOT_DELETED = [state for state in LabState if state not in (LabState.NEW, LabState.DELETED)]
 
 
-_Listed = TypeVar("_Listed", LabNamespace, LabPod, LabConfigMap)
+_Listed = TypeVar("_Listed", LabNamespace, LabPod)
 
 
 def _by_lab(objects: list[_Listed]) -> dict[str, tuple[_Listed, LabIdentity]]:

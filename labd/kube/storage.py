@@ -20,16 +20,17 @@ exists (the ServiceAccount admission plugin answers 403 until the
 controller has made it, usually within a second): the pod create waits for
 that rather than failing the spawn.
 
-The reconciler lists each kind once across all namespaces, selected by
-`MANAGED_SELECTOR` and paged, and reads the answers as plain JSON: it
-compares what exists with the database and never issues a GET per lab.
+The reconciler lists namespaces and pods once each across all namespaces,
+selected by `MANAGED_SELECTOR` and paged, and reads the answers as plain
+JSON: it compares what exists with the database and never issues a GET per
+lab it already knows.  A lab it adopts costs one GET, of its ConfigMap.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -42,13 +43,13 @@ from labd.kube.builder import (
     MANAGED_SELECTOR,
     LabIdentity,
     LabObjects,
+    config_map_name,
     parse_lab_labels,
 )
 from labd.kube.client import CallHook, KubeApi, KubeError, Reply, RetryPolicy
 
 __all__ = [
     "LIST_PAGE_SIZE",
-    "LabConfigMap",
     "LabKube",
     "LabNamespace",
     "LabPod",
@@ -151,34 +152,6 @@ class LabPod:
         return parse_lab_labels({"labels": self.labels, "annotations": self.annotations})
 
 
-@dataclass(frozen=True, slots=True)
-class LabConfigMap:
-    """A lab ConfigMap (the lab's environment), as listed."""
-
-    namespace: str
-    """Its namespace."""
-
-    name: str
-    """ConfigMap name."""
-
-    labels: Mapping[str, str]
-    """Its labels."""
-
-    annotations: Mapping[str, str]
-    """Its annotations."""
-
-    data: Mapping[str, str] = field(repr=False)
-    """Its data: the lab's environment."""
-
-    deletion_timestamp: datetime | None
-    """When its deletion was asked, if it was."""
-
-    @property
-    def identity(self) -> LabIdentity | None:
-        """The lab it belongs to, or `None` if its labels are incomplete."""
-        return parse_lab_labels({"labels": self.labels, "annotations": self.annotations})
-
-
 def _timestamp(text: Any) -> datetime | None:
     if not isinstance(text, str) or not text:
         return None
@@ -236,8 +209,8 @@ def _metadata(
     return (
         meta.get("namespace", ""),
         meta.get("name", ""),
-        dict(meta.get("labels") or {}),
-        dict(meta.get("annotations") or {}),
+        meta.get("labels") or {},
+        meta.get("annotations") or {},
         _timestamp(meta.get("deletionTimestamp")),
     )
 
@@ -499,6 +472,45 @@ class LabKube:
         )
         return reply.body if reply.ok else None
 
+    async def read_lab_environment(self, namespace: str, slug: str) -> dict[str, str] | None:
+        """Read a lab's environment from its ConfigMap (``<slug>-nb-env``).
+
+        Only the reconciler needs this, and only for a lab it adopts: one
+        GET then, rather than a LIST of every lab's ConfigMap each pass.
+
+        Parameters
+        ----------
+        namespace
+            The lab's namespace.
+        slug
+            The user's slug.
+
+        Returns
+        -------
+        dict or None
+            The ConfigMap's data, or `None` if it does not exist.
+
+        Raises
+        ------
+        KubeError
+            If the call failed after its retries.
+        """
+        name = config_map_name(slug)
+        reply = await self.api.call(
+            "get",
+            "ConfigMap",
+            self._core.read_namespaced_config_map,
+            name,
+            namespace,
+            namespace=namespace,
+            name=name,
+            accept=(404,),
+        )
+        if not reply.ok:
+            return None
+        data = reply.body.get("data") or {}
+        return {str(key): str(value) for key, value in data.items()}
+
     # Deletion ------------------------------------------------------------
 
     async def delete_pod(self, namespace: str, name: str, *, grace_seconds: int) -> None:
@@ -627,22 +639,6 @@ class LabKube:
         for item in items:
             namespace, name, labels, annotations, deleted = _metadata(item)
             result.append(LabPod(namespace, name, labels, annotations, pod_status(item), deleted))
-        return result
-
-    async def list_lab_config_maps(self) -> list[LabConfigMap]:
-        """List every ConfigMap labd manages, in all namespaces (one paged LIST).
-
-        Raises
-        ------
-        KubeError
-            If a call failed after its retries.
-        """
-        items = await self._list("ConfigMap", self._core.list_config_map_for_all_namespaces)
-        result = []
-        for item in items:
-            namespace, name, labels, annotations, deleted = _metadata(item)
-            data = dict(item.get("data") or {})
-            result.append(LabConfigMap(namespace, name, labels, annotations, data, deleted))
         return result
 
     async def _list(

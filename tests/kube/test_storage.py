@@ -209,9 +209,8 @@ async def test_lists_return_only_labd_objects(
 
     namespaces = await kube.list_lab_namespaces()
     pods = await kube.list_lab_pods()
-    config_maps = await kube.list_lab_config_maps()
 
-    assert sim.stats.requests == {"list namespaces": 1, "list pods": 1, "list configmaps": 1}
+    assert sim.stats.requests == {"list namespaces": 1, "list pods": 1}
     expected = {lab_build(user).lab_id: user for user in users}
     assert {ns.identity.lab_id: ns.identity.username for ns in namespaces if ns.identity} == (
         expected
@@ -223,10 +222,19 @@ async def test_lists_return_only_labd_objects(
     }
     assert all(p.phase in ("Pending", "Running") for p in pods)
     assert all(p.identity is not None and p.identity.spec for p in pods)
-    by_namespace = {cm.namespace: cm for cm in config_maps}
-    assert set(by_namespace) == {lab_build(user).namespace for user in users}
-    assert by_namespace["labd-bob"].data["JUPYTERHUB_USER"] == "bob"
-    assert by_namespace["labd-bob"].data["JUPYTERHUB_SERVICE_PREFIX"] == "/user/bob/"
+
+
+async def test_reads_a_lab_environment(kube: LabKube, config: Config, sim: SimCluster) -> None:
+    await kube.create_lab_objects(build_lab_objects(lab_build("bob"), config))
+    sim.stats.reset()
+
+    env = await kube.read_lab_environment("labd-bob", "bob")
+
+    assert env is not None
+    assert env["JUPYTERHUB_USER"] == "bob"
+    assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/user/bob/"
+    assert await kube.read_lab_environment("labd-bob", "nobody") is None
+    assert sim.stats.requests == {"get configmaps": 2}
 
 
 @pytest.mark.sim(pod_stop_delay=0.5)

@@ -97,6 +97,11 @@ class Probes:
         await self.kube.read_secret("default", "rbac-never-created")
         await self.create_existing_lab()
 
+    async def read_environment(self) -> None:
+        """Read a lab's environment as an adoption does, then read lab ConfigMaps back."""
+        await self.kube.read_lab_environment("labd-rbac", "rbac-never-created")
+        await self.create_existing_lab()
+
     async def watch(self, kind: str, method: Callable[..., Awaitable[Any]], **kw: Any) -> None:
         """Open the watch labd's watchers open (ended by the server after 1 s)."""
         await self.kube.api.call("watch", kind, method, watch=True, timeout_seconds=1, **kw)
@@ -124,8 +129,7 @@ PROBES: dict[tuple[str, str, str], tuple[str, Probe]] = {
         lambda p: p.kube.delete_pod("labd-rbac", "nb", grace_seconds=0),
     ),
     ("", "configmaps", "create"): ("ConfigMap", Probes.create_fresh_lab),
-    ("", "configmaps", "get"): ("ConfigMap", Probes.create_existing_lab),
-    ("", "configmaps", "list"): ("ConfigMap", lambda p: _ignore(p.kube.list_lab_config_maps())),
+    ("", "configmaps", "get"): ("ConfigMap", Probes.read_environment),
     ("", "secrets", "create"): ("Secret", Probes.create_fresh_lab),
     ("", "secrets", "get"): ("Secret", Probes.read_secrets),
     ("", "services", "create"): ("Service", Probes.create_fresh_lab),
