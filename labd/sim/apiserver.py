@@ -419,14 +419,15 @@ class ApiServer:
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
-        return json_response(
-            {
-                "kind": f"{resource.kind}List",
-                "apiVersion": resource.api_version,
-                "metadata": meta,
-                "items": items,
-            }
+        head = json.dumps(
+            {"kind": f"{resource.kind}List", "apiVersion": resource.api_version, "metadata": meta},
+            separators=(",", ":"),
         )
+        encoded = self.registry.encoded
+        body = b"".join(
+            (head[:-1].encode(), b',"items":[', b",".join(map(encoded, items)), b"]}")
+        )
+        return Response(body, media_type="application/json")
 
     def _watch(self, request: Request, target: _Target, internal: bool) -> Response:
         resource = target.resource

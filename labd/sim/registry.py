@@ -209,6 +209,10 @@ class Registry:
         self._watchers: dict[Resource, set[Watcher]] = {r: set() for r in RESOURCES}
         self._service_account_admission = service_account_admission
         self._random = random.Random()
+        # id(stored object) -> (object, resourceVersion, its JSON): a LIST
+        # serializes each stored version once, as a real API server's watch
+        # cache does, instead of on every LIST.
+        self._encoded: dict[int, tuple[Obj, str, bytes]] = {}
 
     @property
     def resource_version(self) -> int:
@@ -301,6 +305,16 @@ class Registry:
                 items.append(obj)
         return items
 
+    def encoded(self, obj: Obj) -> bytes:
+        """Return a stored object as compact JSON, serialized once per version."""
+        version = obj["metadata"].get("resourceVersion", "")
+        entry = self._encoded.get(id(obj))
+        if entry is not None and entry[0] is obj and entry[1] == version:
+            return entry[2]
+        data = _dumps(obj).encode()
+        self._encoded[id(obj)] = (obj, version, data)
+        return data
+
     def objects(self, resource: Resource) -> list[Obj]:
         """Return every stored object of ``resource``, sorted by namespace and name."""
         return self.select(resource, None, LabelSelector.parse(""), FieldSelector.parse("", ()))
@@ -333,6 +347,8 @@ class Registry:
         meta["resourceVersion"] = str(version)
         namespace = meta.get("namespace", "")
         self._objects[resource].setdefault(namespace, {})[meta["name"]] = obj
+        if old is not None:
+            self._encoded.pop(id(old), None)
         self._index_labels(resource, namespace, meta["name"], old, obj)
         kind: ChangeType = "ADDED" if old is None else "MODIFIED"
         self._publish(Change(version, kind, resource, namespace, obj, old))
@@ -367,6 +383,7 @@ class Registry:
         old = self.get(resource, namespace, name)
         bucket = self._objects[resource][namespace]
         del bucket[name]
+        self._encoded.pop(id(old), None)
         if not bucket:
             del self._objects[resource][namespace]
         self._index_labels(resource, namespace, name, old, None)
