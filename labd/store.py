@@ -38,8 +38,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
 from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from labd.database import Database
 from labd.machine import API_STATUS, LIVE_STATES, ApiStatus, LabState, Trigger, next_state
@@ -376,19 +376,23 @@ class LabStore:
             "updated_at": now,
             **changes,
         }
+
+        def work(conn: Connection) -> Row[Any]:
+            row = conn.execute(insert(labs).values(values).returning(labs)).one()
+            self._record(
+                conn,
+                row,
+                from_state=LabState.NEW,
+                trigger=trigger,
+                actor=actor,
+                reason=reason,
+                details=details,
+                events=events,
+            )
+            return row
+
         try:
-            async with self._db.write() as conn:
-                row = (await conn.execute(insert(labs).values(values).returning(labs))).one()
-                await self._record(
-                    conn,
-                    row,
-                    from_state=LabState.NEW,
-                    trigger=trigger,
-                    actor=actor,
-                    reason=reason,
-                    details=details,
-                    events=events,
-                )
+            row = await self._db.run_write(work)
         except IntegrityError as exc:
             if _is_live_username_violation(exc):
                 raise LabExistsError(username) from exc
@@ -454,47 +458,52 @@ class LabStore:
         """
         changes = changes or {}
         current: LabRecord | None = None
+
+        def work(conn: Connection) -> Row[Any]:
+            nonlocal current
+            current = self._lock(conn, lab_id, expected_version)
+            state = next_state(
+                current.state,
+                trigger,
+                pod_phase=changes.get("pod_phase", current.pod_phase),
+            )
+            now = utcnow()
+            values: dict[str, Any] = {
+                "state": state.value,
+                "version": current.version + 1,
+                "updated_at": now,
+                **changes,
+            }
+            if state is LabState.DELETED:
+                values["deleted_at"] = now
+            if new_operation:
+                values["operation"] = current.operation + 1
+            self._insert_events(conn, current, final_events)
+            statement = (
+                update(labs)
+                .where(labs.c.id == lab_id, labs.c.version == current.version)
+                .values(values)
+                .returning(labs)
+            )
+            row = conn.execute(statement).one_or_none()
+            if row is None:
+                # Unreachable while the row lock holds; kept so that a
+                # change of isolation can never let two writers win.
+                raise StaleLabError(lab_id, current.version, current.version + 1)
+            self._record(
+                conn,
+                row,
+                from_state=current.state,
+                trigger=trigger,
+                actor=actor,
+                reason=reason,
+                details=details,
+                events=events,
+            )
+            return row
+
         try:
-            async with self._db.write() as conn:
-                current = await self._lock(conn, lab_id, expected_version)
-                state = next_state(
-                    current.state,
-                    trigger,
-                    pod_phase=changes.get("pod_phase", current.pod_phase),
-                )
-                now = utcnow()
-                values: dict[str, Any] = {
-                    "state": state.value,
-                    "version": current.version + 1,
-                    "updated_at": now,
-                    **changes,
-                }
-                if state is LabState.DELETED:
-                    values["deleted_at"] = now
-                if new_operation:
-                    values["operation"] = current.operation + 1
-                await self._insert_events(conn, current, final_events)
-                statement = (
-                    update(labs)
-                    .where(labs.c.id == lab_id, labs.c.version == current.version)
-                    .values(values)
-                    .returning(labs)
-                )
-                row = (await conn.execute(statement)).one_or_none()
-                if row is None:
-                    # Unreachable while the row lock holds; kept so that a
-                    # change of isolation can never let two writers win.
-                    raise StaleLabError(lab_id, current.version, current.version + 1)
-                await self._record(
-                    conn,
-                    row,
-                    from_state=current.state,
-                    trigger=trigger,
-                    actor=actor,
-                    reason=reason,
-                    details=details,
-                    events=events,
-                )
+            row = await self._db.run_write(work)
         except IntegrityError as exc:
             if current is not None and _is_live_username_violation(exc):
                 raise LabExistsError(current.username) from exc
@@ -522,17 +531,22 @@ class LabStore:
             If ``expected_version`` is given and not current.
         """
         current: LabRecord | None = None
+
+        def work(conn: Connection) -> Row[Any]:
+            nonlocal current
+            current = self._lock(conn, lab_id, expected_version)
+            statement = (
+                update(labs)
+                .where(labs.c.id == lab_id)
+                .values({**changes, "updated_at": utcnow()})
+                .returning(labs)
+            )
+            row = conn.execute(statement).one()
+            self._insert_events(conn, row, events)
+            return row
+
         try:
-            async with self._db.write() as conn:
-                current = await self._lock(conn, lab_id, expected_version)
-                statement = (
-                    update(labs)
-                    .where(labs.c.id == lab_id)
-                    .values({**changes, "updated_at": utcnow()})
-                    .returning(labs)
-                )
-                row = (await conn.execute(statement)).one()
-                await self._insert_events(conn, row, events)
+            row = await self._db.run_write(work)
         finally:
             if current is not None:
                 self._written(current.username)
@@ -557,11 +571,14 @@ class LabStore:
             Append only if the lab is in this state (checked under the lock);
             otherwise append nothing and return an empty list.
         """
-        async with self._db.write() as conn:
-            current = await self._lock(conn, lab_id)
+
+        def work(conn: Connection) -> list[EventRecord]:
+            current = self._lock(conn, lab_id)
             if in_state is not None and current.state is not in_state:
                 return []
-            return await self._insert_events(conn, current, events)
+            return self._insert_events(conn, current, events)
+
+        return await self._db.run_write(work)
 
     async def claim_due(
         self, *, limit: int, lease: float, exclude: Collection[str] = ()
@@ -593,17 +610,18 @@ class LabStore:
         )
         if exclude:
             statement = statement.where(labs.c.id.not_in(list(exclude)))
-        async with self._db.write() as conn:
-            rows = (await conn.execute(statement)).all()
-            if not rows:
-                return []
-            ids = [row.id for row in rows]
-            await conn.execute(
-                update(labs)
-                .where(labs.c.id.in_(ids))
-                .values(next_attempt_at=now + timedelta(seconds=lease))
-            )
-        return [_lab(row) for row in rows]
+
+        def work(conn: Connection) -> list[Row[Any]]:
+            rows = conn.execute(statement).all()
+            if rows:
+                conn.execute(
+                    update(labs)
+                    .where(labs.c.id.in_([row.id for row in rows]))
+                    .values(next_attempt_at=now + timedelta(seconds=lease))
+                )
+            return list(rows)
+
+        return [_lab(row) for row in await self._db.run_write(work)]
 
     async def due_summary(self) -> tuple[int, datetime | None]:
         """Return how many labs are due now and the oldest due time."""
@@ -777,11 +795,11 @@ class LabStore:
             rows = (await conn.execute(statement)).all()
         return [_event(row) for row in rows]
 
-    async def _lock(
-        self, conn: AsyncConnection, lab_id: str, expected_version: int | None = None
+    def _lock(
+        self, conn: Connection, lab_id: str, expected_version: int | None = None
     ) -> LabRecord:
         """Lock the lab's row; `StaleLabError` if it is not at ``expected_version``."""
-        row = (await conn.execute(_LOCK_LAB, {"lab_id": lab_id})).one_or_none()
+        row = conn.execute(_LOCK_LAB, {"lab_id": lab_id}).one_or_none()
         if row is None:
             raise LabNotFoundError(lab_id)
         current = _lab(row)
@@ -789,9 +807,9 @@ class LabStore:
             raise StaleLabError(lab_id, expected_version, current.version)
         return current
 
-    async def _record(
+    def _record(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         row: Row[Any],
         *,
         from_state: LabState,
@@ -801,7 +819,7 @@ class LabStore:
         details: dict[str, Any] | None,
         events: Sequence[NewEvent],
     ) -> None:
-        await conn.execute(
+        conn.execute(
             _INSERT_TRANSITION,
             {
                 "lab_id": row.id,
@@ -816,10 +834,10 @@ class LabStore:
                 "created_at": row.updated_at,
             },
         )
-        await self._insert_events(conn, _lab(row), events)
+        self._insert_events(conn, _lab(row), events)
 
-    async def _insert_events(
-        self, conn: AsyncConnection, lab: LabRecord | Row[Any], events: Sequence[NewEvent]
+    def _insert_events(
+        self, conn: Connection, lab: LabRecord | Row[Any], events: Sequence[NewEvent]
     ) -> list[EventRecord]:
         if not events:
             return []
@@ -839,7 +857,7 @@ class LabStore:
         # One INSERT per event keeps ids in list order on every database.
         records = []
         for value in values:
-            row = (await conn.execute(_INSERT_EVENT, value)).one()
+            row = conn.execute(_INSERT_EVENT, value).one()
             records.append(_event(row))
         return records
 
