@@ -3,10 +3,10 @@
 Everything runs against the simulated cluster with zero pod start delay, on
 one database backend per run (SQLite in a temporary directory, or a
 throw-away PostgreSQL database on the local server).  The simulated cluster
-runs in this process; labd runs in this process for the phases that count
-its SQL statements, and as ``labd serve`` (a real uvicorn, in a subprocess)
-for the phases a client sees.  The load generator (`loadgen.py`) is another
-subprocess.
+runs in a process of its own, as an API server would (`remote_sim.py`);
+labd runs in this process for the phases that count its SQL statements, and
+as ``labd serve`` (a real uvicorn, in a subprocess) for the phases a client
+sees.  The load generator (wrk, or `loadgen.py`) is another subprocess.
 
 Phases, in order:
 
@@ -37,7 +37,7 @@ Phases, in order:
    a hub token, at 1, 16 and 128 concurrent clients.
 8. **pod to status**: ``--latency-labs`` labs created one after another
    through the API; for each, the time from the sim storing its pod as
-   Running (seen on an in-process watch of the sim's registry) to the status
+   Running (seen by a watch on the sim's registry, in the sim's process) to the status
    route first answering ``running`` (polled every 2 ms).
 9. **memory**: the daemon's peak RSS (VmHWM) so far.
 10. **ceilings for status reads**: a bare Starlette route on the same uvicorn
@@ -65,8 +65,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +89,8 @@ from labd.models import LabSpecification
 from labd.naming import lab_namespace
 from labd.scheduler import lab_build as scheduler_lab_build
 from labd.schema import labs as labs_table
-from labd.sim import SimCluster
-from labd.sim.kinds import resource_named
-from labd.sim.selectors import FieldSelector, LabelSelector
 from labd.store import Actor, LabRecord
+from tests.bench.remote_sim import RemoteSim, until
 from tests.support.databases import scratch_database
 from tests.support.processes import Daemon, free_port, vm_status
 
@@ -170,44 +167,21 @@ def fake_build(config: Config, index: int) -> LabBuild:
     )
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    """Return once ``predicate()`` holds (checked every 20 ms)."""
-    while True:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-
-
-def running_pods(sim: SimCluster, namespaces: set[str]) -> int:
-    pods = sim.registry.objects(resource_named("pods"))
-    return sum(
-        1
-        for pod in pods
-        if pod["metadata"]["namespace"] in namespaces
-        and pod.get("status", {}).get("phase") == "Running"
-    )
-
-
-def live_namespaces(sim: SimCluster, namespaces: set[str]) -> int:
-    found = sim.registry.objects(resource_named("namespaces"))
-    return sum(1 for ns in found if ns["metadata"]["name"] in namespaces)
-
-
-async def ceiling(sim: SimCluster, config: Config, n: int) -> dict[str, Any]:
+async def ceiling(sim: RemoteSim, config: Config, n: int) -> dict[str, Any]:
     """Create and delete ``n`` labs' objects with no labd in between."""
     builds = [build_lab_objects(fake_build(config, i), config) for i in range(n)]
     namespaces = {objects.namespace["metadata"]["name"] for objects in builds}
     api_client = await create_api_client(config.kubernetes)
     kube = LabKube(api_client, config)
     try:
-        sim.stats.reset()
+        await sim.reset_stats()
         began = time.monotonic()
         await asyncio.gather(*(kube.create_lab_objects(objects) for objects in builds))
-        await until(lambda: running_pods(sim, namespaces) == n)
+        await until(lambda: _equals(sim.running_pods(namespaces), n))
         spawn_seconds = time.monotonic() - began
-        spawn_calls = sim.stats.total()
+        spawn_calls = await sim.total_requests()
 
-        sim.stats.reset()
+        await sim.reset_stats()
         began = time.monotonic()
 
         async def delete(objects: Any) -> None:
@@ -216,9 +190,9 @@ async def ceiling(sim: SimCluster, config: Config, n: int) -> dict[str, Any]:
             await kube.delete_namespace(namespace)
 
         await asyncio.gather(*(delete(objects) for objects in builds))
-        await until(lambda: live_namespaces(sim, namespaces) == 0)
+        await until(lambda: _equals(sim.live_namespaces(namespaces), 0))
         delete_seconds = time.monotonic() - began
-        delete_calls = sim.stats.total()
+        delete_calls = await sim.total_requests()
     finally:
         await api_client.close()
     return {
@@ -230,6 +204,11 @@ async def ceiling(sim: SimCluster, config: Config, n: int) -> dict[str, Any]:
         "deletes_per_second": round(n / delete_seconds, 1),
         "delete_calls_per_lab": round(delete_calls / n, 2),
     }
+
+
+async def _equals(count: Awaitable[int], expected: int) -> bool:
+    found: int = await count
+    return found == expected
 
 
 # Phase 2 and 3: labd in-process -------------------------------------------------
@@ -257,11 +236,11 @@ async def states(observer: Database, usernames: set[str]) -> dict[str, str]:
 
 
 async def spawn_batch(
-    labd: Labd, sim: SimCluster, observer: Database, sql: StatementCounter, names: list[str]
+    labd: Labd, sim: RemoteSim, observer: Database, sql: StatementCounter, names: list[str]
 ) -> dict[str, Any]:
     """Create ``names`` at once; wait until all are running."""
     wanted = set(names)
-    sim.stats.reset()
+    await sim.reset_stats()
     statements = sql.count
     began = time.monotonic()
     creates = asyncio.gather(*(labd.service.create(n, SPEC, actor=Actor.HUB) for n in names))
@@ -281,23 +260,24 @@ async def spawn_batch(
     wall = time.monotonic() - began
     times = list(ready.values())
     n = len(names)
+    calls = await sim.stats()
     return {
         "labs": n,
         "wall_seconds": round(wall, 2),
         "spawns_per_second": round(n / wall, 1),
         "p50_to_running_s": round(percentile(times, 0.5), 2),
         "p99_to_running_s": round(percentile(times, 0.99), 2),
-        "kube_calls_per_spawn": round(sim.stats.total() / n, 2),
-        "kube_calls": dict(sorted(Counter(sim.stats.requests).items())),
+        "kube_calls_per_spawn": round(sum(calls.values()) / n, 2),
+        "kube_calls": dict(sorted(calls.items())),
         "sql_statements_per_spawn": round((sql.count - statements) / n, 1),
     }
 
 
 async def delete_batch(
-    labd: Labd, sim: SimCluster, sql: StatementCounter, names: list[str]
+    labd: Labd, sim: RemoteSim, sql: StatementCounter, names: list[str]
 ) -> dict[str, Any]:
     """Delete ``names`` at once; each delete returns once its objects are gone."""
-    sim.stats.reset()
+    await sim.reset_stats()
     statements = sql.count
     began = time.monotonic()
 
@@ -314,7 +294,7 @@ async def delete_batch(
         "deletes_per_second": round(n / wall, 1),
         "p50_s": round(percentile(list(times), 0.5), 2),
         "p99_s": round(percentile(list(times), 0.99), 2),
-        "kube_calls_per_delete": round(sim.stats.total() / n, 2),
+        "kube_calls_per_delete": round(await sim.total_requests() / n, 2),
         "sql_statements_per_delete": round((sql.count - statements) / n, 1),
     }
 
@@ -337,7 +317,7 @@ def lab_build(lab: LabRecord) -> LabBuild:
 
 
 async def fill(
-    labd: Labd, sim: SimCluster, config: Config, template: LabRecord, labs: int
+    labd: Labd, sim: RemoteSim, config: Config, template: LabRecord, labs: int
 ) -> dict[str, Any]:
     """Make ``labs`` running labs fast, without labd's spawn steps.
 
@@ -350,7 +330,7 @@ async def fill(
     began = time.monotonic()
     namespaces: set[str] = set()
 
-    async def one(index: int) -> None:
+    async def one(index: int) -> list[tuple[str, str, dict[str, Any]]]:
         username = f"user{index}"
         slug, namespace = lab_namespace(config.namespace_prefix, username)
         spec = {**template.spec, "user": {**template.spec["user"], "username": username}}
@@ -367,15 +347,18 @@ async def fill(
                 "internal_url": internal_url(namespace, spec.get("env", {}), config),
             },
         )
-        for manifest in build_lab_objects(lab_build(lab), config).in_creation_order():
-            target = "" if manifest["kind"] == "Namespace" else namespace
-            sim.registry.create(resource_named(_PLURALS[manifest["kind"]]), target, manifest)
         namespaces.add(namespace)
+        objects = build_lab_objects(lab_build(lab), config).in_creation_order()
+        return [
+            (_PLURALS[obj["kind"]], "" if obj["kind"] == "Namespace" else namespace, obj)
+            for obj in objects
+        ]
 
     for start in range(0, labs, 50):
-        await asyncio.gather(*(one(i) for i in range(start, min(labs, start + 50))))
+        made = await asyncio.gather(*(one(i) for i in range(start, min(labs, start + 50))))
+        await sim.store([obj for objects in made for obj in objects])
     rows = time.monotonic() - began
-    await until(lambda: running_pods(sim, namespaces) == labs)
+    await until(lambda: _equals(sim.running_pods(namespaces), labs), every=0.5)
     return {
         "labs": labs,
         "how": "rows via LabStore.create_lab (adopt, Running); objects into the sim registry",
@@ -397,7 +380,7 @@ async def py_spy(pid: int, seconds: float, output: Path) -> asyncio.subprocess.P
 
 
 async def in_process(
-    sim: SimCluster,
+    sim: RemoteSim,
     config: Config,
     *,
     labs: int,
@@ -425,12 +408,12 @@ async def in_process(
         result["fill"] = await fill(labd, sim, config, template, labs)
         say(progress, "fill", result["fill"])
 
-        sim.stats.reset()
+        await sim.reset_stats()
         report = await labd.reconciler.reconcile()
         result["reconcile"] = {
             "labs": report.labs,
             "seconds": round(report.seconds, 3),
-            "kube_calls": dict(sorted(Counter(sim.stats.requests).items())),
+            "kube_calls": dict(sorted((await sim.stats()).items())),
             "changes": len(report.adopted)
             + len(report.orphans)
             + len(report.vanished)
@@ -512,59 +495,30 @@ async def run_load(url: str, **kwargs: Any) -> Any:
     return await asyncio.to_thread(load, url, **kwargs)
 
 
-class RunningWatch:
-    """Records when the sim stores each pod as Running (an in-process watch)."""
-
-    def __init__(self, sim: SimCluster) -> None:
-        self._registry = sim.registry
-        self._watcher = sim.registry.watch(
-            resource_named("pods"),
-            None,
-            str(sim.registry.resource_version),
-            LabelSelector.parse(""),
-            FieldSelector.parse("", ()),
-        )
-        self.running: dict[str, float] = {}
-        self._task = asyncio.ensure_future(self._follow())
-
-    async def _follow(self) -> None:
-        while (line := await self._watcher.queue.get()) is not None:
-            obj = json.loads(line)["object"]
-            namespace = obj["metadata"]["namespace"]
-            if obj.get("status", {}).get("phase") == "Running":
-                self.running.setdefault(namespace, time.monotonic())
-
-    async def close(self) -> None:
-        self._registry.unwatch(self._watcher)
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-
-async def pod_to_status(sim: SimCluster, config: Config, url: str, n: int) -> dict[str, Any]:
+async def pod_to_status(sim: RemoteSim, config: Config, url: str, n: int) -> dict[str, Any]:
     """Per lab: pod stored Running in the sim -> status route says running."""
-    watch = RunningWatch(sim)
+    await sim.follow_running()
     latencies: list[float] = []
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    try:
-        async with aiohttp.ClientSession(base_url=url, headers=headers) as http:
-            for i in range(n):
-                username = f"latency{i}"
-                _, namespace = lab_namespace(config.namespace_prefix, username)
-                async with http.post(f"/spawner/v1/labs/{username}/create", json=BODY) as r:
-                    assert r.status == 201, await r.text()
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    async with http.get(f"/spawner/v1/labs/{username}") as r:
-                        status = (await r.json())["status"]
-                    if status == "running":
-                        seen = time.monotonic()
-                        break
-                    await asyncio.sleep(0.002)
-                else:
-                    raise RuntimeError(f"{username} did not run within 30 s")
-                latencies.append(seen - watch.running[namespace])
-    finally:
-        await watch.close()
+    async with aiohttp.ClientSession(base_url=url, headers=headers) as http:
+        for i in range(n):
+            username = f"latency{i}"
+            _, namespace = lab_namespace(config.namespace_prefix, username)
+            async with http.post(f"/spawner/v1/labs/{username}/create", json=BODY) as r:
+                assert r.status == 201, await r.text()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                async with http.get(f"/spawner/v1/labs/{username}") as r:
+                    status = (await r.json())["status"]
+                if status == "running":
+                    seen = time.monotonic()
+                    break
+                await asyncio.sleep(0.002)
+            else:
+                raise RuntimeError(f"{username} did not run within 30 s")
+            running = await sim.running_since(namespace)
+            assert running is not None, f"the sim never stored {namespace}'s pod Running"
+            latencies.append(seen - running)
     return {
         "labs": n,
         "p50_ms": ms(percentile(latencies, 0.5)),
@@ -574,7 +528,7 @@ async def pod_to_status(sim: SimCluster, config: Config, url: str, n: int) -> di
 
 
 async def served(
-    sim: SimCluster,
+    sim: RemoteSim,
     config: Config,
     config_file: Path,
     log: Path,
@@ -588,9 +542,9 @@ async def served(
     url = f"http://{config.bind_address}"
     daemon = Daemon(config_file, f"{url}/readyz", log, ready_timeout=300)
     result: dict[str, Any] = {}
-    sim.stats.reset()
+    await sim.reset_stats()
     result["restart_to_ready_s"] = round(await daemon.start(poll=0.01), 2)
-    result["startup_kube_calls"] = dict(sorted(Counter(sim.stats.requests).items()))
+    result["startup_kube_calls"] = dict(sorted((await sim.stats()).items()))
     at_ready = vm_status(daemon.pid)
     result["rss_at_ready_mb"] = round(at_ready["VmRSS"] / 1024, 1)
     result["rss_peak_at_ready_mb"] = round(at_ready["VmHWM"] / 1024, 1)
@@ -605,7 +559,7 @@ async def served(
                 body = await response.text()
         reads = []
         for concurrency in (1, 16, 128):
-            sim.stats.reset()
+            await sim.reset_stats()
             spy = None
             if profile is not None and concurrency == 16:
                 backend = make_url(config.database_url).get_backend_name()
@@ -615,7 +569,7 @@ async def served(
                     url, users=labs, prefix="user", concurrency=concurrency, seconds=seconds
                 )
             )
-            reads[-1]["kube_calls"] = sim.stats.total()
+            reads[-1]["kube_calls"] = await sim.total_requests()
             if spy is not None:
                 await spy.wait()
             say(progress, f"status reads x{concurrency}", reads[-1])
@@ -758,11 +712,13 @@ async def measure(
         tmp = Path(tmpdir)
         token_file = tmp / "tokens"
         token_file.write_text(f"{hash_token(TOKEN)} hub\n")
+        kubeconfig = tmp / "kubeconfig"
         async with (
             scratch_database(backend, tmp, "labd_bench") as url,
-            SimCluster(pod_start_delay=0.0, token="", service_account_admission=False) as sim,
+            RemoteSim(
+                kubeconfig, pod_start_delay=0.0, token="", service_account_admission=False
+            ) as sim,
         ):
-            kubeconfig = sim.write_kubeconfig(tmp / "kubeconfig")
             data = settings(url, kubeconfig, free_port(), token_file)
             config_file = tmp / "labd.yaml"
             config_file.write_text(yaml.safe_dump(data))
