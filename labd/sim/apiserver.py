@@ -424,9 +424,7 @@ class ApiServer:
             separators=(",", ":"),
         )
         encoded = self.registry.encoded
-        body = b"".join(
-            (head[:-1].encode(), b',"items":[', b",".join(map(encoded, items)), b"]}")
-        )
+        body = b"".join((head[:-1].encode(), b',"items":[', b",".join(map(encoded, items)), b"]}"))
         return Response(body, media_type="application/json")
 
     def _watch(self, request: Request, target: _Target, internal: bool) -> Response:
