@@ -30,9 +30,9 @@ from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
 from labd.kube.watching import PodEventWatcher, PodWatcher
 from labd.metrics import Metrics
-from labd.migrate import check_schema
 from labd.reconciler import Reconciler, ReconcileReport
 from labd.registry import RegistryClient
+from labd.revision import check_schema
 from labd.scheduler import LabLocks, Scheduler
 from labd.service import LabService
 from labd.signals import LabSignals

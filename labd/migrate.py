@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from labd.database import Database
+from labd.revision import SchemaError, check_schema, current_revision
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
@@ -38,10 +39,6 @@ __all__ = [
 
 MIGRATION_LOCK_KEY: Final = 0x6C616264  # "labd"
 """PostgreSQL advisory lock key held while migrating."""
-
-
-class SchemaError(Exception):
-    """The database schema is not the one this labd needs."""
 
 
 def _script_location() -> Path:
@@ -65,34 +62,6 @@ def head_revision() -> str:
     if head is None:
         raise SchemaError("labd has no migrations")
     return head
-
-
-async def current_revision(database: Database) -> str | None:
-    """Return the database's revision, or `None` for an empty database."""
-
-    def read(connection: Connection) -> str | None:
-        return MigrationContext.configure(connection).get_current_revision()
-
-    async with database.read() as conn:
-        return await conn.run_sync(read)
-
-
-async def check_schema(database: Database) -> None:
-    """Refuse a database whose schema is not at the head revision.
-
-    Raises
-    ------
-    SchemaError
-        With a message that says what to run.
-    """
-    current = await current_revision(database)
-    head = head_revision()
-    if current != head:
-        found = "an empty database" if current is None else f"schema revision {current}"
-        raise SchemaError(
-            f"The database has {found}, but this labd needs revision {head}:"
-            " run `labd migrate` first"
-        )
 
 
 async def _run(database: Database, action: Callable[[Config], None]) -> str | None:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from labd.config import Config
 from labd.database import Database
 from labd.machine import LabState
-from labd.migrate import SchemaError, check_schema
+from labd.revision import SchemaError, check_schema
 from labd.serving import EXIT_CONFIG, EXIT_SCHEMA, load_or_exit
 from labd.store import LabRecord, LabStore, TransitionRecord, utcnow
 

@@ -29,7 +29,7 @@ from labd.api import Authenticator, TokenFileError, create_app
 from labd.config import Config, ConfigError, load_config
 from labd.factory import Labd
 from labd.logs import configure_logging
-from labd.migrate import SchemaError
+from labd.revision import SchemaError
 from labd.systemd import Notifier, feed_watchdog
 
 __all__ = ["run_daemon", "serve"]

@@ -18,14 +18,12 @@ from sqlalchemy import Connection, inspect, text
 from labd.cli import main
 from labd.database import Database
 from labd.migrate import (
-    SchemaError,
     alembic_config,
-    check_schema,
-    current_revision,
     downgrade,
     head_revision,
     upgrade,
 )
+from labd.revision import SCHEMA_REVISION, SchemaError, check_schema, current_revision
 from tests.conftest import PostgresDatabases
 
 _counter = itertools.count()
@@ -96,10 +94,17 @@ async def test_drift_is_detected(empty_database: Database) -> None:
             await conn.run_sync(check)
 
 
+def test_the_code_names_the_head_revision() -> None:
+    """A starting labd checks `SCHEMA_REVISION` without reading the migrations."""
+    assert head_revision() == SCHEMA_REVISION
+
+
 async def test_refuses_a_database_not_at_head(empty_database: Database) -> None:
     with pytest.raises(SchemaError, match=r"empty database.*run `labd migrate`"):
         await check_schema(empty_database)
     await upgrade(empty_database)
+    await check_schema(empty_database)
+    assert await current_revision(empty_database) == SCHEMA_REVISION
     async with empty_database.write() as conn:
         await conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
     with pytest.raises(SchemaError, match=r"schema revision ffff.*run `labd migrate`"):
