@@ -98,6 +98,7 @@ class Change:
         namespace: str,
         obj: Obj,
         old: Obj | None,
+        body: bytes | None = None,
     ) -> None:
         self.version = version
         self.type = type
@@ -105,13 +106,13 @@ class Change:
         self.namespace = namespace
         self.obj = obj
         self.old = old
-        self._body: str | None = None
+        self._body = body
 
     def line(self, type: ChangeType) -> bytes:
         """Render the watch event line; the object is serialized once for all watchers."""
         if self._body is None:
-            self._body = _dumps(self.obj)
-        return f'{{"type":"{type}","object":{self._body}}}\n'.encode()
+            self._body = _dumps(self.obj).encode()
+        return b"".join((b'{"type":"', type.encode(), b'","object":', self._body, b"}\n"))
 
 
 class Watcher:
@@ -351,7 +352,10 @@ class Registry:
             self._encoded.pop(id(old), None)
         self._index_labels(resource, namespace, meta["name"], old, obj)
         kind: ChangeType = "ADDED" if old is None else "MODIFIED"
-        self._publish(Change(version, kind, resource, namespace, obj, old))
+        # Watched kinds are serialized for the watchers anyway: the same
+        # bytes then serve LISTs.
+        body = self.encoded(obj) if self._watchers[resource] else None
+        self._publish(Change(version, kind, resource, namespace, obj, old, body))
         return obj
 
     def _index_labels(
