@@ -104,6 +104,19 @@ class Database:
         """Whether this is the embedded SQLite database."""
         return self.dialect == "sqlite"
 
+    @property
+    def sync_engines(self) -> list[Engine]:
+        """Every synchronous engine beneath this database, for event hooks.
+
+        The async engine's, and on SQLite the writer thread's: a hook on
+        ``before_cursor_execute`` (a statement counter) sees every statement
+        only when it listens on both.
+        """
+        engines = [self.engine.sync_engine]
+        if self._sqlite_sync is not None:
+            engines.append(self._sqlite_sync)
+        return engines
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """Open a read transaction (rolled back at the end)."""

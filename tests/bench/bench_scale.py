@@ -20,7 +20,7 @@ Phases, in order:
    the lab service at once, until all are running (polled every 50 ms from
    a separate connection); then all deleted at once.  Kubernetes calls come
    from the sim's statistics, SQL statements from a
-   ``before_cursor_execute`` hook on labd's engine (scheduler polling
+   ``before_cursor_execute`` hook on labd's engines (scheduler polling
    included).
 3. **fill** to ``--labs`` running labs, fast and not through labd's spawn
    steps: each row is written by ``LabStore.create_lab`` (trigger ``adopt``,
@@ -219,7 +219,8 @@ class StatementCounter:
 
     def __init__(self, database: Database) -> None:
         self.count = 0
-        event.listen(database.engine.sync_engine, "before_cursor_execute", self._seen)
+        for engine in database.sync_engines:
+            event.listen(engine, "before_cursor_execute", self._seen)
 
     def _seen(self, *_: Any) -> None:
         self.count += 1
