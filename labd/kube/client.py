@@ -36,7 +36,8 @@ import asyncio
 import gc
 import json
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,6 +57,7 @@ __all__ = [
     "KubeError",
     "Reply",
     "RetryPolicy",
+    "collector_paused",
     "create_api_client",
 ]
 
@@ -430,27 +432,37 @@ _LARGE_BODY: Final = 256 * 1024
 """Bodies from this size up are parsed with the cyclic garbage collector paused."""
 
 
-def _parse_body(data: bytes) -> dict[str, Any]:
-    """Parse a response body; a body that is not a JSON object becomes ``text``.
+@contextmanager
+def collector_paused(pause: bool = True) -> Iterator[None]:
+    """Pause the cyclic garbage collector for a block that cannot yield.
 
     A LIST of 10,000 pods is a million new dicts, lists and strings, and
     each allocation counts towards the collector's thresholds: left on, it
-    runs again and again over the growing, cycle-free result and takes
-    three quarters of the parse.  Nothing ``json.loads`` builds can form a
-    cycle, so pausing the collector for a large body loses nothing.
+    runs again and again over the large, cycle-free result, while it is
+    parsed (three quarters of ``json.loads``) and while it is turned into
+    labd's records (twenty times the cost of the conversion itself).
+    Neither builds a cycle, so pausing the collector loses nothing; the
+    block must not await, or other code would run with it paused.
     """
-    if not data:
-        return {}
-    paused = len(data) >= _LARGE_BODY and gc.isenabled()
+    paused = pause and gc.isenabled()
     if paused:
         gc.disable()
     try:
-        parsed = json.loads(data)
-    except ValueError:
-        return {"text": data.decode("utf-8", "replace")[:500]}
+        yield
     finally:
         if paused:
             gc.enable()
+
+
+def _parse_body(data: bytes) -> dict[str, Any]:
+    """Parse a response body; a body that is not a JSON object becomes ``text``."""
+    if not data:
+        return {}
+    try:
+        with collector_paused(len(data) >= _LARGE_BODY):
+            parsed = json.loads(data)
+    except ValueError:
+        return {"text": data.decode("utf-8", "replace")[:500]}
     return parsed if isinstance(parsed, dict) else {"text": str(parsed)[:500]}
 
 

@@ -46,7 +46,14 @@ from labd.kube.builder import (
     config_map_name,
     parse_lab_labels,
 )
-from labd.kube.client import CallHook, KubeApi, KubeError, Reply, RetryPolicy
+from labd.kube.client import (
+    CallHook,
+    KubeApi,
+    KubeError,
+    Reply,
+    RetryPolicy,
+    collector_paused,
+)
 
 __all__ = [
     "LIST_PAGE_SIZE",
@@ -618,10 +625,11 @@ class LabKube:
         """
         items = await self._list("Namespace", self._core.list_namespace)
         result = []
-        for item in items:
-            _, name, labels, annotations, deleted = _metadata(item)
-            phase = (item.get("status") or {}).get("phase")
-            result.append(LabNamespace(name, labels, annotations, phase, deleted))
+        with collector_paused():
+            for item in items:
+                _, name, labels, annotations, deleted = _metadata(item)
+                phase = (item.get("status") or {}).get("phase")
+                result.append(LabNamespace(name, labels, annotations, phase, deleted))
         return result
 
     async def list_lab_pods(self) -> list[LabPod]:
@@ -636,9 +644,11 @@ class LabKube:
             "Pod", self._core.list_pod_for_all_namespaces
         )
         result = []
-        for item in items:
-            namespace, name, labels, annotations, deleted = _metadata(item)
-            result.append(LabPod(namespace, name, labels, annotations, pod_status(item), deleted))
+        with collector_paused():
+            for item in items:
+                namespace, name, labels, annotations, deleted = _metadata(item)
+                status = pod_status(item)
+                result.append(LabPod(namespace, name, labels, annotations, status, deleted))
         return result
 
     async def _list(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import pytest
@@ -16,6 +17,7 @@ from labd.kube.client import (
     KubeApi,
     KubeError,
     RetryPolicy,
+    collector_paused,
     create_api_client,
 )
 from labd.kube.storage import LabKube
@@ -212,3 +214,25 @@ def test_config_defaults_fit_the_retry_budget() -> None:
     worst = sum(min(policy.maximum, policy.initial * 2**n) for n in range(policy.attempts - 1))
     assert policy.attempts == 3
     assert worst <= 2.0
+
+
+def test_collector_paused_restores_the_collector() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ValueError, match="parse failed"), collector_paused():
+        raise ValueError("parse failed")
+    assert gc.isenabled()
+    with collector_paused(False):
+        assert gc.isenabled()
+
+
+def test_collector_paused_leaves_a_paused_collector_paused() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
