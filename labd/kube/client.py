@@ -211,7 +211,11 @@ class Reply:
     """HTTP status: a 2xx, or one of the statuses the caller accepted."""
 
     body: dict[str, Any]
-    """The parsed body: the object, the list, or a ``Status``."""
+    """The parsed body: the object, the list, or a ``Status`` (empty when
+    the call asked for the success's raw body)."""
+
+    raw: bytes = b""
+    """The success's body unparsed, when the call asked for it (``raw=True``)."""
 
     @property
     def ok(self) -> bool:
@@ -306,6 +310,7 @@ class KubeApi:
         namespace: str | None = None,
         name: str | None = None,
         accept: Collection[int] = (),
+        raw: bool = False,
         **kwargs: Any,
     ) -> Reply:
         """Call a kubernetes-asyncio API method, retrying transient failures.
@@ -328,6 +333,9 @@ class KubeApi:
         accept
             Error statuses that are answers rather than failures (404 for
             a delete, 409 for a create): returned, not raised, not retried.
+        raw
+            Return a success's body unparsed, in `Reply.raw` (a LIST that
+            the caller parses and converts in one go).
         **kwargs
             Its keyword arguments (``body``, ``label_selector``, ...).
 
@@ -346,7 +354,7 @@ class KubeApi:
         while True:
             try:
                 reply = await self._attempt(
-                    verb, kind, method, args, kwargs, namespace=namespace, name=name
+                    verb, kind, method, args, kwargs, namespace=namespace, name=name, raw=raw
                 )
             except KubeError as error:
                 self.record(verb, kind, error=True)
@@ -381,6 +389,7 @@ class KubeApi:
         *,
         namespace: str | None,
         name: str | None,
+        raw: bool,
     ) -> Reply:
         """Make one request; raise `KubeError` only for retryable failures."""
         timeout = self.request_timeout
@@ -420,6 +429,8 @@ class KubeApi:
                 reason=None,
                 message=f"connection error: {str(exc) or type(exc).__name__}",
             ) from exc
+        if raw and 200 <= status < 300:
+            return Reply(status=status, body={}, raw=data)
         body = _parse_body(data)
         if status in _RETRYABLE_STATUSES:
             error = _error_from_body(verb, kind, namespace, name, status, body, reason=phrase)
@@ -428,12 +439,8 @@ class KubeApi:
         return Reply(status=status, body=body)
 
 
-_LARGE_BODY: Final = 256 * 1024
-"""Bodies from this size up are parsed with the cyclic garbage collector paused."""
-
-
 @contextmanager
-def collector_paused(pause: bool = True) -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector for a block that cannot yield.
 
     A LIST of 10,000 pods is a million new dicts, lists and strings, and
@@ -441,10 +448,12 @@ def collector_paused(pause: bool = True) -> Iterator[None]:
     runs again and again over the large, cycle-free result, while it is
     parsed (three quarters of ``json.loads``) and while it is turned into
     labd's records (twenty times the cost of the conversion itself).
-    Neither builds a cycle, so pausing the collector loses nothing; the
-    block must not await, or other code would run with it paused.
+    Neither builds a cycle, so pausing the collector loses nothing.  The
+    block should also drop the parsed result before it ends: objects freed
+    while paused no longer count, so no collection is owed afterwards.  It
+    must not await, or other code would run with the collector paused.
     """
-    paused = pause and gc.isenabled()
+    paused = gc.isenabled()
     if paused:
         gc.disable()
     try:
@@ -459,8 +468,7 @@ def _parse_body(data: bytes) -> dict[str, Any]:
     if not data:
         return {}
     try:
-        with collector_paused(len(data) >= _LARGE_BODY):
-            parsed = json.loads(data)
+        parsed = json.loads(data)
     except ValueError:
         return {"text": data.decode("utf-8", "replace")[:500]}
     return parsed if isinstance(parsed, dict) else {"text": str(parsed)[:500]}

@@ -29,10 +29,11 @@ lab it already knows.  A lab it adopts costs one GET, of its ConfigMap.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, NetworkingV1Api
@@ -74,6 +75,8 @@ _SERVICE_ACCOUNT_WAIT: Final = 15.0
 """Seconds a pod create waits for its namespace's default ServiceAccount."""
 
 _LOG = structlog.get_logger()
+
+_Item = TypeVar("_Item")
 
 
 class NamespaceTerminatingError(KubeError):
@@ -623,14 +626,10 @@ class LabKube:
         KubeError
             If a call failed after its retries.
         """
-        items = await self._list("Namespace", self._core.list_namespace)
-        result = []
-        with collector_paused():
-            for item in items:
-                _, name, labels, annotations, deleted = _metadata(item)
-                phase = (item.get("status") or {}).get("phase")
-                result.append(LabNamespace(name, labels, annotations, phase, deleted))
-        return result
+        namespaces, _ = await self._list_lab_objects(
+            "Namespace", self._core.list_namespace, _lab_namespace
+        )
+        return namespaces
 
     async def list_lab_pods(self) -> list[LabPod]:
         """List every pod labd manages, in all namespaces (one paged LIST).
@@ -640,29 +639,36 @@ class LabKube:
         KubeError
             If a call failed after its retries.
         """
-        items, self.pod_list_version = await self._list_versioned(
-            "Pod", self._core.list_pod_for_all_namespaces
+        pods, self.pod_list_version = await self._list_lab_objects(
+            "Pod", self._core.list_pod_for_all_namespaces, _lab_pod
         )
-        result = []
-        with collector_paused():
-            for item in items:
-                namespace, name, labels, annotations, deleted = _metadata(item)
-                status = pod_status(item)
-                result.append(LabPod(namespace, name, labels, annotations, status, deleted))
-        return result
+        return pods
 
-    async def _list(
-        self, kind: str, method: Callable[..., Awaitable[Any]]
-    ) -> list[dict[str, Any]]:
-        items, _ = await self._list_versioned(kind, method)
-        return items
-
-    async def _list_versioned(
-        self, kind: str, method: Callable[..., Awaitable[Any]]
-    ) -> tuple[list[dict[str, Any]], str]:
+    async def _list_lab_objects(
+        self,
+        kind: str,
+        method: Callable[..., Awaitable[Any]],
+        convert: Callable[[dict[str, Any]], _Item],
+    ) -> tuple[list[_Item], str]:
         return await list_objects(
-            self.api, kind, method, label_selector=MANAGED_SELECTOR, page_size=self._page_size
+            self.api,
+            kind,
+            method,
+            convert=convert,
+            label_selector=MANAGED_SELECTOR,
+            page_size=self._page_size,
         )
+
+
+def _lab_namespace(item: dict[str, Any]) -> LabNamespace:
+    _, name, labels, annotations, deleted = _metadata(item)
+    phase = (item.get("status") or {}).get("phase")
+    return LabNamespace(name, labels, annotations, phase, deleted)
+
+
+def _lab_pod(item: dict[str, Any]) -> LabPod:
+    namespace, name, labels, annotations, deleted = _metadata(item)
+    return LabPod(namespace, name, labels, annotations, pod_status(item), deleted)
 
 
 async def list_objects(
@@ -670,11 +676,17 @@ async def list_objects(
     kind: str,
     method: Callable[..., Awaitable[Any]],
     *,
+    convert: Callable[[dict[str, Any]], _Item],
     label_selector: str | None = None,
     field_selector: str | None = None,
     page_size: int = LIST_PAGE_SIZE,
-) -> tuple[list[dict[str, Any]], str]:
+) -> tuple[list[_Item], str]:
     """LIST objects page by page, following continue tokens.
+
+    Each page is parsed and its objects converted with the collector
+    paused, and the parsed page is dropped before it resumes (see
+    `collector_paused`): a page of 10,000 pods costs the JSON and the
+    conversion, not repeated passes of the collector over it.
 
     A continue token expires (410) once the API server has compacted the
     version the LIST started from; the pages read so far may then be
@@ -689,6 +701,8 @@ async def list_objects(
     method
         The generated list method, such as
         ``CoreV1Api(client).list_pod_for_all_namespaces``.
+    convert
+        Turns one listed object (a JSON dict) into what the caller keeps.
     label_selector
         Only objects with these labels.
     field_selector
@@ -699,7 +713,7 @@ async def list_objects(
     Returns
     -------
     tuple
-        The objects as JSON dicts, and the resourceVersion of the LIST
+        The converted objects, and the resourceVersion of the LIST
         (that of its first page, which the later pages are consistent
         with) from which a watch can follow.
 
@@ -713,7 +727,7 @@ async def list_objects(
         selectors["label_selector"] = label_selector
     if field_selector:
         selectors["field_selector"] = field_selector
-    items: list[dict[str, Any]] = []
+    items: list[_Item] = []
     version = ""
     token: str | None = None
     restarted = False
@@ -725,6 +739,7 @@ async def list_objects(
             method,
             limit=page_size,
             accept=() if restarted or not token else (410,),
+            raw=True,
             **selectors,
             **extra,
         )
@@ -732,13 +747,34 @@ async def list_objects(
             _LOG.info("LIST continue token expired; listing again", kind=kind)
             items, token, restarted = [], None, True
             continue
-        metadata = reply.body.get("metadata") or {}
+        with collector_paused():
+            metadata, page = _parse_page(kind, reply.raw)
+            items.extend(map(convert, page))
+            del page
         if token is None:
             version = str(metadata.get("resourceVersion") or "")
-        items.extend(reply.body.get("items") or [])
         token = metadata.get("continue")
         if not token:
             return items, version
+
+
+def _parse_page(kind: str, raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return the ``metadata`` and ``items`` of a LIST page."""
+    try:
+        page = json.loads(raw)
+    except ValueError:
+        page = None
+    if not isinstance(page, dict):
+        raise KubeError(
+            verb="list",
+            kind=kind,
+            namespace=None,
+            name=None,
+            status=None,
+            reason=None,
+            message="the LIST answer is not a JSON object",
+        )
+    return page.get("metadata") or {}, page.get("items") or []
 
 
 def _terminating(error: KubeError, namespace: str) -> NamespaceTerminatingError:

@@ -333,7 +333,11 @@ class PodWatcher:
 
         async def lister() -> tuple[list[dict[str, Any]], str]:
             return await list_objects(
-                api, "Pod", core.list_pod_for_all_namespaces, label_selector=MANAGED_SELECTOR
+                api,
+                "Pod",
+                core.list_pod_for_all_namespaces,
+                convert=_as_listed,
+                label_selector=MANAGED_SELECTOR,
             )
 
         self._follower = _Follower(
@@ -430,6 +434,11 @@ def listed_pod_update(pod: LabPod) -> PodUpdate | None:
         reason=pod.status.reason,
         message=pod.status.message,
     )
+
+
+def _as_listed(pod: dict[str, Any]) -> dict[str, Any]:
+    """Keep a listed pod as it is: the watch turns it into an update as it replays it."""
+    return pod
 
 
 def _pod_update(pod: dict[str, Any], *, deleted: bool) -> PodUpdate | None:
