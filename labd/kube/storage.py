@@ -470,17 +470,7 @@ class LabKube:
         KubeError
             If the call failed after its retries (403 without the right).
         """
-        reply = await self.api.call(
-            "get",
-            "Secret",
-            self._core.read_namespaced_secret,
-            name,
-            namespace,
-            namespace=namespace,
-            name=name,
-            accept=(404,),
-        )
-        return reply.body if reply.ok else None
+        return await self._read(self._kinds["Secret"], namespace=namespace, name=name)
 
     async def read_lab_environment(self, namespace: str, slug: str) -> dict[str, str] | None:
         """Read a lab's environment from its ConfigMap (``<slug>-nb-env``).
@@ -505,20 +495,12 @@ class LabKube:
         KubeError
             If the call failed after its retries.
         """
-        name = config_map_name(slug)
-        reply = await self.api.call(
-            "get",
-            "ConfigMap",
-            self._core.read_namespaced_config_map,
-            name,
-            namespace,
-            namespace=namespace,
-            name=name,
-            accept=(404,),
+        found = await self._read(
+            self._kinds["ConfigMap"], namespace=namespace, name=config_map_name(slug)
         )
-        if not reply.ok:
+        if found is None:
             return None
-        data = reply.body.get("data") or {}
+        data = found.get("data") or {}
         return {str(key): str(value) for key, value in data.items()}
 
     # Deletion ------------------------------------------------------------
