@@ -33,6 +33,7 @@ asyncpg, on the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -144,8 +145,9 @@ class Database:
         the writer thread (see the module docstring), on PostgreSQL on the
         event loop through asyncpg.  A caller that is cancelled while its
         transaction runs on the writer thread does not stop it: the
-        transaction commits or rolls back whole, and the caller, like one
-        that lost its connection after the commit, reads the row again.
+        transaction commits or rolls back whole, the cancellation is raised
+        once it has, and the caller, like one that lost its connection
+        after a commit, reads the row again to learn the outcome.
 
         Parameters
         ----------
@@ -159,7 +161,17 @@ class Database:
         if self._sqlite_thread is None:
             self._sqlite_thread = ThreadPoolExecutor(1, thread_name_prefix="labd-sqlite-writer")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._sqlite_thread, self._write_on_thread, work)
+        done = loop.run_in_executor(self._sqlite_thread, self._write_on_thread, work)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            # The transaction runs to its end on the thread whatever happens
+            # here: wait for it, so that what a cancelled caller does next
+            # (its `finally`, the status cache's invalidation) comes after
+            # the commit, as it would on PostgreSQL.
+            with contextlib.suppress(Exception):
+                await done
+            raise
 
     def _write_on_thread(self, work: Callable[[Connection], _T]) -> _T:
         assert self._sqlite_sync is not None
