@@ -28,14 +28,14 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
 from labd.alerts import AlertKind, Alerts
 from labd.config import Config
 from labd.kube.builder import SERVICE_PREFIX_VAR, LabIdentity, internal_url
-from labd.kube.storage import LabKube, LabNamespace, LabPod
+from labd.kube.storage import LabKube, LabNamespace
 from labd.kube.watching import PodUpdate, listed_pod_update
 from labd.machine import LabState, Trigger
 from labd.scheduler import LabLocks, Scheduler
@@ -131,22 +131,21 @@ class Reconciler:
         report.pods = [u for u in map(listed_pod_update, pods) if u is not None]
         listed = {update.lab_id: update for update in report.pods}
         ns_by_lab = _by_lab(namespaces)
-        pods_by_lab = _by_lab(pods)
 
         for lab_id, (namespace, ident) in ns_by_lab.items():
             if lab_id in rows or lab_id in self._locks.in_flight:
                 continue
-            await self._unknown_lab(namespace, ident, pods_by_lab.get(lab_id), report)
+            await self._unknown_lab(namespace, ident, listed.get(lab_id), report)
 
         for lab in rows.values():
             if lab.id in self._locks.in_flight or lab.state not in _WATCHED:
                 continue
             namespace_entry = ns_by_lab.get(lab.id)
-            pod_entry = pods_by_lab.get(lab.id)
+            listed_pod = listed.get(lab.id)
             gone = (
                 namespace_entry is None
                 or namespace_entry[0].deletion_timestamp is not None
-                or pod_entry is None
+                or listed_pod is None
             )
             if gone:
                 update = PodUpdate(
@@ -162,16 +161,15 @@ class Reconciler:
                 if await self._apply(lab, update):
                     report.vanished.append(lab.id)
                 continue
-            assert pod_entry is not None
-            pod = pod_entry[0]
-            update = listed[lab.id]
-            if pod.phase != lab.pod_phase and pod.phase in ("Running", "Succeeded", "Failed"):
-                if await self._apply(lab, update):
+            assert listed_pod is not None
+            phase = listed_pod.phase
+            if phase != lab.pod_phase and phase in ("Running", "Succeeded", "Failed"):
+                if await self._apply(lab, listed_pod):
                     report.updated.append(lab.id)
             else:
                 # Nothing to do: the watch need not look at this pod again
                 # when it starts by replaying every pod.
-                self._scheduler.remember_pod(update)
+                self._scheduler.remember_pod(listed_pod)
 
         report.seconds = time.monotonic() - start
         log = _logger.bind(
@@ -197,7 +195,7 @@ class Reconciler:
         self,
         namespace: LabNamespace,
         ident: LabIdentity,
-        pod: tuple[LabPod, LabIdentity] | None,
+        pod: PodUpdate | None,
         report: ReconcileReport,
     ) -> None:
         if namespace.deletion_timestamp is not None:
@@ -217,7 +215,7 @@ class Reconciler:
             return
         env = await self._kube.read_lab_environment(namespace.name, ident.slug) or {}
         spec["env"] = env
-        pod_phase = pod[0].phase if pod is not None else None
+        pod_phase = pod.phase if pod is not None else None
         try:
             lab = await self._store.create_lab(
                 lab_id=ident.lab_id,
@@ -260,13 +258,10 @@ class Reconciler:
 _NOT_DELETED = [state for state in LabState if state not in (LabState.NEW, LabState.DELETED)]
 
 
-_Listed = TypeVar("_Listed", LabNamespace, LabPod)
-
-
-def _by_lab(objects: list[_Listed]) -> dict[str, tuple[_Listed, LabIdentity]]:
+def _by_lab(namespaces: list[LabNamespace]) -> dict[str, tuple[LabNamespace, LabIdentity]]:
     found = {}
-    for obj in objects:
-        ident = obj.identity
+    for namespace in namespaces:
+        ident = namespace.identity
         if ident is not None:
-            found[ident.lab_id] = (obj, ident)
+            found[ident.lab_id] = (namespace, ident)
     return found
