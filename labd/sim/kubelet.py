@@ -565,8 +565,10 @@ class Kubelet:
 
     async def _stay_pending(self, pod: Pod, work: _PodWork, reason: str) -> None:
         if reason not in _IMAGE_REASONS:
-            await self._status(pod, self._waiting(pod, work, reason))
+            # Event first, as on every other path: once the status shows the
+            # reason, its Event is there to read.
             await self._event(pod, reason, f"Pod is waiting: {reason}", warning=True)
+            await self._status(pod, self._waiting(pod, work, reason))
             return
         for c in pod["spec"]["containers"]:
             image, cname = c["image"], c["name"]
