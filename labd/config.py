@@ -54,6 +54,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 __all__ = [
+    "DEFAULT_EPHEMERAL_STORAGE_LIMIT",
+    "DEFAULT_EPHEMERAL_STORAGE_REQUEST",
     "ENV_PREFIX",
     "SERVICE_ACCOUNT_NAMESPACE_FILE",
     "AlertsConfig",
@@ -61,6 +63,8 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "CopiedSecretConfig",
+    "EgressConfig",
+    "EgressRuleConfig",
     "ImageClass",
     "ImageConfig",
     "ImageReference",
@@ -389,14 +393,30 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DEFAULT_EPHEMERAL_STORAGE_LIMIT = 8 * 2**30
+"""Ephemeral storage limit of a lab whose size sets none: 8 GiB."""
+
+DEFAULT_EPHEMERAL_STORAGE_REQUEST = 512 * 2**20
+"""Ephemeral storage request of a lab whose size sets none: 512 MiB (or the
+limit, if smaller)."""
+
+
 class Resources(_Model):
-    """CPU and memory of one side (requests or limits) of a lab size."""
+    """CPU, memory and ephemeral storage of one side (requests or limits) of a lab size."""
 
     cpu: Cpu = Field(
         gt=0, description="CPU cores; a number or a quantity such as `500m` (0.5 cores)."
     )
     memory: Bytes = Field(
         gt=0, description="Memory in bytes; a number or a quantity such as `4Gi` or `512Mi`."
+    )
+    ephemeral_storage: Bytes | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Node-local disk in bytes (`/tmp`, logs); a quantity such as `8Gi`. Unset: "
+            "8Gi for limits, 512Mi (or the limit if smaller) for requests."
+        ),
     )
 
 
@@ -411,6 +431,20 @@ class SizeConfig(_Model):
         default=None, description="Text shown next to the size on the spawn form."
     )
 
+    @property
+    def ephemeral_storage_limit(self) -> int:
+        """The lab's ephemeral storage limit in bytes, also the size of its ``/tmp``."""
+        limit = self.limits.ephemeral_storage
+        return DEFAULT_EPHEMERAL_STORAGE_LIMIT if limit is None else limit
+
+    @property
+    def ephemeral_storage_request(self) -> int:
+        """The lab's ephemeral storage request in bytes."""
+        request = self.requests.ephemeral_storage
+        if request is None:
+            return min(DEFAULT_EPHEMERAL_STORAGE_REQUEST, self.ephemeral_storage_limit)
+        return request
+
     @model_validator(mode="after")
     def _check_requests_within_limits(self) -> Self:
         problems = []
@@ -422,6 +456,13 @@ class SizeConfig(_Model):
             problems.append(
                 f"requests.memory {format_bytes(self.requests.memory)} exceeds "
                 f"limits.memory {format_bytes(self.limits.memory)}"
+            )
+        if self.ephemeral_storage_request > self.ephemeral_storage_limit:
+            default = " (the default)" if self.limits.ephemeral_storage is None else ""
+            problems.append(
+                f"requests.ephemeral_storage {format_bytes(self.ephemeral_storage_request)} "
+                f"exceeds limits.ephemeral_storage "
+                f"{format_bytes(self.ephemeral_storage_limit)}{default}"
             )
         if problems:
             raise ValueError("; ".join(problems))
@@ -904,6 +945,163 @@ class CopiedSecretConfig(_Model):
         return str(path)
 
 
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
+"""A TCP, UDP or SCTP port number, 1 to 65535 (a whole number, not text or a boolean)."""
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class EgressRuleConfig(_Model):
+    """One more destination labs may connect to: a network or a namespace's pods."""
+
+    cidr: str | None = Field(
+        default=None,
+        description=(
+            "IPv4 or IPv6 network (`10.20.0.0/16`, `2001:db8::/32`; an address alone is "
+            "that address); not with `namespace`."
+        ),
+    )
+    except_: list[str] = Field(
+        default_factory=list,
+        alias="except",
+        description=(
+            "Networks inside `cidr` left out, e.g. the cluster's own ranges when `cidr` "
+            "is `0.0.0.0/0`."
+        ),
+    )
+    namespace: str | None = Field(
+        default=None, description="Namespace whose pods labs may reach; not with `cidr`."
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="With `namespace`: only the pods carrying all of these labels.",
+    )
+    ports: list[Port] = Field(
+        default_factory=list,
+        description="Destination ports allowed (1-65535); empty allows every port and protocol.",
+    )
+    protocol: Literal["TCP", "UDP", "SCTP"] = Field(
+        default="TCP", description="Protocol of `ports`."
+    )
+
+    @field_validator("cidr")
+    @classmethod
+    def _check_cidr(cls, value: str | None) -> str | None:
+        return None if value is None else str(_parse_network(value))
+
+    @field_validator("except_")
+    @classmethod
+    def _check_except(cls, value: list[str]) -> list[str]:
+        return [str(_parse_network(network)) for network in value]
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_dns_label(value, max_length=63)
+        return value
+
+    @field_validator("pod_labels")
+    @classmethod
+    def _check_pod_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_labels(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_destination(self) -> Self:
+        if (self.cidr is None) == (self.namespace is None):
+            raise ValueError("set exactly one of cidr and namespace")
+        if self.except_ and self.cidr is None:
+            raise ValueError("except needs cidr")
+        if self.pod_labels and self.namespace is None:
+            raise ValueError("pod_labels needs namespace")
+        if "protocol" in self.model_fields_set and not self.ports:
+            raise ValueError(
+                "protocol applies to ports: without ports the rule allows every port and "
+                "protocol; list the ports"
+            )
+        if self.cidr is not None:
+            network = _parse_network(self.cidr)
+            for text in self.except_:
+                excluded = _parse_network(text)
+                # As Kubernetes requires: a strict subnet of the same family.
+                if (
+                    excluded.version != network.version
+                    or not excluded.subnet_of(network)  # type: ignore[arg-type]
+                    or excluded == network
+                ):
+                    raise ValueError(
+                        f"except {text!r} is not a strict subnet of cidr {self.cidr!r}"
+                    )
+        return self
+
+
+class EgressConfig(_Model):
+    """Where labs may open connections: the egress rules of each lab's NetworkPolicy.
+
+    Everything not allowed here is refused, cloud metadata endpoints and the
+    Kubernetes API included; replies to connections made to the lab (the
+    hub's, through ingress) are always allowed.
+    """
+
+    allow_all: bool = Field(
+        default=False,
+        description="Let labs connect anywhere (one rule allowing all egress); the other "
+        "keys are then ignored.",
+    )
+    dns: bool = Field(
+        default=True,
+        description="Allow DNS: UDP and TCP port 53, to any address unless `dns_namespace` "
+        "is set.",
+    )
+    dns_namespace: str | None = Field(
+        default=None,
+        description="Allow DNS only to the pods of this namespace (e.g. `kube-system`); "
+        "unset: to any address (needed for node-local DNS caches).",
+    )
+    dns_pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="With `dns_namespace`: only to the pods carrying all of these labels "
+        "(e.g. `{k8s-app: kube-dns}`).",
+    )
+    hub: bool = Field(
+        default=True,
+        description="Allow every port of the pods in `lab.hub_namespace`: the hub API "
+        "(`JUPYTERHUB_API_URL`) and the proxy.",
+    )
+    allow: list[EgressRuleConfig] = Field(
+        default_factory=list,
+        description="Further destinations: networks (`cidr`) or namespaces, with optional ports.",
+    )
+
+    @field_validator("dns_namespace")
+    @classmethod
+    def _check_dns_namespace(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_dns_label(value, max_length=63)
+        return value
+
+    @field_validator("dns_pod_labels")
+    @classmethod
+    def _check_dns_pod_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        _check_labels(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_dns_selector(self) -> Self:
+        if self.dns_pod_labels and self.dns_namespace is None:
+            raise ValueError("dns_pod_labels needs dns_namespace")
+        return self
+
+
+def _parse_network(text: str) -> IPNetwork:
+    """Parse an IPv4 or IPv6 network; refuse host bits set beside the prefix."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IP network such as 10.20.0.0/16 ({exc})") from None
+
+
 class LabConfig(_Model):
     """What every lab gets, whatever the user asked for."""
 
@@ -922,6 +1120,10 @@ class LabConfig(_Model):
     hub_namespace: str = Field(
         default="jupyterhub",
         description="Namespace of JupyterHub, allowed in by each lab's NetworkPolicy.",
+    )
+    egress: EgressConfig = Field(
+        default_factory=EgressConfig,
+        description="Where labs may connect (by default DNS and the hub only).",
     )
     internal_url_template: str = Field(
         default="http://lab.{namespace}:{port}{service_prefix}",
@@ -1208,6 +1410,26 @@ class AlertsConfig(_Model):
         if window is not None and value < window:
             raise ValueError(f"{value:g} is less than alerts.window {window:g}")
         return value
+
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
+
+def _check_labels(labels: Mapping[str, str]) -> None:
+    """Refuse label keys and values Kubernetes would refuse in a selector."""
+    for key, value in labels.items():
+        prefix, slash, name = key.rpartition("/")
+        good_prefix = not slash or (_DNS_SUBDOMAIN.fullmatch(prefix) and len(prefix) <= 253)
+        if not (good_prefix and _LABEL_NAME.fullmatch(name) and len(name) <= 63):
+            raise ValueError(
+                f"{key!r} is not a label key (an optional DNS subdomain and '/', then at most "
+                "63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit)"
+            )
+        if value and not (_LABEL_NAME.fullmatch(value) and len(value) <= 63):
+            raise ValueError(
+                f"label {key!r}: {value!r} is not a label value (at most 63 letters, digits, "
+                "'-', '_' and '.', starting and ending with a letter or digit)"
+            )
 
 
 def _check_dns_label(value: str, *, max_length: int) -> None:

@@ -467,6 +467,156 @@ def test_bad_value(tmp_path: Path, yaml_text: str, expected: str) -> None:
     assert problems_of(path)[0] == expected
 
 
+# Lab egress and ephemeral storage
+
+
+def test_egress_defaults_allow_dns_and_the_hub_only() -> None:
+    egress = load_config(None, environ={}).lab.egress
+    assert (egress.allow_all, egress.dns, egress.hub) == (False, True, True)
+    assert (egress.dns_namespace, egress.dns_pod_labels, egress.allow) == (None, {}, [])
+
+
+def test_egress_entries_are_normalised(tmp_path: Path) -> None:
+    path = tmp_path / "labd.yaml"
+    path.write_text(
+        "lab:\n"
+        "  egress:\n"
+        "    dns_namespace: kube-system\n"
+        "    dns_pod_labels: {k8s-app: kube-dns}\n"
+        "    allow:\n"
+        "      - {cidr: 0.0.0.0/0, except: [10.0.0.0/8, 169.254.169.254], ports: [443]}\n"
+        "      - {cidr: '2001:db8::1'}\n"
+        "      - {namespace: mirrors, pod_labels: {app.example/name: devpi}, ports: [53],"
+        " protocol: UDP}\n"
+    )
+    first, second, third = load_config(path, environ={}).lab.egress.allow
+    assert (first.cidr, first.except_, first.ports) == (
+        "0.0.0.0/0",
+        ["10.0.0.0/8", "169.254.169.254/32"],
+        [443],
+    )
+    assert (second.cidr, second.ports) == ("2001:db8::1/128", [])
+    assert (third.namespace, third.pod_labels, third.protocol) == (
+        "mirrors",
+        {"app.example/name": "devpi"},
+        "UDP",
+    )
+
+
+def test_egress_from_the_environment() -> None:
+    environ = {
+        "LABD_LAB__EGRESS__ALLOW_ALL": "true",
+        "LABD_LAB__EGRESS__ALLOW": '[{"cidr": "10.20.30.0/24", "ports": [443]}]',
+    }
+    egress = load_config(None, environ=environ).lab.egress
+    assert egress.allow_all
+    assert [(rule.cidr, rule.ports) for rule in egress.allow] == [("10.20.30.0/24", [443])]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("{cidr: 10.0.0.1/8}", ".cidr: '10.0.0.1/8' is not an IP network such as 10.20.0.0/16 "
+         "(10.0.0.1/8 has host bits set)"),
+        ("{cidr: 10.0.0.0/33}", ".cidr: '10.0.0.0/33' is not an IP network such as "
+         "10.20.0.0/16 ('10.0.0.0/33' does not appear to be an IPv4 or IPv6 network)"),
+        ("{cidr: 10.0.0.0/8, namespace: x}", ": set exactly one of cidr and namespace"),
+        ("{ports: [443]}", ": set exactly one of cidr and namespace"),
+        ("{cidr: 10.0.0.0/8, except: [11.0.0.0/16]}",
+         ": except '11.0.0.0/16' is not a strict subnet of cidr '10.0.0.0/8'"),
+        ("{cidr: 10.0.0.0/8, except: [10.0.0.0/8]}",
+         ": except '10.0.0.0/8' is not a strict subnet of cidr '10.0.0.0/8'"),
+        ("{cidr: 10.0.0.0/8, except: ['::/1']}",
+         ": except '::/1' is not a strict subnet of cidr '10.0.0.0/8'"),
+        ("{namespace: x, except: [10.0.0.0/8]}", ": except needs cidr"),
+        ("{cidr: 10.0.0.0/8, pod_labels: {a: b}}", ": pod_labels needs namespace"),
+        ("{namespace: Mirrors}", ".namespace: 'Mirrors' is not a DNS label (lowercase letters, "
+         "digits and '-', starting and ending with a letter or digit)"),
+        ("{namespace: x, pod_labels: {'a b': c}}", ".pod_labels: 'a b' is not a label key"),
+        ("{namespace: x, pod_labels: {a: 'c d'}}", ".pod_labels: label 'a': 'c d' is not a "
+         "label value"),
+        ("{namespace: x, ports: [0]}", ".ports[0]: Input should be greater than or equal to 1"),
+        ("{namespace: x, ports: [65536]}",
+         ".ports[0]: Input should be less than or equal to 65535"),
+        ("{namespace: x, ports: [true]}", ".ports[0]: Input should be a valid integer"),
+        ("{namespace: x, ports: ['443']}", ".ports[0]: Input should be a valid integer"),
+        ("{namespace: x, ports: [1], protocol: ICMP}",
+         ".protocol: Input should be 'TCP', 'UDP' or 'SCTP'"),
+        ("{namespace: x, protocol: UDP}", ": protocol applies to ports: without ports the rule "
+         "allows every port and protocol; list the ports"),
+        ("{namespace: x, to: y}", ".to: unknown key (check the spelling)"),
+    ],
+)  # fmt: skip
+def test_bad_egress_entry(tmp_path: Path, entry: str, expected: str) -> None:
+    path = tmp_path / "labd.yaml"
+    path.write_text(f"lab: {{egress: {{allow: [{entry}]}}}}\n")
+    (line,) = problems_of(path)
+    assert line.startswith("lab.egress.allow[0]" + expected), line
+
+
+def test_dns_pod_labels_need_dns_namespace() -> None:
+    environ = {"LABD_LAB__EGRESS__DNS_POD_LABELS": '{"k8s-app": "kube-dns"}'}
+    assert problems_of(None, environ) == [
+        "LABD_LAB__EGRESS__DNS_POD_LABELS (lab.egress): dns_pod_labels needs dns_namespace"
+    ]
+
+
+def test_ephemeral_storage_defaults_and_settings() -> None:
+    sizes = load_config(None, environ={}).sizes
+    assert {(s.ephemeral_storage_limit, s.ephemeral_storage_request) for s in sizes.values()} == {
+        (8 * GiB, 512 * 2**20)
+    }
+    explicit = SizeConfig.model_validate(
+        {
+            "limits": {"cpu": 1, "memory": "1Gi", "ephemeral_storage": "20Gi"},
+            "requests": {"cpu": 1, "memory": "1Gi", "ephemeral_storage": "2Gi"},
+        }
+    )
+    assert (explicit.ephemeral_storage_limit, explicit.ephemeral_storage_request) == (
+        20 * GiB,
+        2 * GiB,
+    )
+    small = SizeConfig.model_validate(
+        {
+            "limits": {"cpu": 1, "memory": "1Gi", "ephemeral_storage": "100Mi"},
+            "requests": {"cpu": 1, "memory": "1Gi"},
+        }
+    )
+    assert small.ephemeral_storage_request == 100 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("limit", "requested", "expected"),
+    [
+        ("1Gi", "2Gi",
+         "sizes.s: requests.ephemeral_storage 2 GiB exceeds limits.ephemeral_storage 1 GiB"),
+        (None, "9Gi", "sizes.s: requests.ephemeral_storage 9 GiB exceeds "
+         "limits.ephemeral_storage 8 GiB (the default)"),
+        ("0", None, "sizes.s.limits.ephemeral_storage: Input should be greater than 0"),
+        ("-1Gi", None, "sizes.s.limits.ephemeral_storage: Input should be greater than 0"),
+        (".inf", None,
+         "sizes.s.limits.ephemeral_storage: invalid quantity inf: not a finite number"),
+        ("1e400", None,
+         "sizes.s.limits.ephemeral_storage: invalid quantity '1e400': not a finite number"),
+        ("1.5", None, "sizes.s.limits.ephemeral_storage: 1.5 is not a whole number of bytes"),
+        (None, "8Gb", "sizes.s.requests.ephemeral_storage: invalid quantity '8Gb': unknown "
+         "suffix 'Gb' (use Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, m, or an exponent like 1e3)"),
+    ],
+)  # fmt: skip
+def test_bad_ephemeral_storage(
+    tmp_path: Path, limit: str | None, requested: str | None, expected: str
+) -> None:
+    def side(storage: str | None) -> str:
+        extra = "" if storage is None else f", ephemeral_storage: {storage}"
+        return f"{{cpu: 1, memory: 1Gi{extra}}}"
+
+    path = tmp_path / "labd.yaml"
+    path.write_text(
+        f"default_size: s\nsizes: {{s: {{limits: {side(limit)}, requests: {side(requested)}}}}}\n"
+    )
+    assert problems_of(path) == [expected]
+
+
 # Pieces of the public API
 
 

@@ -19,7 +19,15 @@ with the user's own UID and groups, no privilege escalation, no Linux
 capabilities, the runtime's seccomp profile, a read-only root filesystem
 (with a writable ``/tmp``), no service-account token and no service links.
 It never restarts: a lab whose process exits is reported as exited (as
-Nublado does), and JupyterHub decides what happens next.
+Nublado does), and JupyterHub decides what happens next.  Its node-local
+disk is capped by the size's ephemeral storage limit, which also bounds
+``/tmp``: a lab that fills it is evicted rather than filling the node.
+
+The lab's NetworkPolicy admits only the hub and the lab's own namespace, on
+the lab's port, and lets the lab connect only where ``lab.egress`` allows:
+by default DNS and the hub's namespace (the hub API the lab calls at
+``JUPYTERHUB_API_URL``), so a lab cannot reach other users' labs, the
+Kubernetes API or a cloud metadata endpoint unless the operator says so.
 
 Secrets copied from configuration (``lab.secrets``) join the hub's secret
 environment in the lab's Secret, under `COPIED_KEY_PREFIX` so that no key
@@ -38,7 +46,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from labd.config import Config
+from labd.config import (
+    DEFAULT_EPHEMERAL_STORAGE_LIMIT,
+    DEFAULT_EPHEMERAL_STORAGE_REQUEST,
+    Config,
+    EgressRuleConfig,
+)
 
 __all__ = [
     "CONTAINER_NAME",
@@ -115,7 +128,10 @@ _TMP_VOLUME: Final = "tmp"
 _COPIED_VOLUME: Final = "copied-secrets"
 _COPIED_FILE_MODE: Final = 0o440
 """Read-only for the owner (root) and the pod's ``fsGroup`` (the user's group)."""
-_HUB_NAMESPACE_LABEL: Final = "kubernetes.io/metadata.name"
+_NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
+"""Label Kubernetes (1.21+, or an admission hook before) sets on every
+namespace to its name: how a NetworkPolicy selects a namespace by name."""
+_DNS_PORT: Final = 53
 
 
 class LabBuildError(ValueError):
@@ -142,7 +158,8 @@ class LabBuild:
     """Image reference to run."""
 
     size: str
-    """Name of the lab size (informational; resources come below)."""
+    """Name of the lab size; CPU and memory come below, fixed when the lab
+    was requested, and ephemeral storage from the size's configuration."""
 
     limits_cpu: float
     """CPU limit in cores."""
@@ -204,7 +221,8 @@ class LabObjects:
     """Secret ``<slug>-nb``: the lab's secret environment."""
 
     network_policy: dict[str, Any]
-    """NetworkPolicy letting only the hub and the namespace reach the lab."""
+    """NetworkPolicy letting only the hub and the namespace reach the lab, and
+    the lab reach only what ``lab.egress`` allows."""
 
     resource_quota: dict[str, Any] | None
     """ResourceQuota capping the namespace at the size's limits, if configured."""
@@ -365,6 +383,34 @@ def _cpu(cores: float) -> str:
     return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
 
 
+def _namespace_peer(namespace: str, pod_labels: Mapping[str, str]) -> dict[str, Any]:
+    """A NetworkPolicy peer: the pods of a namespace, or only those with these labels."""
+    peer: dict[str, Any] = {
+        "namespaceSelector": {"matchLabels": {_NAMESPACE_NAME_LABEL: namespace}}
+    }
+    if pod_labels:
+        # In the same peer as the namespace selector: both must match.
+        peer["podSelector"] = {"matchLabels": dict(pod_labels)}
+    return peer
+
+
+def _allowed_rule(allowed: EgressRuleConfig) -> dict[str, Any]:
+    """The egress rule of one ``lab.egress.allow`` entry."""
+    if allowed.cidr is not None:
+        block: dict[str, Any] = {"cidr": allowed.cidr}
+        if allowed.except_:
+            block["except"] = list(allowed.except_)
+        peer = {"ipBlock": block}
+    else:
+        assert allowed.namespace is not None  # validated: one of the two
+        peer = _namespace_peer(allowed.namespace, allowed.pod_labels)
+    rule: dict[str, Any] = {"to": [peer]}
+    if allowed.ports:
+        # Without ports the rule allows every port and protocol.
+        rule["ports"] = [{"protocol": allowed.protocol, "port": port} for port in allowed.ports]
+    return rule
+
+
 class _Builder:
     """Builds one lab's manifests; one method per object."""
 
@@ -476,12 +522,33 @@ class _Builder:
     def pod_selector(self) -> dict[str, str]:
         return {LAB_ID_LABEL: self.lab.lab_id}
 
-    def network_policy(self) -> dict[str, Any]:
-        hub = {
-            "namespaceSelector": {
-                "matchLabels": {_HUB_NAMESPACE_LABEL: self.config.lab.hub_namespace}
+    def egress(self) -> list[dict[str, Any]]:
+        """The egress rules: DNS, the hub, then ``lab.egress.allow`` in order.
+
+        Any one rule matching lets a connection out; with no rule at all
+        (everything switched off) the lab can open no connection.
+        """
+        egress = self.config.lab.egress
+        if egress.allow_all:
+            # An empty rule matches every destination, port and protocol.
+            return [{}]
+        rules: list[dict[str, Any]] = []
+        if egress.dns:
+            dns: dict[str, Any] = {
+                "ports": [{"protocol": protocol, "port": _DNS_PORT} for protocol in ("UDP", "TCP")]
             }
-        }
+            # Without "to", any address: the cluster DNS Service, a
+            # node-local cache or the node's own resolver alike.
+            if egress.dns_namespace is not None:
+                dns["to"] = [_namespace_peer(egress.dns_namespace, egress.dns_pod_labels)]
+            rules.append(dns)
+        if egress.hub:
+            rules.append({"to": [_namespace_peer(self.config.lab.hub_namespace, {})]})
+        rules.extend(_allowed_rule(allowed) for allowed in egress.allow)
+        return rules
+
+    def network_policy(self) -> dict[str, Any]:
+        hub = _namespace_peer(self.config.lab.hub_namespace, {})
         # An empty podSelector in a peer means every pod of the policy's
         # own namespace.
         own_namespace: dict[str, Any] = {"podSelector": {}}
@@ -491,13 +558,14 @@ class _Builder:
             "metadata": self.metadata(self.pod_name),
             "spec": {
                 "podSelector": {"matchLabels": self.pod_selector()},
-                "policyTypes": ["Ingress"],
+                "policyTypes": ["Ingress", "Egress"],
                 "ingress": [
                     {
                         "from": [hub, own_namespace],
                         "ports": [{"protocol": "TCP", "port": self.config.lab.port}],
                     }
                 ],
+                "egress": self.egress(),
             },
         }
 
@@ -547,9 +615,27 @@ class _Builder:
             },
         }
 
+    def ephemeral_storage(self) -> tuple[int, int]:
+        """The lab's ephemeral storage limit and request, in bytes, from its size.
+
+        A size removed from the configuration since the lab was requested
+        falls back to the defaults, so that its objects can still be rebuilt.
+        """
+        size = self.config.sizes.get(self.lab.size)
+        if size is None:
+            return DEFAULT_EPHEMERAL_STORAGE_LIMIT, DEFAULT_EPHEMERAL_STORAGE_REQUEST
+        return size.ephemeral_storage_limit, size.ephemeral_storage_request
+
     def volumes(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The pod's volumes and the container's mounts: ``/tmp``, then the claims."""
-        volumes: list[dict[str, Any]] = [{"name": _TMP_VOLUME, "emptyDir": {}}]
+        """The pod's volumes and the container's mounts: ``/tmp``, then the claims.
+
+        ``/tmp`` may grow to the whole ephemeral storage limit; the limit
+        still caps ``/tmp`` and the container's logs together.
+        """
+        limit, _ = self.ephemeral_storage()
+        volumes: list[dict[str, Any]] = [
+            {"name": _TMP_VOLUME, "emptyDir": {"sizeLimit": str(limit)}}
+        ]
         mounts: list[dict[str, Any]] = [{"name": _TMP_VOLUME, "mountPath": "/tmp"}]
         for index, volume in enumerate(self.config.lab.volumes):
             name = f"vol-{volume.name}"
@@ -601,6 +687,7 @@ class _Builder:
     def pod(self) -> dict[str, Any]:
         lab = self.lab
         volumes, mounts = self.volumes()
+        storage_limit, storage_request = self.ephemeral_storage()
         container = {
             "name": CONTAINER_NAME,
             "image": lab.image,
@@ -611,8 +698,16 @@ class _Builder:
                 {"name": _PORT_NAME, "containerPort": self.config.lab.port, "protocol": "TCP"}
             ],
             "resources": {
-                "limits": {"cpu": _cpu(lab.limits_cpu), "memory": str(lab.limits_memory)},
-                "requests": {"cpu": _cpu(lab.requests_cpu), "memory": str(lab.requests_memory)},
+                "limits": {
+                    "cpu": _cpu(lab.limits_cpu),
+                    "memory": str(lab.limits_memory),
+                    "ephemeral-storage": str(storage_limit),
+                },
+                "requests": {
+                    "cpu": _cpu(lab.requests_cpu),
+                    "memory": str(lab.requests_memory),
+                    "ephemeral-storage": str(storage_request),
+                },
             },
             "securityContext": {
                 "runAsNonRoot": True,

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from labd.config import Config, LabConfig, VolumeConfig
+from labd.config import (
+    Config,
+    EgressConfig,
+    EgressRuleConfig,
+    LabConfig,
+    Resources,
+    SizeConfig,
+    VolumeConfig,
+)
 from labd.kube.builder import (
     LAB_ID_LABEL,
     MANAGED_BY,
@@ -39,17 +47,53 @@ GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 
+GiB = 2**30
+MiB = 2**20
+
+
 def plain_config() -> Config:
     return Config(namespace_prefix="labd")
+
+
+def full_egress() -> EgressConfig:
+    """DNS to the cluster DNS pods, the hub, the internet but the cluster, a mirror."""
+    return EgressConfig(
+        dns_namespace="kube-system",
+        dns_pod_labels={"k8s-app": "kube-dns"},
+        allow=[
+            EgressRuleConfig.model_validate(
+                {
+                    "cidr": "0.0.0.0/0",
+                    "except": ["10.0.0.0/8", "169.254.169.254/32"],
+                    "ports": [80, 443],
+                }
+            ),
+            EgressRuleConfig(namespace="mirrors", pod_labels={"app": "devpi"}, ports=[3141]),
+            EgressRuleConfig(cidr="2001:db8::/32"),
+            EgressRuleConfig(cidr="192.0.2.7", ports=[123], protocol="UDP"),
+        ],
+    )
+
+
+def full_sizes() -> dict[str, SizeConfig]:
+    """The lab's ``medium`` size with its own ephemeral storage."""
+    return {
+        "medium": SizeConfig(
+            limits=Resources(cpu=2.5, memory=8 * GiB, ephemeral_storage=20 * GiB),
+            requests=Resources(cpu=0.5, memory=2 * GiB, ephemeral_storage=2 * GiB),
+        )
+    }
 
 
 def full_config() -> Config:
     return Config(
         namespace_prefix="labd",
+        sizes=full_sizes(),
         lab=LabConfig(
             port=8890,
             env={"SITE": "example", "JUPYTERHUB_USER": "spoofed"},
             hub_namespace="hub",
+            egress=full_egress(),
             pull_policy="Always",
             resource_quota=True,
             volumes=[
@@ -183,14 +227,25 @@ def test_pod_is_locked_down() -> None:
         "capabilities": {"drop": ["ALL"]},
     }
     assert container["resources"] == {
-        "limits": {"cpu": "2500m", "memory": str(8 * 2**30)},
-        "requests": {"cpu": "500m", "memory": str(2 * 2**30)},
+        "limits": {
+            "cpu": "2500m",
+            "memory": str(8 * 2**30),
+            "ephemeral-storage": str(20 * GiB),
+        },
+        "requests": {
+            "cpu": "500m",
+            "memory": str(2 * 2**30),
+            "ephemeral-storage": str(2 * GiB),
+        },
     }
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert set(mounts) == {"/tmp", "/home", "/datasets"}
     assert mounts["/datasets"]["readOnly"] is True
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes[mounts["/tmp"]["name"]] == {"name": "tmp", "emptyDir": {}}
+    assert volumes[mounts["/tmp"]["name"]] == {
+        "name": "tmp",
+        "emptyDir": {"sizeLimit": str(20 * GiB)},
+    }
     claim = volumes[mounts["/home"]["name"]]["persistentVolumeClaim"]
     assert claim == {"claimName": f"{lab.slug}-nb-home"}
 
@@ -232,13 +287,126 @@ def test_network_policy_admits_hub_and_own_namespace_on_the_lab_port() -> None:
     lab, config = CASES["full"]
     policy = build_lab_objects(lab, config).network_policy["spec"]
     assert policy["podSelector"] == {"matchLabels": {LAB_ID_LABEL: lab.lab_id}}
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
     (rule,) = policy["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8890}]
     assert rule["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hub"}}},
         {"podSelector": {}},
     ]
+
+
+DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+
+
+def egress_of(config: Config) -> list[dict[str, Any]]:
+    lab, _ = CASES["plain"]
+    spec = build_lab_objects(lab, config).network_policy["spec"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    rules: list[dict[str, Any]] = spec["egress"]
+    return rules
+
+
+def test_egress_by_default_allows_dns_anywhere_and_the_hub_namespace() -> None:
+    assert egress_of(plain_config()) == [
+        {"ports": DNS_PORTS},
+        {
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "jupyterhub"}
+                    }
+                }
+            ]
+        },
+    ]
+
+
+def test_egress_allow_all_is_one_empty_rule() -> None:
+    config = Config(lab=LabConfig(egress=full_egress().model_copy(update={"allow_all": True})))
+    assert egress_of(config) == [{}]
+
+
+def test_egress_with_everything_off_allows_nothing() -> None:
+    config = Config(lab=LabConfig(egress=EgressConfig(dns=False, hub=False)))
+    assert egress_of(config) == []
+
+
+def test_egress_dns_selector_and_operator_entries() -> None:
+    lab, config = CASES["full"]
+    rules = build_lab_objects(lab, config).network_policy["spec"]["egress"]
+    assert rules == [
+        {
+            "ports": DNS_PORTS,
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                    },
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                }
+            ],
+        },
+        {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hub"}}}]},
+        {
+            "to": [
+                {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "169.254.169.254/32"]}}
+            ],
+            "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}],
+        },
+        {
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "mirrors"}
+                    },
+                    "podSelector": {"matchLabels": {"app": "devpi"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 3141}],
+        },
+        {"to": [{"ipBlock": {"cidr": "2001:db8::/32"}}]},
+        {
+            "to": [{"ipBlock": {"cidr": "192.0.2.7/32"}}],
+            "ports": [{"protocol": "UDP", "port": 123}],
+        },
+    ]
+
+
+def storage_of(objects: LabObjects) -> tuple[str, str, str]:
+    """The pod's ephemeral storage limit and request, and its /tmp sizeLimit."""
+    spec = objects.pod["spec"]
+    (container,) = spec["containers"]
+    (tmp,) = [v for v in spec["volumes"] if v["name"] == "tmp"]
+    resources = container["resources"]
+    return (
+        resources["limits"]["ephemeral-storage"],
+        resources["requests"]["ephemeral-storage"],
+        tmp["emptyDir"]["sizeLimit"],
+    )
+
+
+def test_ephemeral_storage_and_tmp_size_limit_follow_the_size() -> None:
+    small = SizeConfig(
+        limits=Resources(cpu=1, memory=GiB, ephemeral_storage=3 * GiB),
+        requests=Resources(cpu=1, memory=GiB, ephemeral_storage=GiB),
+    )
+    tiny = SizeConfig(
+        limits=Resources(cpu=1, memory=GiB, ephemeral_storage=256 * MiB),
+        requests=Resources(cpu=1, memory=GiB),
+    )
+    plain = SizeConfig(limits=Resources(cpu=1, memory=GiB), requests=Resources(cpu=1, memory=GiB))
+    config = Config(sizes={"small": small, "tiny": tiny, "plain": plain}, default_size="small")
+    lab, _ = CASES["plain"]
+    expected = {
+        "small": (str(3 * GiB), str(GiB)),
+        "tiny": (str(256 * MiB), str(256 * MiB)),  # the default request, capped at the limit
+        "plain": (str(8 * GiB), str(512 * MiB)),  # the defaults
+        "gone": (str(8 * GiB), str(512 * MiB)),  # a size no longer configured
+    }
+    for size, (limit, request) in expected.items():
+        objects = build_lab_objects(dataclasses.replace(lab, size=size), config)
+        assert storage_of(objects) == (limit, request, limit), size
 
 
 def test_service_and_quota() -> None:

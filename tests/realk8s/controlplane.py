@@ -21,6 +21,13 @@ What is switched on, and why:
   ``serviceaccount-token`` and ``root-ca-cert-publisher``.  There is no
   scheduler and no kubelet: the sim's KWOK-style kubelet binds and runs pods.
 
+With ``node=<name>`` (the real-node tier, ``tests/realnode``) the API server
+also serves a real kubelet and kube-scheduler: the Node authorizer before
+RBAC and the ``NodeRestriction`` admission plugin (a kubelet may touch only
+its own Node and its pods), tokens made at start for ``system:node:<name>``
+(group ``system:nodes``) and ``system:kube-scheduler``, and the kubelet
+reached at its node's InternalIP.
+
 Each process runs in its own process group; `ControlPlane.stop` signals
 exactly those groups, by PID.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -112,10 +120,18 @@ class ControlPlane:
     ----------
     workdir
         Where certificates, tokens, kubeconfigs and logs go.
+    node
+        The name of a real kubelet's Node to authorize, or None (the sim's
+        kubelet, which uses the admin token).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, node: str | None = None) -> None:
         self.workdir = workdir
+        self.node = node
+        self.node_token = secrets.token_hex(16)
+        """The kubelet's token (``system:node:<node>``), made anew for each control plane."""
+        self.scheduler_token = secrets.token_hex(16)
+        """kube-scheduler's token (``system:kube-scheduler``)."""
         self.port = 0
         """The API server's secure port (set by `start`)."""
         self.seconds_to_start = 0.0
@@ -134,6 +150,16 @@ class ControlPlane:
     def ca_file(self) -> Path:
         """The serving certificate, which is its own CA."""
         return self.workdir / "serving.crt"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The PID of each process started, by name; each leads its own process group."""
+        return {process.name: process.popen.pid for process in self._processes}
+
+    @property
+    def data_dirs(self) -> list[Path]:
+        """Directories `stop` removes (etcd's data)."""
+        return list(self._data_dirs)
 
     # Start and stop ----------------------------------------------------------
 
@@ -214,9 +240,16 @@ class ControlPlane:
             check=True,
             capture_output=True,
         )
-        (work / "tokens.csv").write_text(
-            f'{ADMIN_TOKEN},admin,admin,"system:masters"\n{LABD_TOKEN},labd,labd\n'
-        )
+        tokens = f'{ADMIN_TOKEN},admin,admin,"system:masters"\n{LABD_TOKEN},labd,labd\n'
+        if self.node is not None:
+            user = f"system:node:{self.node}"
+            tokens += (
+                f'{self.node_token},{user},{user},"system:nodes"\n'
+                f"{self.scheduler_token},system:kube-scheduler,system:kube-scheduler\n"
+            )
+        tokens_file = work / "tokens.csv"
+        tokens_file.touch(mode=0o600, exist_ok=True)
+        tokens_file.write_text(tokens)
 
     def _start_etcd(self, etcd: Path) -> str:
         client, peer = _free_port(), _free_port()
@@ -246,6 +279,10 @@ class ControlPlane:
     def _start_apiserver(self, apiserver: Path, etcd_url: str) -> None:
         work = self.workdir
         self.port = _free_port()
+        authorization, admission, node_flags = "RBAC", "", []
+        if self.node is not None:
+            authorization, admission = "Node,RBAC", ",NodeRestriction"
+            node_flags = ["--kubelet-preferred-address-types=InternalIP"]
         process = self._spawn(
             "kube-apiserver",
             [
@@ -258,10 +295,10 @@ class ControlPlane:
                 f"--tls-cert-file={self.ca_file}",
                 f"--tls-private-key-file={work / 'serving.key'}",
                 f"--token-auth-file={work / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
+                f"--authorization-mode={authorization}",
                 "--anonymous-auth=false",
                 "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
-                "DefaultTolerationSeconds,ResourceQuota,Priority",
+                f"DefaultTolerationSeconds,ResourceQuota,Priority{admission}",
                 "--disable-admission-plugins=PodSecurityPolicy,StorageObjectInUseProtection,"
                 "PersistentVolumeClaimResize,DefaultStorageClass,MutatingAdmissionWebhook,"
                 "ValidatingAdmissionWebhook",
@@ -274,6 +311,7 @@ class ControlPlane:
                 "--profiling=false",
                 "--enable-priority-and-fairness=false",
                 "--endpoint-reconciler-type=none",
+                *node_flags,
                 "--logtostderr=true",
                 "--v=0",
             ],
@@ -283,13 +321,19 @@ class ControlPlane:
     def _start_controller_manager(self, kcm: Path) -> None:
         work = self.workdir
         kubeconfig = work / "admin.kubeconfig"
+        controllers = (
+            "namespace,garbagecollector,serviceaccount,serviceaccount-token,root-ca-cert-publisher"
+        )
+        if self.node is not None:
+            # A real kubelet registers its Node tainted not-ready; the node
+            # lifecycle controller lifts the taint once the Node is Ready.
+            controllers += ",nodelifecycle"
         process = self._spawn(
             "kube-controller-manager",
             [
                 str(kcm),
                 f"--kubeconfig={kubeconfig}",
-                "--controllers=namespace,garbagecollector,serviceaccount,"
-                "serviceaccount-token,root-ca-cert-publisher",
+                f"--controllers={controllers}",
                 f"--service-account-private-key-file={work / 'sa.key'}",
                 f"--root-ca-file={self.ca_file}",
                 "--use-service-account-credentials=false",
