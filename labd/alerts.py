@@ -24,7 +24,7 @@ Why it is built this way:
   from files, never logged (logs name the target and its host only) and
   never put in exception texts or metric labels.  Texts from Kubernetes
   errors are scrubbed of anything that looks like a credential before they
-  are posted (`scrub`).
+  are posted (`scrub`, by the same rule as the logs: `labd.secrecy`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ import structlog
 from labd import tasks
 from labd.config import AlertsConfig, read_webhook_url
 from labd.metrics import Metrics
+from labd.secrecy import redact_text
 
 __all__ = [
     "Alert",
@@ -114,27 +115,9 @@ _SEVERITY: Final[Mapping[AlertKind, str]] = {
 # ---------------------------------------------------------------------------
 # Scrubbing
 
-_SECRET_NAME = r"[\w.-]*(?:token|passw(?:or)?d|secret|api[_-]?key|credential|signature)[\w.-]*"
-_SCRUBS: Final[list[tuple[re.Pattern[str], str]]] = [
-    # Slack incoming-webhook URLs and Slack tokens.
-    (re.compile(r"https?://hooks\.slack\.com/\S*", re.I), "[redacted webhook]"),
-    (re.compile(r"\bxox[a-z]-[A-Za-z0-9-]+"), "[redacted]"),
-    # An Authorization header, whatever its scheme: up to the end of the value.
-    (
-        re.compile(r"\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)[^\r\n,;\"'}]*", re.I),
-        r"\1[redacted]",
-    ),
-    (re.compile(r"\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+", re.I), r"\1 [redacted]"),
-    # key=value, key: value and "key": "value" where the key names a secret.
-    (
-        re.compile(rf"\b({_SECRET_NAME}[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&}}]+", re.I),
-        r"\1[redacted]",
-    ),
-    # Credentials inside a URL: scheme://user:password@host.
-    (re.compile(r"\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.I), r"\1[redacted]@"),
-    # JSON Web Tokens (service-account tokens among them).
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), "[redacted]"),
-]
+_WEBHOOK = re.compile(r"https?://hooks\.slack\.com/\S*", re.I)
+"""A Slack incoming-webhook URL (its path is the credential)."""
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -157,8 +140,7 @@ def scrub(text: str, *, secrets: tuple[str, ...] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted webhook]")
-    for pattern, replacement in _SCRUBS:
-        text = pattern.sub(replacement, text)
+    text = redact_text(_WEBHOOK.sub("[redacted webhook]", text))
     text = _CONTROL.sub("", text)
     if len(text) > _MAX_TEXT:
         text = text[: _MAX_TEXT - 1] + "…"

@@ -8,32 +8,76 @@ end up rendered the same way:
   each line is one event with its fields (``username``, ``lab_id``, ...);
 * coloured console lines on a terminal (``labd dev``).
 
-Secrets never reach the renderer: a processor replaces the value of any
-field whose name says it holds a secret (token, password, authorization).
+Secrets never reach the renderer.  The rule of what is secret is
+`labd.secrecy`'s, the one the service uses to keep environment variables
+out of the database and the alerts use to scrub error texts:
+
+* a field whose name is secret is replaced by ``[redacted]``, at any depth
+  (``env={"JUPYTERHUB_API_TOKEN": ...}`` keeps its other variables);
+* every other text is passed through `labd.secrecy.redact_text`: the
+  message (a library's ``Authorization: Bearer ...``, a ``%s`` argument
+  merged into it), the values, and the rendered traceback;
+* redaction runs twice: before a record leaves structlog (so any other
+  handler of the root logger sees redacted fields) and again after the
+  traceback was formatted, just before rendering, so the traceback text is
+  redacted too;
+* tracebacks are plain text in both formats and never show local
+  variables: the console renderer's default (rich, with ``show_locals``)
+  would print every local of every frame, a hub token among them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-from typing import Literal
+from typing import Any, Final, Literal
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from labd.secrecy import REDACTED, is_secret_name, redact_text
+
 __all__ = ["configure_logging", "set_library_levels"]
 
-_SECRET_KEY = re.compile(r"token|password|passwd|secret|authorization|credential", re.I)
 _JOURNAL_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+
+_UNTOUCHED: Final = frozenset({"exc_info", "_record", "_from_structlog"})
+"""Fields left as they are: an exception not yet formatted, structlog's own bookkeeping."""
+
+_MAX_DEPTH: Final = 10
+"""Nesting below which a value is redacted as the text of its ``repr``."""
+
+
+def _redacted(value: Any, depth: int = 0) -> Any:
+    """A value with secret-named keys replaced and credentials cut out of texts.
+
+    Containers are copied, never changed in place: the caller's objects are
+    logged, not redacted.  Other objects become their ``repr`` (what both
+    renderers would print), redacted.
+    """
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if depth < _MAX_DEPTH:
+        if isinstance(value, dict):
+            return {
+                key: REDACTED
+                if isinstance(key, str) and is_secret_name(key)
+                else _redacted(item, depth + 1)
+                for key, item in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            items = [_redacted(item, depth + 1) for item in value]
+            return tuple(items) if isinstance(value, tuple) else items
+    return redact_text(repr(value))
 
 
 def _redact(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
-    for key in event:
-        if _SECRET_KEY.search(key):
-            event[key] = "[redacted]"
-    return event
+    """Redact an event: secret-named fields at any depth, credentials in every text."""
+    redacted = _redacted({key: value for key, value in event.items() if key not in _UNTOUCHED})
+    return {key: redacted.get(key, value) for key, value in event.items()}
 
 
 def _journal_priority(_logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
@@ -74,16 +118,17 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
     ]
+    # The traceback is formatted as plain text (no locals) before the last
+    # redaction, in both formats, so that its text is redacted as well.
+    final: list[Processor] = [structlog.processors.format_exc_info, _redact]
     renderer: Processor
     if use_json:
         renderer = structlog.processors.JSONRenderer()
-        final: list[Processor] = [structlog.processors.format_exc_info]
         if under_journald:
             final.append(_journal_priority)
             renderer = _render_for_journal(renderer)
     else:
-        renderer = structlog.dev.ConsoleRenderer()
-        final = []
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
 
     structlog.configure(
         processors=[

@@ -41,6 +41,7 @@ from labd.models import (
     UserQuota,
 )
 from labd.naming import lab_namespace, username_problem
+from labd.secrecy import is_secret_name
 from labd.signals import LabSignals
 from labd.status import LabStatus, StatusCache
 from labd.store import (
@@ -60,7 +61,6 @@ __all__ = ["FormChoices", "LabService", "spawn_cancelled_event"]
 
 _logger = structlog.get_logger()
 
-_SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY)")
 _SPAWNING: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.STARTING})
 _STREAM_POLL: Final = 2.0
 """Seconds between re-reads of a followed lab when no signal comes."""
@@ -152,7 +152,7 @@ class LabService:
         image = self._images.resolve(field, value)
         lab_spec = self._lab_spec(username, spec, size, image.reference)
         lab_spec["image_request"] = {"field": field, "value": value}
-        secret_env = {k: v for k, v in spec.env.items() if _SECRET_ENV.search(k)}
+        secret_env = {k: v for k, v in spec.env.items() if is_secret_name(k)}
         lab_spec["env"] = {k: v for k, v in spec.env.items() if k not in secret_env}
         previous = await self._make_room(username, actor)
         if previous is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Literal
 
 import pytest
 import structlog
@@ -78,3 +79,78 @@ async def test_debug_logs_carry_no_sql_parameters(
         changes={"secret_env": {"JUPYTERHUB_API_TOKEN": "tok-4f9a1c"}},
     )
     assert "tok-4f9a1c" not in capsys.readouterr().out
+
+
+def test_secret_fields_are_redacted_at_any_depth(
+    restore_logging: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    configure_logging(level="info", fmt="json")
+    env = {"JUPYTERHUB_API_TOKEN": "tok-3e1a", "LANG": "C.UTF-8"}
+    structlog.get_logger("labd.test").info(
+        "creating lab",
+        api_key="key-77b2",
+        env=env,
+        attempts=[{"DB_PASS": "pass-90c4", "reason": "retry with token=tok-51d0"}],
+    )
+    out = capsys.readouterr().out
+    for value in ("key-77b2", "tok-3e1a", "pass-90c4", "tok-51d0"):
+        assert value not in out
+    (line,) = lines(out)
+    assert line["api_key"] == "[redacted]"
+    assert line["env"] == {"JUPYTERHUB_API_TOKEN": "[redacted]", "LANG": "C.UTF-8"}
+    assert line["attempts"] == [{"DB_PASS": "[redacted]", "reason": "retry with token=[redacted]"}]
+    assert env["JUPYTERHUB_API_TOKEN"] == "tok-3e1a", "the caller's dict is left alone"
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_library_messages_are_redacted(
+    fmt: Literal["json", "console"],
+    restore_logging: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    configure_logging(level="info", fmt=fmt)
+    logging.getLogger("aiohttp").warning("Authorization: Bearer abc-8f31")
+    logging.getLogger("aiohttp.client").warning("retrying %s with %s", "/hub/api", "token=t-2c9d")
+    structlog.get_logger("labd.test").warning("sent %s", "Bearer b-0a7e")
+    out = capsys.readouterr().out
+    for value in ("abc-8f31", "t-2c9d", "b-0a7e"):
+        assert value not in out
+    assert "Authorization: [redacted]" in out
+    assert "retrying /hub/api with token=[redacted]" in out
+
+
+LOCAL_TOKEN = "tok-local-6d2b"
+"""A token that only a local variable and the exception's message hold."""
+
+
+def _spawn_with(token: str) -> None:
+    headers = {"X-Auth": f"Bearer {token}"}
+    raise RuntimeError(f"spawn failed ({len(headers)} headers) with token={token}")
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+@pytest.mark.parametrize("source", ["structlog", "logging"])
+def test_tracebacks_show_no_locals_and_no_secrets(
+    fmt: Literal["json", "console"],
+    source: str,
+    restore_logging: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    configure_logging(level="info", fmt=fmt)
+    try:
+        _spawn_with(LOCAL_TOKEN)
+    except RuntimeError:
+        if source == "structlog":
+            structlog.get_logger("labd.test").exception("request failed")
+        else:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    out = capsys.readouterr().out
+    assert LOCAL_TOKEN not in out
+    assert "Traceback (most recent call last)" in out
+    assert "RuntimeError: spawn failed (1 headers) with token=[redacted]" in out
+    assert "X-Auth" not in out, "no local variables"

@@ -197,3 +197,37 @@ async def test_missing_secret_or_key_fails_the_spawn(
         assert not [n for n in sim.objects("namespaces") if n["metadata"]["name"] == "labd-alice"]
         await labd.service.delete("alice", actor=Actor.HUB)
         await labd.stop()
+
+
+SECRET_ENV = {
+    "api_key": "v1-apikey-0c5e",
+    "DB_PASS": "v2-dbpass-81fa",
+    "github_token": "v3-ghtoken-4b7d",
+    "COOKIE": "v4-cookie-e93a",
+}
+"""Secret variables of a create request that the old, case-sensitive rule let through."""
+
+
+async def test_secret_env_stays_out_of_the_database(
+    labd_factory: LabdFactory, sim: SimCluster
+) -> None:
+    """Secret names in any case go to the lab's Secret only, never to ``labs.spec``."""
+    labd: Labd = await labd_factory()
+    body = spec()
+    body = body.model_copy(update={"env": {**body.env, **SECRET_ENV, "LANG": "C.UTF-8"}})
+    await labd.service.create("alice", body, actor=Actor.HUB)
+    async with labd.database.engine.connect() as connection:
+        (stored,) = (await connection.execute(select(labs.c.spec))).scalars().all()
+    assert stored["env"] == {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/", "LANG": "C.UTF-8"}
+    lab = await wait_state(labd, "alice", LabState.RUNNING, LabState.FAILED, within=20)
+    assert lab.state is LabState.RUNNING, lab.last_error
+
+    data = by_name(sim.objects("secrets", "labd-alice"))["alice-nb"]["data"]
+    assert {name: data[name] for name in SECRET_ENV} == {
+        name: b64(value) for name, value in SECRET_ENV.items()
+    }
+    config_map = by_name(sim.objects("configmaps", "labd-alice"))["alice-nb-env"]
+    assert config_map["data"]["LANG"] == "C.UTF-8"
+    text = await database_text(labd) + repr(config_map)
+    leaked = [name for name, value in SECRET_ENV.items() if value in text]
+    assert not leaked, "secret variables reached the database or the ConfigMap"
