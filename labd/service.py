@@ -13,7 +13,6 @@ then follow new ones as writers signal them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
