@@ -43,6 +43,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -57,6 +58,10 @@ __all__ = [
     "DEFAULT_EPHEMERAL_STORAGE_LIMIT",
     "DEFAULT_EPHEMERAL_STORAGE_REQUEST",
     "ENV_PREFIX",
+    "MAX_BYTES",
+    "MAX_CPU",
+    "MAX_DURATION",
+    "MAX_ID",
     "SERVICE_ACCOUNT_NAMESPACE_FILE",
     "AlertsConfig",
     "Config",
@@ -194,7 +199,10 @@ def parse_quantity(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError(f"invalid quantity {text!r}: expected a number or a string like '4Gi'")
     if isinstance(text, int | float):
-        value = float(text)
+        try:
+            value = float(text)
+        except OverflowError:  # An int beyond any float (YAML allows 4300 digits).
+            raise ValueError(f"invalid quantity: a {len(str(text))}-digit number") from None
     elif isinstance(text, str):
         stripped = text.strip()
         match = _QUANTITY.fullmatch(stripped)
@@ -238,8 +246,29 @@ def _parse_bytes(value: Any) -> Any:
     return int(quantity)
 
 
-Cpu = Annotated[float, BeforeValidator(_parse_cpu)]
-Bytes = Annotated[int, BeforeValidator(_parse_bytes)]
+MAX_CPU = 10_000
+"""Most CPU cores a setting may hold: no node comes near, so more is a typo."""
+
+MAX_BYTES = 2**63 - 1
+"""Most bytes a setting may hold: the largest Kubernetes quantity (int64)."""
+
+MAX_DURATION = 7 * 24 * 3600
+"""Longest duration a setting may hold, in seconds: one week.
+
+No timeout, interval, backoff or window of labd is sensibly longer, so a
+larger value is a mistake (``1e309`` reads as infinity; a unit mix-up). The
+bound also keeps every ``now + timedelta(seconds=...)`` labd computes far
+from `datetime`'s overflow past year 9999, which would fail each create or
+step at run time instead of the configuration at load time.
+"""
+
+MAX_ID = 2**31 - 1
+"""Largest user or group id: Kubernetes refuses a pod with a larger one."""
+
+Cpu = Annotated[float, BeforeValidator(_parse_cpu), Field(le=MAX_CPU)]
+Bytes = Annotated[int, BeforeValidator(_parse_bytes), Field(le=MAX_BYTES)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_DURATION)]
+"""A duration setting, in seconds (fractions allowed): above 0, at most a week."""
 
 
 def format_bytes(size: int) -> str:
@@ -390,7 +419,9 @@ class ImageReference:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: pydantic takes "inf", "nan" and "1e309" (which
+    # overflows to infinity) as floats; no labd setting means any of them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 DEFAULT_EPHEMERAL_STORAGE_LIMIT = 8 * 2**30
@@ -553,8 +584,8 @@ class RegistryConfig(_Model):
             "File holding a bearer token sent as is (read at each refresh); not with `username`."
         ),
     )
-    refresh_interval: float = Field(
-        default=300, gt=0, description="Seconds between two reads of the registry."
+    refresh_interval: Seconds = Field(
+        default=300, description="Seconds between two reads of the registry."
     )
     keep_per_class: int | None = Field(
         default=None,
@@ -564,7 +595,7 @@ class RegistryConfig(_Model):
             "null keeps every tag."
         ),
     )
-    timeout: float = Field(default=10, gt=0, description="Seconds one registry request may take.")
+    timeout: Seconds = Field(default=10, description="Seconds one registry request may take.")
     verify_tls: bool = Field(
         default=True, description="Verify the registry's TLS certificate (https only)."
     )
@@ -654,6 +685,11 @@ class ImagesConfig(_Model):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"{name}: invalid regular expression {pattern!r}: {exc}") from exc
+            except (OverflowError, RecursionError) as exc:
+                # What re raises, instead of re.error, for a repeat count
+                # above 2**32 or parentheses nested a thousand deep.
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                raise ValueError(f"{name}: regular expression too complex: {reason}") from None
         return value
 
     @field_validator("available")
@@ -841,15 +877,14 @@ class KubernetesConfig(_Model):
         description="Use the pod's service account (labd runs in the cluster); excludes "
         "`kubeconfig` and `context`.",
     )
-    request_timeout: float = Field(
-        default=30.0, gt=0, description="Timeout of one Kubernetes API call, in seconds."
+    request_timeout: Seconds = Field(
+        default=30.0, description="Timeout of one Kubernetes API call, in seconds."
     )
     max_concurrent_operations: int = Field(
         default=32, gt=0, description="Kubernetes operations the scheduler runs at once."
     )
-    watch_timeout: float = Field(
+    watch_timeout: Seconds = Field(
         default=90.0,
-        gt=0,
         description="Seconds of silence after which the pod watch is restarted.",
     )
 
@@ -1107,10 +1142,14 @@ class LabConfig(_Model):
 
     uid: int = Field(
         default=1000,
+        le=MAX_ID,
         description="UID of the lab process when the hub sends no user identity; never 0.",
     )
     gid: int = Field(
-        default=1000, ge=0, description="GID of the lab process when the hub sends none."
+        default=1000,
+        ge=0,
+        le=MAX_ID,
+        description="GID of the lab process when the hub sends none.",
     )
     port: int = Field(default=8888, ge=1, le=65535, description="Port JupyterLab listens on.")
     env: dict[str, str] = Field(
@@ -1136,7 +1175,10 @@ class LabConfig(_Model):
         default="IfNotPresent", description="Image pull policy of the lab container."
     )
     pod_delete_grace: int = Field(
-        default=5, ge=0, description="Grace period in seconds when deleting a lab pod."
+        default=5,
+        ge=0,
+        le=MAX_DURATION,
+        description="Grace period in seconds when deleting a lab pod.",
     )
     resource_quota: bool = Field(
         default=False,
@@ -1277,20 +1319,18 @@ def _read_own_namespace() -> str:
 class TimeoutsConfig(_Model):
     """How long lab operations may take before they fail."""
 
-    spawn: float = Field(
-        default=600, gt=0, description="Seconds from create until the lab must be running."
+    spawn: Seconds = Field(
+        default=600, description="Seconds from create until the lab must be running."
     )
-    delete: float = Field(
-        default=300, gt=0, description="Seconds a delete may take before it fails."
-    )
+    delete: Seconds = Field(default=300, description="Seconds a delete may take before it fails.")
 
 
 class RetryConfig(_Model):
     """Exponential backoff of failed Kubernetes steps."""
 
-    initial: float = Field(default=1.0, gt=0, description="First retry delay, in seconds.")
-    maximum: float = Field(
-        default=60.0, gt=0, description="Longest retry delay, in seconds; at least `initial`."
+    initial: Seconds = Field(default=1.0, description="First retry delay, in seconds.")
+    maximum: Seconds = Field(
+        default=60.0, description="Longest retry delay, in seconds; at least `initial`."
     )
     spawn_attempts: int = Field(
         default=3,
@@ -1372,17 +1412,15 @@ class AlertsConfig(_Model):
         default=None,
         description="File holding the URL of a generic JSON webhook; unset means none.",
     )
-    window: float = Field(
+    window: Seconds = Field(
         default=60,
-        gt=0,
         description="Seconds during which further alerts of a kind are grouped into a summary.",
     )
-    max_window: float = Field(
+    max_window: Seconds = Field(
         default=900,
-        gt=0,
         description="Longest grouping window while a storm lasts, in seconds; at least `window`.",
     )
-    timeout: float = Field(default=5, gt=0, description="Timeout of one post, in seconds.")
+    timeout: Seconds = Field(default=5, description="Timeout of one post, in seconds.")
     retries: int = Field(
         default=2,
         ge=0,
@@ -1489,6 +1527,7 @@ class Config(BaseSettings):
         case_sensitive=False,
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     database_url: str = Field(
@@ -1538,9 +1577,8 @@ class Config(BaseSettings):
     timeouts: TimeoutsConfig = Field(
         default_factory=TimeoutsConfig, description="Deadlines of lab operations."
     )
-    reconcile_interval: float = Field(
+    reconcile_interval: Seconds = Field(
         default=300,
-        gt=0,
         description="Seconds between full reconciles of labs against Kubernetes.",
     )
     retry: RetryConfig = Field(
@@ -1686,8 +1724,77 @@ class Config(BaseSettings):
 # Loading
 
 
+_MAX_DEPTH = 32
+"""Deepest nesting a settings file may have.
+
+labd's deepest key is five levels down.  PyYAML's composer and constructor
+recurse at least once per level, so a file of 100,000 ``[`` would end in a
+`RecursionError`; refusing anything deeper than this first names the line.
+"""
+
+
+class _YamlLimitError(yaml.MarkedYAMLError):
+    """Well-formed YAML that labd will not read: too deep, or a value Python refuses."""
+
+
 class _YamlLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys, which YAML would drop."""
+    """A safe loader that refuses duplicate keys, which YAML would drop.
+
+    It also refuses nesting deeper than `_MAX_DEPTH`, integers beyond 64
+    bits and scalars Python cannot build (a 13th month), as problems with a
+    line and column instead of the exceptions PyYAML lets through.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose one node, counting how deep it sits."""
+        if self._depth >= _MAX_DEPTH:
+            # The next event starts the node too deep; the stubs leave it untyped.
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _YamlLimitError(
+                problem=f"nested more than {_MAX_DEPTH} levels deep",
+                problem_mark=event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Construct one node; a `ValueError` of a scalar gets the node's position."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:
+            # The innermost node raises; outer ones see a YAMLError, not this.
+            raise _YamlLimitError(
+                problem=_unreadable_scalar(node, exc), problem_mark=node.start_mark
+            ) from None
+
+
+def _unreadable_scalar(node: yaml.Node, exc: ValueError) -> str:
+    text = node.value if isinstance(node.value, str) else ""
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    return f"cannot read {shown!r} as {node.tag.rpartition(':')[2]}: {exc}"
+
+
+def _construct_int(loader: _YamlLoader, node: yaml.ScalarNode) -> int:
+    """Construct an integer that fits in 64 bits, as every integer setting must.
+
+    Python refuses to convert more than 4300 decimal digits (a `ValueError`
+    advising ``sys.set_int_max_str_digits()``) but takes any number of hex
+    digits, which then fails wherever labd prints or stores the value.
+    """
+    try:
+        value = loader.construct_yaml_int(node)
+    except ValueError:
+        value = None
+    if value is None or not -(2**63) <= value < 2**63:
+        raise _YamlLimitError(
+            problem="integer out of range (beyond 64 bits)", problem_mark=node.start_mark
+        )
+    return value
 
 
 def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -1695,6 +1802,14 @@ def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any,
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, list | dict):
+            # A YAML complex key (`? [a]`); `key in seen` would raise TypeError.
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "a key must be a plain value, not a list or mapping",
+                key_node.start_mark,
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -1707,6 +1822,7 @@ def _construct_mapping(loader: _YamlLoader, node: yaml.MappingNode) -> dict[Any,
 
 
 _YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _read_settings_file(path: Path) -> dict[str, Any]:
@@ -1731,9 +1847,8 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
             started = exc.context_mark
             where_started = f" started on line {started.line + 1}" if started else ""
             problem = f"{problem} ({exc.context}{where_started})"
-        raise ConfigError(
-            [ConfigProblem(where, f"YAML syntax error: {position}{problem}")]
-        ) from None
+        kind = "invalid YAML" if isinstance(exc, _YamlLimitError) else "YAML syntax error"
+        raise ConfigError([ConfigProblem(where, f"{kind}: {position}{problem}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(where, f"YAML syntax error: {exc}")]) from None
     if data is None:
@@ -1767,6 +1882,17 @@ class _EnvironSource(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return {key.lower(): value for key, value in self._environ.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        """Decode a JSON value; nesting too deep for `json` is a `ValueError`.
+
+        `json.loads` raises `RecursionError` on about a thousand ``[`` and
+        pydantic-settings reports only `ValueError` as a bad value.
+        """
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
 
 
 def _env_paths(environ: Mapping[str, str]) -> dict[str, tuple[str, ...]]:

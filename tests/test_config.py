@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated, get_args, get_origin
 
 import pytest
 from click.testing import CliRunner
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from labd.cli import main
 from labd.config import (
+    MAX_BYTES,
+    MAX_CPU,
+    MAX_DURATION,
     Config,
     ConfigError,
     ImageConfig,
@@ -18,6 +28,7 @@ from labd.config import (
     ImagesConfig,
     LabConfig,
     SizeConfig,
+    TimeoutsConfig,
     format_bytes,
     load_config,
     parse_quantity,
@@ -812,3 +823,239 @@ def test_check_config_usage_error() -> None:
     result = CliRunner().invoke(check_config, [])
     assert result.exit_code == 2
     assert "Missing argument 'FILE'" in result.stderr
+
+
+# Numbers in range, and files no parser may choke on
+#
+# Every float setting must be finite and bounded: `1e309` (infinity) once
+# passed check-config and then failed every create with a 500, when
+# `now + timedelta(seconds=inf)` overflowed.  A file PyYAML cannot turn into
+# Python values (a 5000-digit integer, 100,000 `[`) must be a problem naming
+# the file and line, never a traceback.
+
+DURATIONS = [
+    "timeouts.spawn",
+    "timeouts.delete",
+    "reconcile_interval",
+    "retry.initial",
+    "kubernetes.request_timeout",
+    "alerts.window",
+]
+
+
+def _nested(key: str, value: str) -> str:
+    """YAML setting ``key`` (dotted) to ``value`` (YAML text)."""
+    for part in reversed(key.split(".")):
+        value = f"{{{part}: {value}}}"
+    return value[1:-1]
+
+
+def _float_settings(
+    model: type[BaseModel], prefix: str = ""
+) -> Iterator[tuple[str, list[object]]]:
+    """Each float setting of ``model`` and below, with its constraints."""
+    for name, field in model.model_fields.items():
+        yield from _floats_in(field.annotation, list(field.metadata), prefix + name)
+
+
+def _floats_in(
+    annotation: object, metadata: list[object], key: str
+) -> Iterator[tuple[str, list[object]]]:
+    if get_origin(annotation) is Annotated:
+        base, *extras = get_args(annotation)
+        for extra in extras:
+            metadata = [*metadata, *(extra.metadata if isinstance(extra, FieldInfo) else [extra])]
+        yield from _floats_in(base, metadata, key)
+    elif annotation is float:
+        yield key, metadata
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield from _float_settings(annotation, key + ".")
+    else:  # X | None, list[X], dict[str, X]
+        for argument in get_args(annotation):
+            yield from _floats_in(argument, metadata, key)
+
+
+def test_every_float_setting_is_finite_and_bounded() -> None:
+    settings = dict(_float_settings(Config))
+    assert "timeouts.spawn" in settings
+    assert "sizes.limits.cpu" in settings
+    unbounded = [
+        key
+        for key, constraints in settings.items()
+        if not any(hasattr(c, "le") or hasattr(c, "lt") for c in constraints)
+    ]
+    assert unbounded == [], "give these an upper bound (durations: Seconds)"
+    assert Config.model_config.get("allow_inf_nan") is False
+    assert TimeoutsConfig.model_config.get("allow_inf_nan") is False  # And every _Model.
+
+
+def test_durations_are_finite_positive_and_at_most_a_week(tmp_path: Path) -> None:
+    path = tmp_path / "labd.yaml"
+    expected = {
+        "1e309": "Input should be a finite number",
+        "1.0e+309": "Input should be a finite number",
+        ".inf": "Input should be a finite number",
+        ".nan": "Input should be a finite number",
+        "-1": "Input should be greater than 0",
+        "1e300": f"Input should be less than or equal to {MAX_DURATION}",
+        str(MAX_DURATION + 0.5): f"Input should be less than or equal to {MAX_DURATION}",
+    }
+    for key in DURATIONS:
+        for value, message in expected.items():
+            path.write_text(_nested(key, value) + "\n")
+            assert problems_of(path) == [f"{key}: {message}"], value
+        path.write_text(_nested(key, str(MAX_DURATION)) + "\n")
+        load_config(path, environ={})
+    # A week from now is far from datetime's end (year 9999).
+    assert datetime.now(UTC) + timedelta(seconds=MAX_DURATION) < datetime(9000, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1e309", "Input should be a finite number"),
+        ("inf", "Input should be a finite number"),
+        ("-inf", "Input should be a finite number"),
+        ("NaN", "Input should be a finite number"),
+        ("1e300", f"Input should be less than or equal to {MAX_DURATION}"),
+    ],
+)
+def test_env_durations_are_finite_and_bounded(value: str, message: str) -> None:
+    environ = {"LABD_TIMEOUTS__SPAWN": value, "LABD_RECONCILE_INTERVAL": value}
+    assert problems_of(None, environ) == [
+        f"LABD_TIMEOUTS__SPAWN (timeouts.spawn): {message}",
+        f"LABD_RECONCILE_INTERVAL (reconcile_interval): {message}",
+    ]
+
+
+def test_lab_ids_and_grace_fit_kubernetes(tmp_path: Path) -> None:
+    path = tmp_path / "labd.yaml"
+    path.write_text(
+        f"lab: {{uid: 2147483648, gid: {2**63 - 1}, pod_delete_grace: {MAX_DURATION + 1}}}\n"
+    )
+    assert problems_of(path) == [
+        "lab.uid: Input should be less than or equal to 2147483647",
+        "lab.gid: Input should be less than or equal to 2147483647",
+        f"lab.pod_delete_grace: Input should be less than or equal to {MAX_DURATION}",
+    ]
+
+
+def _size(limits: str) -> str:
+    return (
+        f"sizes: {{s: {{limits: {limits}, requests: {{cpu: 100m, memory: 1Mi}}}}}}\n"
+        "default_size: s\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ("{cpu: '1e309', memory: 1Gi}", "invalid quantity '1e309': not a finite number"),
+        ("{cpu: .inf, memory: 1Gi}", "invalid quantity inf: not a finite number"),
+        ("{cpu: 1e300, memory: 1Gi}", f"Input should be less than or equal to {MAX_CPU}"),
+        ("{cpu: 10001, memory: 1Gi}", f"Input should be less than or equal to {MAX_CPU}"),
+        ("{cpu: 1, memory: 8Ei}", f"Input should be less than or equal to {MAX_BYTES}"),
+        ("{cpu: 1, memory: '1e300'}", f"Input should be less than or equal to {MAX_BYTES}"),
+    ],
+)
+def test_quantities_are_finite_and_bounded(tmp_path: Path, limits: str, expected: str) -> None:
+    path = tmp_path / "labd.yaml"
+    path.write_text(_size(limits))
+    assert problems_of(path)[0].partition(": ")[2] == expected
+
+
+def test_quantity_beyond_any_float() -> None:
+    # JSON takes 4000 digits; float() of it raised OverflowError, a traceback.
+    sizes = '{"s": {"limits": {"cpu": %s, "memory": 1}, "requests": {"cpu": 1, "memory": 1}}}'
+    problems = problems_of(None, {"LABD_SIZES": sizes % ("9" * 4000), "LABD_DEFAULT_SIZE": "s"})
+    assert problems == [
+        "LABD_SIZES (sizes.s.limits.cpu): invalid quantity: a 4000-digit number",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            f"max_body_size: {'1' * 5000}",
+            "line 1, column 16: integer out of range (beyond 64 bits)",
+        ),
+        (
+            f"lab: {{uid: 0x{'f' * 20000}}}",
+            "line 1, column 12: integer out of range (beyond 64 bits)",
+        ),
+        ("x: " + "[" * 100_000, "line 1, column 35: nested more than 32 levels deep"),
+        (
+            "".join(f"{' ' * depth}k:\n" for depth in range(40)) + " " * 40 + "x",
+            "line 32, column 32: nested more than 32 levels deep",
+        ),
+        (
+            "x: 2026-13-01",
+            "line 1, column 4: cannot read '2026-13-01' as timestamp: month must be in 1..12",
+        ),
+    ],
+)
+def test_yaml_python_cannot_hold_is_a_problem(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "labd.yaml"
+    path.write_text(text + "\n")
+    assert problems_of(path) == [f"{path}: invalid YAML: {expected}"]
+
+
+def test_yaml_complex_key(tmp_path: Path) -> None:
+    path = tmp_path / "labd.yaml"
+    path.write_text("? [log_level]\n: info\n")
+    assert problems_of(path) == [
+        f"{path}: YAML syntax error: line 1, column 3: a key must be a plain value, "
+        "not a list or mapping"
+    ]
+
+
+def test_env_json_nested_too_deeply() -> None:
+    assert problems_of(None, {"LABD_SIZES": "[" * 100_000}) == [
+        "LABD_SIZES (sizes): not valid JSON (nested too deeply)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [("(" * 2000, "nested too deeply"), ("a{99999999999}", "the repetition number is too large")],
+)
+def test_class_pattern_too_complex(tmp_path: Path, pattern: str, reason: str) -> None:
+    path = tmp_path / "labd.yaml"
+    path.write_text(
+        f"images: {{class_patterns: {{weekly: '{pattern}'}}, available: [{{reference: 'a:b'}}],"
+        " recommended: b}\n"
+    )
+    assert problems_of(path) == [
+        f"images.class_patterns: weekly: regular expression too complex: {reason}"
+    ]
+
+
+BAD_FILES = {
+    "inf.yaml": ("timeouts: {spawn: 1e309}\n", "timeouts.spawn: Input should be a finite number"),
+    "digits.yaml": (
+        f"max_body_size: {'7' * 5000}\n",
+        "invalid YAML: line 1, column 16: integer out of range (beyond 64 bits)",
+    ),
+    "deep.yaml": ("x: " + "[" * 100_000 + "\n", "invalid YAML: line 1, column 35: nested more"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_numbers_and_nesting_never_print_a_traceback(tmp_path: Path, name: str) -> None:
+    text, expected = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_text(text)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LABD_")}
+    for command, status in (["check-config", str(path)], 1), (["serve", "--config", str(path)], 2):
+        done = subprocess.run(
+            [sys.executable, "-m", "labd", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert (done.returncode, done.stdout) == (status, ""), done.stderr
+        assert "Traceback" not in done.stderr
+        assert expected in done.stderr
