@@ -50,6 +50,7 @@ __all__ = [
     "API_STATUS",
     "LIVE_STATES",
     "MACHINE_STATES",
+    "SECRET_STATES",
     "TRIGGERS",
     "ApiStatus",
     "InvalidTransitionError",
@@ -153,6 +154,12 @@ LIVE_STATES: Final = frozenset(
 """States of a user's current lab: at most one row per username is in one of
 these, enforced by a partial unique index.  A ``deleting`` row is on its way
 out and may overlap with the user's next lab, which waits for it."""
+
+SECRET_STATES: Final = frozenset({LabState.REQUESTED, LabState.CREATING})
+"""States in which a lab may still hold the hub's secret environment (its
+token): until its Secret is written.  Every transition to any other state
+clears it from SQL (`labd.store.LabStore.transition`), whichever way the
+spawn ends: started, failed, timed out, cancelled or deleted."""
 
 MACHINE_STATES: Final = tuple(LabState)
 

@@ -366,7 +366,6 @@ class Scheduler:
             expected_version=lab.version,
             changes={
                 "internal_url": internal_url(lab.namespace, env, self._config),
-                "secret_env": None,
                 "attempts": 0,
                 "last_error": None,
                 "next_attempt_at": lab.deadline_at,

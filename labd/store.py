@@ -37,12 +37,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, null, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from labd.database import Database
-from labd.machine import API_STATUS, LIVE_STATES, ApiStatus, LabState, Trigger, next_state
+from labd.machine import (
+    API_STATUS,
+    LIVE_STATES,
+    SECRET_STATES,
+    ApiStatus,
+    LabState,
+    Trigger,
+    next_state,
+)
 from labd.schema import lab_events, lab_transitions, labs
 
 __all__ = [
@@ -376,6 +384,8 @@ class LabStore:
             "updated_at": now,
             **changes,
         }
+        if state not in SECRET_STATES:
+            values["secret_env"] = null()
 
         def work(conn: Connection) -> Row[Any]:
             row = conn.execute(insert(labs).values(values).returning(labs)).one()
@@ -474,6 +484,9 @@ class LabStore:
                 "updated_at": now,
                 **changes,
             }
+            if state not in SECRET_STATES:
+                # SQL NULL, not JSON null: `secret_env IS NULL` finds them all.
+                values["secret_env"] = null()
             if state is LabState.DELETED:
                 values["deleted_at"] = now
             if new_operation:

@@ -418,3 +418,64 @@ async def test_a_cancelled_write_is_settled_before_the_cancellation_arrives(
     # the loop and the cancellation meets the commit: either outcome is
     # whole there.  SQLite's writer thread has always committed by now.
     assert count == 1 if database.is_sqlite else count in (0, 1)
+
+
+SECRET = {"JUPYTERHUB_API_TOKEN": "hub-token-for-the-lab"}
+
+
+async def secret_env_in_sql(database: Database, lab_id: str) -> object:
+    """The column as stored: SQL NULL reads as `None`, JSON null as ``'null'``."""
+    async with database.read() as conn:
+        return await conn.scalar(
+            text("SELECT CAST(secret_env AS TEXT) FROM labs WHERE id = :id"), {"id": lab_id}
+        )
+
+
+@pytest.mark.parametrize(
+    "triggers",
+    [
+        [T.START, T.OBJECTS_READY],
+        [T.FAIL],
+        [T.START, T.FAIL],
+        [T.START, T.TIMEOUT],
+        [T.DELETE],
+        [T.START, T.DELETE, T.DELETED],
+        [T.START, T.DELETE, T.DELETE_FAILED],
+    ],
+    ids=lambda triggers: "-".join(triggers),
+)
+async def test_the_secret_environment_leaves_sql_on_every_path(
+    database: Database, triggers: list[Trigger]
+) -> None:
+    """Once a spawn gets past writing its Secret, or never will, SQL holds no secret."""
+    store = LabStore(database)
+    lab = await store.create_lab(
+        username="alice",
+        slug="alice",
+        namespace="labd-alice",
+        spec={},
+        actor=Actor.HUB,
+        changes={"secret_env": SECRET},
+    )
+    assert await secret_env_in_sql(database, lab.id) is not None
+    for trigger in triggers:
+        lab = await store.transition(lab.id, trigger, actor=Actor.SCHEDULER)
+        if lab.state is S.CREATING:
+            assert lab.secret_env == SECRET  # Still needed to write the Secret.
+    assert lab.secret_env is None
+    assert await secret_env_in_sql(database, lab.id) is None
+
+
+async def test_an_adopted_lab_holds_no_secret(database: Database) -> None:
+    store = LabStore(database)
+    lab = await store.create_lab(
+        username="alice",
+        slug="alice",
+        namespace="labd-alice",
+        spec={},
+        actor=Actor.RECONCILER,
+        trigger=T.ADOPT,
+        changes={"pod_phase": "Running", "secret_env": SECRET},
+    )
+    assert lab.state is S.RUNNING
+    assert await secret_env_in_sql(database, lab.id) is None
