@@ -5,10 +5,14 @@ Migration 0002 makes PostgreSQL send ``NOTIFY labd_lab_changes,
 show.  `ChangeListener` holds one connection that ``LISTEN``\\ s on that
 channel and forgets the user's cached status (`labd.status.StatusCache`)
 for each notification, so every replica serves what any replica wrote.
+On the same connection it hears migration 0004's ``labd_lab_follow``
+channel, whose payload is a lab id, and wakes the readers that follow that
+lab (`labd.signals.LabSignals`): event streams and waiting deletes.
 
 The cache is only on while the listener listens: when the connection drops
 or stops answering, the cache is turned off (reads go to SQL) until a new
-connection listens again, and then it starts empty.  A notification cannot
+connection listens again, and then it starts empty; likewise followers
+poll while the listener is deaf.  A notification cannot
 be missed unseen, only the cache's speed is lost for a while.
 """
 
@@ -22,12 +26,16 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import URL
 
+from labd.signals import LabSignals
 from labd.status import StatusCache
 
-__all__ = ["APPLICATION", "CHANNEL", "ChangeListener", "warm_status"]
+__all__ = ["APPLICATION", "CHANNEL", "FOLLOW_CHANNEL", "ChangeListener", "warm_status"]
 
 CHANNEL: Final = "labd_lab_changes"
 """The channel of migration 0002's trigger."""
+
+FOLLOW_CHANNEL: Final = "labd_lab_follow"
+"""The channel of migration 0004's triggers."""
 
 APPLICATION: Final = "labd-change-listener"
 """``application_name`` of the listening connection (``pg_stat_activity``)."""
@@ -53,11 +61,14 @@ class ChangeListener:
         The PostgreSQL database (a SQLAlchemy ``postgresql+asyncpg`` URL).
     status
         The cache to keep coherent; it is on only while listening.
+    signals
+        Woken for each lab that changed; told whether changes are heard.
     """
 
-    def __init__(self, url: URL, *, status: StatusCache) -> None:
+    def __init__(self, url: URL, *, status: StatusCache, signals: LabSignals) -> None:
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._status = status
+        self._signals = signals
         self._listened = False
         self._connects = 0
         self.listening = asyncio.Event()
@@ -89,8 +100,10 @@ class ChangeListener:
         try:
             connection.add_termination_listener(lambda _connection: lost.set())
             await connection.add_listener(CHANNEL, self._notified)
+            await connection.add_listener(FOLLOW_CHANNEL, self._followed)
             # Only now is every later commit sure to be heard.
             self._status.reset(enabled=True)
+            self._signals.hearing(True)
             self._listened = True
             self.listening.set()
             _logger.info("listening for lab changes of other processes")
@@ -115,9 +128,14 @@ class ChangeListener:
     def _stop_listening(self) -> None:
         self.listening.clear()
         self._status.reset(enabled=False)
+        if self._signals.complete:
+            self._signals.hearing(False)
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         self._status.invalidate(str(payload))
+
+    def _followed(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        self._signals.notify(str(payload))
 
 
 async def warm_status(status: StatusCache) -> None:

@@ -7,6 +7,12 @@ exist are kept, so the database, the configuration and the token survive a
 restart; the simulated cluster itself lives in memory, and the reconciler
 marks the labs of the previous run as vanished at start.
 
+The state directory holds secrets (the hub token, the simulated cluster's
+token in the kubeconfig) and the database, so it is private to the user:
+created 0700, its files created 0600 from the start rather than written and
+then restricted, and everything ``labd dev`` creates while it runs (SQLite's
+``-wal`` and ``-shm`` files too) made under a umask of 077.
+
 The simulated cluster answers HTTP for its running lab pods on a local port
 (``SimCluster(serve_labs=True)``), and labs' internal URLs point there, so a
 real JupyterHub with `labd.spawner.LabdSpawner` can use ``labd dev`` end to
@@ -25,12 +31,12 @@ import click
 import yaml
 
 from labd.api import hash_token
-from labd.config import Config, load_config
+from labd.config import Config, ConfigError, load_config
 from labd.database import Database
 from labd.factory import Labd
 from labd.logs import configure_logging
 from labd.migrate import upgrade
-from labd.serving import run_daemon
+from labd.serving import EXIT_CONFIG, run_daemon
 from labd.sim import SimCluster
 
 __all__ = ["dev", "with_sim_lab_urls"]
@@ -91,15 +97,41 @@ def with_sim_lab_urls(config: Config, labs_url: str) -> Config:
     )
 
 
-def _write_new(path: Path, text: str, *, mode: int = 0o644) -> None:
-    if not path.exists():
-        path.write_text(text)
-        path.chmod(mode)
+PRIVATE_FILES: Final = (
+    "hub-token",
+    "tokens",
+    "kubeconfig",
+    "labd.db",
+    "labd.db-wal",
+    "labd.db-shm",
+)
+"""Files of the state directory no other user may read."""
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write a file, mode 0600, unless it exists.
+
+    The mode is given to ``open(2)`` itself: writing first and restricting
+    afterwards would leave a moment in which a token is readable by others.
+    ``O_EXCL`` keeps an existing file and refuses to follow a symlink.
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def prepare(state_dir: Path, port: int) -> Path:
     """Create the state directory's files that are missing; return the config path."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A state directory of an older labd dev may hold a world-readable
+    # database; the directory itself is left as found (it may be shared).
+    for name in PRIVATE_FILES:
+        path = state_dir / name
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
     config_path = state_dir / "labd.yaml"
     _write_new(
         config_path,
@@ -107,12 +139,11 @@ def prepare(state_dir: Path, port: int) -> Path:
         + yaml.safe_dump(sample_config(state_dir, port), sort_keys=False),
     )
     token_path = state_dir / "hub-token"
-    _write_new(token_path, secrets.token_urlsafe(32) + "\n", mode=0o600)
+    _write_new(token_path, secrets.token_urlsafe(32) + "\n")
     token = token_path.read_text().strip()
     _write_new(
         state_dir / "tokens",
         f"# SHA-256 of the hub token in hub-token\n{hash_token(token)} hub\n",
-        mode=0o600,
     )
     return config_path
 
@@ -174,11 +205,21 @@ def dev(port: int, state_dir: Path, pod_start_delay: float) -> None:
     on first use, then prints ready-to-run curl commands.
     """
     state_dir = state_dir.resolve()
-    config_path = prepare(state_dir, port)
-    environ = {**os.environ, "LABD_BIND_ADDRESS": f"127.0.0.1:{port}"}
-    config = load_config(config_path, environ=environ)
-    configure_logging(level=config.log_level, fmt="console")
-    asyncio.run(_run(config, state_dir, pod_start_delay))
+    # Private from here on: SQLite creates the database with mode 0644 less
+    # the umask, and its -wal and -shm files with the database's mode.
+    umask = os.umask(0o077)
+    try:
+        config_path = prepare(state_dir, port)
+        environ = {**os.environ, "LABD_BIND_ADDRESS": f"127.0.0.1:{port}"}
+        try:
+            config = load_config(config_path, environ=environ)
+        except ConfigError as exc:
+            click.echo(f"labd: invalid configuration:\n{exc}", err=True)
+            raise SystemExit(EXIT_CONFIG) from None
+        configure_logging(level=config.log_level, fmt="console")
+        asyncio.run(_run(config, state_dir, pod_start_delay))
+    finally:
+        os.umask(umask)
 
 
 async def _run(config: Config, state_dir: Path, pod_start_delay: float) -> None:

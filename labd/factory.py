@@ -71,10 +71,15 @@ class Labd:
         # change listener.  On SQLite labd is the only writer.
         self.status = StatusCache(self.store, enabled=database.is_sqlite, metrics=self.metrics)
         self.store.on_write.append(self.status.invalidate)
+        # Likewise every change is heard on SQLite; on PostgreSQL while the
+        # change listener listens.
+        self.signals = LabSignals(complete=database.is_sqlite)
+        self.store.on_change.append(self.signals.notify)
         self.change_listener = (
-            None if database.is_sqlite else ChangeListener(database.url, status=self.status)
+            None
+            if database.is_sqlite
+            else ChangeListener(database.url, status=self.status, signals=self.signals)
         )
-        self.signals = LabSignals()
         registry = config.images.registry
         self.images = ImageCatalog(
             config.images,

@@ -61,8 +61,6 @@ __all__ = ["FormChoices", "LabService", "spawn_cancelled_event"]
 _logger = structlog.get_logger()
 
 _SPAWNING: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.STARTING})
-_STREAM_POLL: Final = 2.0
-"""Seconds between re-reads of a followed lab when no signal comes."""
 
 
 def spawn_cancelled_event() -> NewEvent:
@@ -413,7 +411,7 @@ class LabService:
                 raise DeleteFailedError(
                     f"Deleting the lab for {lab.username} did not finish in {timeout:.0f} s"
                 )
-            await self._signals.wait(waiter, within=min(remaining, _STREAM_POLL))
+            await self._signals.wait(waiter, within=min(remaining, self._signals.follow_interval))
 
     async def _clean_up_soon(self, status: LabStatus) -> None:
         """Have the scheduler clean up a lab the hub has now seen ended."""
@@ -457,7 +455,7 @@ class LabService:
             ):
                 # The operation ended without a final event (superseded).
                 return
-            await self._signals.wait(waiter, within=_STREAM_POLL)
+            await self._signals.wait(waiter, within=self._signals.follow_interval)
 
 
 def check_username(username: str) -> None:

@@ -319,10 +319,18 @@ class LabStore:
         self.on_write: list[Callable[[str], None]] = []
         """Called with the username after every write of a lab row (commit
         or not: a write whose outcome is unknown counts as a change)."""
+        self.on_change: list[Callable[[str], None]] = []
+        """Called with the lab id after every write of a lab row or of its
+        events, likewise: what wakes the readers that follow a lab."""
 
-    def _written(self, username: str) -> None:
+    def _written(self, username: str, lab_id: str) -> None:
         for callback in self.on_write:
             callback(username)
+        self._changed(lab_id)
+
+    def _changed(self, lab_id: str) -> None:
+        for callback in self.on_change:
+            callback(lab_id)
 
     async def create_lab(
         self,
@@ -408,7 +416,7 @@ class LabStore:
                 raise LabExistsError(username) from exc
             raise
         finally:
-            self._written(username)
+            self._written(username, lab_id)
         return _lab(row)
 
     async def transition(
@@ -523,7 +531,7 @@ class LabStore:
             raise
         finally:
             if current is not None:
-                self._written(current.username)
+                self._written(current.username, lab_id)
         return _lab(row)
 
     async def update(
@@ -562,7 +570,7 @@ class LabStore:
             row = await self._db.run_write(work)
         finally:
             if current is not None:
-                self._written(current.username)
+                self._written(current.username, lab_id)
         return _lab(row)
 
     async def add_events(
@@ -591,7 +599,10 @@ class LabStore:
                 return []
             return self._insert_events(conn, current, events)
 
-        return await self._db.run_write(work)
+        try:
+            return await self._db.run_write(work)
+        finally:
+            self._changed(lab_id)
 
     async def claim_due(
         self, *, limit: int, lease: float, exclude: Collection[str] = ()

@@ -479,3 +479,14 @@ async def test_an_adopted_lab_holds_no_secret(database: Database) -> None:
     )
     assert lab.state is S.RUNNING
     assert await secret_env_in_sql(database, lab.id) is None
+
+
+async def test_writes_wake_the_readers_of_their_lab(database: Database) -> None:
+    store = LabStore(database)
+    changed: list[str] = []
+    store.on_change.append(changed.append)
+    lab = await new_lab(store, "alice")
+    await store.add_events(lab.id, [NewEvent(EventType.INFO, "Pulling image", 35)])
+    await store.update(lab.id, {"attempts": 1})
+    await store.transition(lab.id, T.START, actor=Actor.SCHEDULER)
+    assert changed == [lab.id] * 4
