@@ -54,6 +54,8 @@ from pydantic_settings import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from labd.naming import username_problem
+
 __all__ = [
     "DEFAULT_EPHEMERAL_STORAGE_LIMIT",
     "DEFAULT_EPHEMERAL_STORAGE_REQUEST",
@@ -70,17 +72,21 @@ __all__ = [
     "CopiedSecretConfig",
     "EgressConfig",
     "EgressRuleConfig",
+    "GroupConfig",
     "ImageClass",
     "ImageConfig",
     "ImageReference",
     "ImagesConfig",
     "KubernetesConfig",
     "LabConfig",
+    "QuotaConfig",
     "RegistryConfig",
     "Resources",
     "RetryConfig",
     "SizeConfig",
     "TimeoutsConfig",
+    "UserConfig",
+    "UsersConfig",
     "VolumeConfig",
     "format_bytes",
     "load_config",
@@ -1316,6 +1322,88 @@ def _read_own_namespace() -> str:
     return namespace
 
 
+class QuotaConfig(_Model):
+    """What a user may spawn: the sizes whose limits fit, or nothing."""
+
+    cpu: Cpu | None = Field(
+        default=None, gt=0, description="Most CPU cores a lab may have; unset: no cap on CPU."
+    )
+    memory: Bytes | None = Field(
+        default=None, gt=0, description="Most memory a lab may have; unset: no cap on memory."
+    )
+    spawn: bool = Field(default=True, description="Whether the user may spawn labs at all.")
+
+
+class GroupConfig(_Model):
+    """A supplementary group of a configured user."""
+
+    name: str = Field(min_length=1, max_length=255, description="Group name.")
+    id: int | None = Field(default=None, ge=0, description="Numeric GID.")
+
+
+class UserConfig(_Model):
+    """Identity and quota of a user, as the operator configures them.
+
+    Used when the hub sends no ``user`` with a create, and always for a
+    create made with a user's own token: a user never chooses their own
+    uid, gid, groups or quota.  An unset field falls back to `users.default
+    <UsersConfig.default>`, then to `lab.uid`/`lab.gid`.
+    """
+
+    name: str | None = Field(default=None, max_length=255, description="Display name.")
+    uid: int | None = Field(default=None, ge=1, description="UID the lab runs as; never 0.")
+    gid: int | None = Field(default=None, ge=1, description="Primary GID of the lab.")
+    groups: list[GroupConfig] | None = Field(
+        default=None, description="Supplementary groups of the lab process."
+    )
+    quota: QuotaConfig | None = Field(default=None, description="What the user may spawn.")
+
+
+class UsersConfig(_Model):
+    """Identities and quotas that labd trusts: the operator's, never a user's."""
+
+    default: UserConfig = Field(
+        default_factory=lambda: UserConfig(quota=QuotaConfig()),
+        description="Fallback for every field a user's own entry leaves unset. Its quota, "
+        "unless set, allows every configured size (the sizes are the cap).",
+    )
+    entries: dict[str, UserConfig] = Field(
+        default_factory=dict, description="Per-user identity and quota, by JupyterHub username."
+    )
+
+    @field_validator("default")
+    @classmethod
+    def _default_has_quota(cls, value: UserConfig) -> UserConfig:
+        # The fallback of last resort always has a quota, so a create
+        # without one is checked against the operator's word, never "no limit".
+        return (
+            value if value.quota is not None else value.model_copy(update={"quota": QuotaConfig()})
+        )
+
+    @field_validator("entries")
+    @classmethod
+    def _check_usernames(cls, value: dict[str, UserConfig]) -> dict[str, UserConfig]:
+        for username in value:
+            problem = username_problem(username)
+            if problem is not None:
+                raise ValueError(f"{username!r}: {problem}")
+        return value
+
+    def identity(self, username: str) -> UserConfig:
+        """Return the configured identity and quota of ``username``, defaults filled in."""
+        entry = self.entries.get(username)
+        if entry is None:
+            return self.default
+        fallback = self.default
+        return UserConfig(
+            name=entry.name if entry.name is not None else fallback.name,
+            uid=entry.uid if entry.uid is not None else fallback.uid,
+            gid=entry.gid if entry.gid is not None else fallback.gid,
+            groups=entry.groups if entry.groups is not None else fallback.groups,
+            quota=entry.quota if entry.quota is not None else fallback.quota,
+        )
+
+
 class TimeoutsConfig(_Model):
     """How long lab operations may take before they fail."""
 
@@ -1563,6 +1651,10 @@ class Config(BaseSettings):
         "characters.",
     )
     lab: LabConfig = Field(default_factory=LabConfig, description="Settings of every lab.")
+    users: UsersConfig = Field(
+        default_factory=UsersConfig,
+        description="Identity and quota of users for creates that carry none from the hub.",
+    )
     sizes: dict[str, SizeConfig] = Field(
         default_factory=_default_sizes,
         min_length=1,

@@ -17,6 +17,7 @@ __all__ = [
     "InsufficientQuotaError",
     "InvalidDockerReferenceError",
     "InvalidLabSizeError",
+    "InvalidRequestError",
     "InvalidTokenError",
     "InvalidUsernameError",
     "LabExistsConflictError",
@@ -129,6 +130,13 @@ class InvalidDockerReferenceError(LabdError):
 
     status_code = 422
     error_type = "invalid_docker_reference"
+
+
+class InvalidRequestError(LabdError):
+    """A request field that is well formed but not acceptable (``value_error``)."""
+
+    status_code = 422
+    error_type = "value_error"
 
 
 class InvalidUsernameError(LabdError):

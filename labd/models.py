@@ -11,7 +11,8 @@ decision, made against the configuration.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +29,7 @@ from labd.config import ImageReference
 
 __all__ = [
     "DROPDOWN_SENTINEL",
+    "SERVICE_PREFIX",
     "ImageClassChoice",
     "LabOptions",
     "LabSpecification",
@@ -38,6 +40,7 @@ __all__ = [
     "UserGroup",
     "UserInfo",
     "UserQuota",
+    "service_prefix_problem",
 ]
 
 DROPDOWN_SENTINEL = "use_image_from_dropdown"
@@ -196,16 +199,62 @@ class UserInfo(BaseModel):
     quota: UserQuota | None = Field(None, description="What the user may spawn.")
 
 
+SERVICE_PREFIX: Final = "JUPYTERHUB_SERVICE_PREFIX"
+"""The variable whose value is the lab's URL path (API.md: required)."""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_URL_PATH = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2}|/)*")
+"""An absolute URL path: ``/``, then RFC 3986 path characters only."""
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    """Refuse names that are not variable names, and a service prefix that is no path."""
+    for name in env:
+        if not _ENV_NAME.fullmatch(name):
+            raise PydanticCustomError(
+                "value_error",
+                "{name!r} is not a valid environment variable name"
+                " (letters, digits and _, not starting with a digit)",
+                {"name": name},
+            )
+    prefix = env.get(SERVICE_PREFIX)
+    problem = None if prefix is None else service_prefix_problem(prefix)
+    if problem is not None:
+        raise PydanticCustomError("value_error", problem)
+    return env
+
+
+def service_prefix_problem(prefix: str) -> str | None:
+    """Say why ``prefix`` is not a URL path a lab can serve under, or `None`.
+
+    The prefix ends up after ``http://host:port`` in the lab's internal URL,
+    so anything but a plain absolute path (``//host``, ``@host``, ``..``, a
+    query) could point the hub somewhere else.
+    """
+    if not _URL_PATH.fullmatch(prefix) or prefix.startswith("//"):
+        return (
+            f"{SERVICE_PREFIX} must be an absolute URL path (starting with / and holding"
+            " only URL path characters)"
+        )
+    if any(segment in (".", "..") for segment in prefix.split("/")):
+        return f"{SERVICE_PREFIX} must not contain . or .. segments"
+    return None
+
+
 class LabSpecification(BaseModel):
     """Body of ``POST /spawner/v1/labs/{username}/create``."""
 
     options: LabOptions = Field(description="The spawn form's choices.")
-    env: dict[str, str] = Field(description="Environment of the lab; needs the service prefix.")
-    user: UserInfo | None = Field(None, description="Identity and quota of the user.")
+    env: Annotated[dict[str, str], AfterValidator(_check_env)] = Field(
+        description="Environment of the lab: valid variable names; needs the service prefix."
+    )
+    user: UserInfo | None = Field(
+        None, description="Identity and quota of the user; only the hub may send it."
+    )
 
     @model_validator(mode="after")
     def _service_prefix(self) -> LabSpecification:
-        if "JUPYTERHUB_SERVICE_PREFIX" not in self.env:
+        if SERVICE_PREFIX not in self.env:
             raise PydanticCustomError("value_error", "env must contain JUPYTERHUB_SERVICE_PREFIX")
         return self
 

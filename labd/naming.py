@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import unicodedata
 from typing import Final
 
 __all__ = [
@@ -35,14 +36,21 @@ _SPECIALS: Final = frozenset("-._@+")
 def username_problem(username: str) -> str | None:
     """Say why ``username`` is not a legal JupyterHub username, or `None`.
 
-    Legal: 1 to 255 characters, each a letter, a digit or one of ``-._@+``.
+    Legal: 1 to 255 characters, each a letter, a digit, a combining mark or
+    one of ``-._@+``.  Letters and digits of any script are accepted, as
+    JupyterHub accepts them (``renée``, fullwidth or Cyrillic look-alikes of ``alice``);
+    they are not folded together: each is its own user, with a slug of its
+    own (`slugify` hashes every name that is not plain lowercase ASCII).
+    Spaces, controls, and invisible formatting characters (zero-width
+    joiners, direction marks) are refused: they make names that look alike
+    but differ.
     """
     if not username:
         return "Username is empty"
     if len(username) > MAX_USERNAME_LENGTH:
         return f"Username is longer than {MAX_USERNAME_LENGTH} characters"
     for char in username:
-        if not (char.isalnum() or char in _SPECIALS):
+        if not (char.isalnum() or char in _SPECIALS or unicodedata.category(char).startswith("M")):
             return f"Username contains the forbidden character {char!r}"
     return None
 

@@ -13,10 +13,11 @@ then follow new ones as writers signal them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 
@@ -25,6 +26,7 @@ from labd.errors import (
     DeleteFailedError,
     InsufficientQuotaError,
     InvalidLabSizeError,
+    InvalidRequestError,
     InvalidUsernameError,
     LabExistsConflictError,
     OperationInProgressError,
@@ -32,11 +34,13 @@ from labd.errors import (
     UnknownUserError,
 )
 from labd.images import ImageCatalog, ImageChoice
+from labd.kube.builder import OWN_ENV
 from labd.machine import InvalidTransitionError, LabState, Trigger
 from labd.metrics import Metrics
 from labd.models import (
     LabSpecification,
     LabStateModel,
+    UserInfo,
     UserQuota,
 )
 from labd.naming import lab_namespace, username_problem
@@ -60,6 +64,15 @@ __all__ = ["FormChoices", "LabService", "spawn_cancelled_event"]
 
 _logger = structlog.get_logger()
 
+_PROCESS_ENV = re.compile(r"HOME|PYTHONHOME|LD_[A-Z0-9_]*")
+"""Variables that steer how the lab's process starts: the image sets them."""
+_HUB_PROCESS_ENV: Final = frozenset(
+    {"PATH", "PYTHONPATH", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV"}
+)
+"""What JupyterHub's default ``env_keep`` copies from the hub's own process:
+it describes the hub's machine, not the lab's image, so labd drops it."""
+_USER_VAR: Final = "JUPYTERHUB_USER"
+_T = TypeVar("_T")
 _SPAWNING: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.STARTING})
 
 
@@ -139,18 +152,22 @@ class LabService:
             ``unknown_image``, ``lab_exists``, ``operation_in_progress``.
         """
         check_username(username)
-        quota = spec.user.quota if spec.user else None
-        if quota is not None and not quota.spawn:
+        if spec.user is not None and actor is not Actor.HUB:
+            raise PermissionDeniedError(
+                "Only the hub may send a user's identity and quota", loc=["body", "user"]
+            )
+        user, quota = self._identity(username, spec.user)
+        if not quota.spawn:
             raise PermissionDeniedError(f"Spawning labs is not permitted for {username}")
         size = self._size(spec.options.size)
-        if quota is not None:
-            _check_quota(spec.options.size, size, quota)
+        _check_quota(spec.options.size, size, quota)
+        env = self._lab_env(username, spec.env)
         field, value = spec.options.image_choice()
         image = self._images.resolve(field, value)
-        lab_spec = self._lab_spec(username, spec, size, image.reference)
+        lab_spec = self._lab_spec(spec, size, image.reference, user, quota)
         lab_spec["image_request"] = {"field": field, "value": value}
-        secret_env = {k: v for k, v in spec.env.items() if is_secret_name(k)}
-        lab_spec["env"] = {k: v for k, v in spec.env.items() if k not in secret_env}
+        secret_env = {k: v for k, v in env.items() if is_secret_name(k)}
+        lab_spec["env"] = {k: v for k, v in env.items() if k not in secret_env}
         previous = await self._make_room(username, actor)
         if previous is not None:
             lab_spec["previous_lab"] = previous
@@ -292,25 +309,26 @@ class LabService:
     async def form_choices(self, username: str) -> FormChoices:
         """Return the images and sizes the spawn form offers the user.
 
-        The quota is the one the hub sent with the user's latest spawn; a
-        user never seen has none.
+        The quota is the one the user's latest spawn was checked against
+        (the hub's or the configured one); for a user never seen, the
+        configured one.
         """
         check_username(username)
         latest = await self._store.get_latest_lab(username)
         quota_data = latest.spec.get("quota") if latest else None
-        quota = UserQuota.model_validate(quota_data) if quota_data else None
-        sizes = {
-            name: size
-            for name, size in self._config.sizes.items()
-            if quota is None or _fits(size, quota)
-        }
+        quota = (
+            UserQuota.model_validate(quota_data)
+            if quota_data
+            else self._identity(username, None)[1]
+        )
+        sizes = {name: size for name, size in self._config.sizes.items() if _fits(size, quota)}
         default = self._config.default_size if self._config.default_size in sizes else None
         return FormChoices(
             username=username,
             images=self._images.choices(),
             sizes=sizes,
             default_size=default or next(iter(sizes), None),
-            spawn_allowed=quota is None or quota.spawn,
+            spawn_allowed=quota.spawn,
         )
 
     def _size(self, name: str) -> SizeConfig:
@@ -323,11 +341,70 @@ class LabService:
             )
         return size
 
+    def _identity(self, username: str, sent: UserInfo | None) -> tuple[dict[str, Any], UserQuota]:
+        """Return who the lab runs as and the quota it is checked against.
+
+        The hub's word (``sent``, which only the hub may send) wins field by
+        field; what it leaves out, and everything for a create without it,
+        comes from the operator's configuration: the user's entry, then the
+        default entry, then ``lab.uid``/``lab.gid``.  The default entry
+        always has a quota, so no create goes unchecked.
+        """
+        configured = self._config.users.identity(username)
+        lab = self._config.lab
+        groups = (
+            [group.model_dump() for group in sent.groups]
+            if sent is not None and sent.groups
+            else [group.model_dump() for group in configured.groups or []]
+        )
+        user = {
+            "username": username,
+            "name": _first(sent.name if sent else None, configured.name),
+            "uid": _first(sent.uid if sent else None, configured.uid, lab.uid),
+            "gid": _first(sent.gid if sent else None, configured.gid, lab.gid),
+            "groups": groups,
+        }
+        quota = sent.quota if sent is not None else None
+        if quota is None:
+            assert configured.quota is not None  # `UsersConfig` fills the default's in.
+            quota = UserQuota.model_validate(configured.quota.model_dump())
+        return user, quota
+
+    def _lab_env(self, username: str, env: Mapping[str, str]) -> dict[str, str]:
+        """Return the hub's variables that the lab gets.
+
+        Raises
+        ------
+        InvalidRequestError
+            Naming the first variable that labd or the operator sets, or
+            that steers how the lab's process starts.  JupyterHub's own
+            ``JUPYTERHUB_USER`` is accepted when it names the user of the
+            path (labd sets it anyway).
+        """
+        lab = self._config.lab
+        operator = set(lab.env) | {s.env for s in lab.secrets if s.env is not None}
+        for name, value in env.items():
+            if name == _USER_VAR and value == username:
+                continue
+            if name in OWN_ENV or name in operator or _PROCESS_ENV.fullmatch(name):
+                raise InvalidRequestError(
+                    f"{name} is set by labd, the operator or the image; a request may not set it",
+                    loc=["body", "env", name],
+                )
+        return {
+            name: value
+            for name, value in env.items()
+            if name not in _HUB_PROCESS_ENV and name != _USER_VAR
+        }
+
     def _lab_spec(
-        self, username: str, spec: LabSpecification, size: SizeConfig, image: str
+        self,
+        spec: LabSpecification,
+        size: SizeConfig,
+        image: str,
+        user: dict[str, Any],
+        quota: UserQuota,
     ) -> dict[str, Any]:
-        user = spec.user
-        lab_config = self._config.lab
         return {
             "options": {
                 "image": image,
@@ -339,14 +416,8 @@ class LabService:
                 "limits": {"cpu": size.limits.cpu, "memory": size.limits.memory},
                 "requests": {"cpu": size.requests.cpu, "memory": size.requests.memory},
             },
-            "user": {
-                "username": username,
-                "name": user.name if user else None,
-                "uid": (user.uid if user else None) or lab_config.uid,
-                "gid": (user.gid if user else None) or lab_config.gid,
-                "groups": [g.model_dump() for g in user.groups] if user else [],
-            },
-            "quota": user.quota.model_dump() if user and user.quota else None,
+            "user": user,
+            "quota": quota.model_dump(),
         }
 
     async def _make_room(self, username: str, actor: Actor) -> str | None:
@@ -463,6 +534,11 @@ def check_username(username: str) -> None:
     problem = username_problem(username)
     if problem is not None:
         raise InvalidUsernameError(problem, loc=["path", "username"])
+
+
+def _first(*values: _T | None) -> _T | None:
+    """Return the first value that is not `None`."""
+    return next((value for value in values if value is not None), None)
 
 
 def _check_quota(name: str, size: SizeConfig, quota: UserQuota) -> None:

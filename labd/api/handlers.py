@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -108,8 +109,11 @@ class LabApi:
         spec = await _body(request, LabSpecification)
         actor = caller.actor if caller is not None else Actor.HUB
         await self.service.create(username, spec, actor=actor)
-        location = str(request.url_for("get_lab", username=username))
-        return Response(status_code=201, headers={"Location": location})
+        # A relative reference (RFC 9110): built from the route, never from
+        # the caller's Host header, and percent-encoded so that any legal
+        # username fits in a header.
+        path = request.app.url_path_for("get_lab", username=quote(username, safe=""))
+        return Response(status_code=201, headers={"Location": str(path)})
 
     async def delete_lab(self, request: Request, caller: Caller | None) -> Response:
         """Delete the user's lab; answers once its objects are gone."""

@@ -63,6 +63,7 @@ __all__ = [
     "MANAGED_SELECTOR",
     "NAME_LABEL",
     "NAME_VALUE",
+    "OWN_ENV",
     "SERVICE_NAME",
     "SERVICE_PREFIX_VAR",
     "SPEC_ANNOTATION",
@@ -115,6 +116,25 @@ SERVICE_NAME: Final = "lab"
 
 SERVICE_PREFIX_VAR: Final = "JUPYTERHUB_SERVICE_PREFIX"
 """Environment variable with the lab's URL path, used in `internal_url`."""
+
+OWN_ENV: Final = frozenset(
+    {
+        "JUPYTERHUB_USER",
+        "EXTERNAL_UID",
+        "EXTERNAL_GID",
+        "EXTERNAL_GROUPS",
+        "JUPYTER_IMAGE_SPEC",
+        "LAB_SIZE",
+        "CPU_LIMIT",
+        "CPU_GUARANTEE",
+        "MEM_LIMIT",
+        "MEM_GUARANTEE",
+        "ENABLE_DEBUG",
+        "RESET_USER_ENV",
+    }
+)
+"""Variables labd sets in every lab (`LabBuild.environment`) from what it
+knows of the user and the spawn: a request may not set them."""
 
 COPIED_KEY_PREFIX: Final = "copied."
 """Prefix of copied secrets' keys in the lab Secret (hub keys are variable

@@ -175,6 +175,7 @@ class Node:
         self.seconds_to_start = 0.0
         """How long `start` took, until the Node was Ready."""
         self._state: dict[str, Any] = {"pids": {}, "host": {}}
+        self._popens: list[subprocess.Popen[bytes]] = []
 
     @property
     def containerd_socket(self) -> Path:
@@ -271,6 +272,7 @@ class Node:
                 break
             time.sleep(0.01)
         self._record({name: popen.pid})
+        self._popens.append(popen)
         return popen
 
     def _wait(
@@ -512,6 +514,19 @@ disabled_plugins = [
 
         self._wait("kubelet", self._kubelet, ready, within=120)
 
+    # What runs -----------------------------------------------------------------
+
+    def containerd_tasks(self) -> list[str]:
+        """IDs of the containers (and pod sandboxes) containerd runs now."""
+        return self._ctr("tasks", "ls", "-q").stdout.split()
+
+    def pod_addresses(self) -> list[str]:
+        """Pod IPs the CNI plugin has handed out and not yet released."""
+        network = self.workdir / "cni" / "ipam" / "labd-realnode"
+        if not network.is_dir():
+            return []
+        return [path.name for path in network.iterdir() if path.name.startswith("10.88.")]
+
     # Stop ----------------------------------------------------------------------
 
     def drain(self, *, within: float = 60.0) -> None:
@@ -542,7 +557,14 @@ disabled_plugins = [
         if self.control_plane.port:
             with contextlib.suppress(OSError):
                 self.drain()
-        return teardown(self.workdir)
+        problems = teardown(self.workdir)
+        # Every process is stopped by now (and reaped): let the Popen
+        # objects notice, so none is reported as still running.
+        self.control_plane.stop()
+        for popen in self._popens:
+            popen.poll()
+        self._popens.clear()
+        return problems
 
 
 def _listening(port: int) -> bool:

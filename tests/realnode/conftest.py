@@ -1,0 +1,161 @@
+"""Fixtures of the real-node tier: a real kubelet, the lab image, labd in front.
+
+The tier runs only with ``LABD_REALNODE=1`` in the environment, for now:
+it needs root and changes the host while it runs (a bridge, cgroups,
+sysctls, all restored at the end), and one node per machine.  Without the
+switch, or where the machine cannot run a node (no root, cgroups, overlayfs,
+binaries or packages), every test is skipped with the reason.
+
+One node serves the session (`real_node`): ``scripts/realnode/build`` is run
+first (it exits at once when everything is built), then `Node` brings the
+control plane, containerd, kube-scheduler and the kubelet up in pytest's
+temporary directory (``realnode0/*.log`` to read after a failure).  One
+registry serves the session too (`lab_registry`), holding the lab image of
+``images/lab`` under its four tags.  labd itself is started per test, on
+each database, exactly as ``labd serve`` wires it, and served by uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+from labd.api import Authenticator, create_app
+from labd.config import Config
+from labd.factory import Labd
+from tests.api.conftest import HUB_TOKEN, serve
+from tests.core.conftest import make_config
+from tests.images.registry import REGISTRY_BINARY, LocalRegistry
+from tests.realk8s.cluster import RBAC_FILE, resource_path
+from tests.realk8s.controlplane import LABD_TOKEN
+from tests.realnode.node import Node, missing_requirements
+
+__all__ = ["LabRegistry", "lab_registry", "labd_url", "real_node"]
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+SWITCH: Final = "LABD_REALNODE"
+
+
+def _run_script(script: Path, *args: str) -> str:
+    """Run one of the project's scripts; skip the tier, saying why, if it fails."""
+    result = subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        check=False,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-5:])
+        pytest.skip(f"real-node tier: {script.relative_to(ROOT)} failed:\n{tail}")
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """The control plane, containerd, kube-scheduler and a kubelet, Ready."""
+    if os.environ.get(SWITCH) != "1":
+        pytest.skip(
+            f"set {SWITCH}=1 to run the real-node tier (needs root; brings a real kubelet up "
+            "on this machine and restores the host after it)"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("real-node tier: needs root (containerd, the kubelet, a bridge)")
+    _run_script(ROOT / "scripts" / "realnode" / "build")
+    reason = missing_requirements()
+    if reason is not None:
+        pytest.skip(reason)
+    node = Node(tmp_path_factory.mktemp("realnode"))
+    node.start()
+    try:
+        for document in yaml.safe_load_all(RBAC_FILE.read_text()):
+            kind = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
+            status, body = node.control_plane.request(
+                "POST", resource_path(kind[document["kind"]]), document
+            )
+            assert status == 201, body
+        yield node
+    finally:
+        problems = node.stop()
+        assert not problems, f"the host was not fully restored: {problems}"
+
+
+@dataclass(frozen=True)
+class LabRegistry:
+    """The session's registry and the lab image's digest under each tag."""
+
+    registry: LocalRegistry
+    digests: dict[str, str]
+    """Tag to manifest digest, as pushed."""
+
+
+@pytest.fixture(scope="session")
+def lab_registry(
+    real_node: Node, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabRegistry]:
+    """An anonymous registry on 127.0.0.1 with the lab image of ``images/lab``."""
+    if not REGISTRY_BINARY.exists():
+        pytest.skip(f"real-node tier: {REGISTRY_BINARY} is missing; run scripts/realnode/build")
+    registry = LocalRegistry(tmp_path_factory.mktemp("lab-registry"))
+    registry.start()
+    try:
+        pushed = _run_script(ROOT / "images" / "lab" / "build", "push", registry.image_base)
+        digests = dict(line.split() for line in pushed.splitlines() if line.strip())
+        real_node.trust_registry(f"127.0.0.1:{registry.port}")
+        yield LabRegistry(registry, digests)
+    finally:
+        registry.stop()
+        # The image's blobs: about 500 MB per session.
+        shutil.rmtree(registry.root / "data", ignore_errors=True)
+
+
+def realnode_config(
+    database_url: str, kubeconfig: Path, registry: LocalRegistry, **overrides: Any
+) -> Config:
+    """labd's configuration for the real node: the registry's images, real timeouts."""
+    return make_config(
+        database_url,
+        kubeconfig,
+        images={
+            "available": [],
+            "registry": {"url": registry.url, "repository": "sciplat/lab"},
+            "recommended": "recommended",
+        },
+        timeouts={"spawn": 180, "delete": 120},
+        lab={"pod_delete_grace": 5},
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def labd_url(
+    database_url: str, real_node: Node, lab_registry: LabRegistry, tmp_path: Path
+) -> AsyncIterator[str]:
+    """labd on the real node, with the ``labd`` user's rights only, served by uvicorn."""
+    kubeconfig = real_node.control_plane.write_kubeconfig(tmp_path / "kubeconfig", LABD_TOKEN)
+    config = realnode_config(database_url, kubeconfig, lab_registry.registry)
+    labd = await Labd.create(config)
+    await labd.start()
+    try:
+        app = create_app(
+            config=config,
+            service=labd.service,
+            authenticator=Authenticator.from_tokens({HUB_TOKEN: "hub"}),
+            readiness=labd.readiness,
+        )
+        async with serve(app) as url:
+            yield url
+    finally:
+        await labd.stop()
+        # Whatever a failed test left behind must not meet the next test.
+        await asyncio.to_thread(real_node.control_plane.remove_user_namespaces, within=120)

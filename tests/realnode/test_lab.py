@@ -1,0 +1,138 @@
+"""A lab spawned through labd's REST API really runs JupyterLab on a real kubelet.
+
+The hub's part is played by the test: it creates the lab as JupyterHub's
+spawner does, follows the event stream, and then talks to the lab itself.
+No hub runs, so the lab gets no ``JUPYTERHUB_API_URL`` and the image's
+``start-lab`` runs plain ``jupyter lab`` under the service prefix, guarded
+by the ``JUPYTER_TOKEN`` the test sends (``jupyterhub-singleuser`` would
+exit after failing to reach a hub API).
+
+There is no cluster DNS and no kube-proxy on the node, so the internal URL
+labd reports (``http://lab.<namespace>:8888/...``, its default template)
+does not resolve here: the test checks that URL's form, then reaches the
+same port and path at the pod's IP, which it first checks is one of this
+run's pod addresses (10.88.0.0/16): nothing else is ever contacted.
+
+The timings (spawn request to ``running``, to the first HTTP 200, delete to
+namespace gone) are printed (``pytest -s``) and quoted in docs/real-node.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import time
+from typing import Any
+
+import httpx
+
+from labd.naming import lab_namespace
+from tests.api.conftest import HUB, read_events
+from tests.realnode.conftest import LabRegistry
+from tests.realnode.node import POD_SUBNET, Node
+
+USER = "alice"
+PREFIX = f"/user/{USER}/"
+PORT = 8888
+
+
+def _pod_url(pod: dict[str, Any], path: str) -> str:
+    """The lab's URL at its pod IP, after checking the IP is one of this run's pods."""
+    ip = ipaddress.ip_address(pod["status"]["podIP"])
+    assert ip in ipaddress.ip_network(POD_SUBNET), f"{ip} is not a pod address of this node"
+    return f"http://{ip}:{PORT}{path}"
+
+
+async def _first_ok(url: str, *, within: float) -> float:
+    """Wait for the first HTTP 200 from ``url``; return when it came (monotonic)."""
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(timeout=2) as client:
+        while True:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return time.monotonic()
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"no HTTP 200 from {url} within {within:g} s"
+            await asyncio.sleep(0.2)
+
+
+async def _until(condition: Any, *, within: float, what: str) -> float:
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, f"{what} not within {within:g} s"
+        await asyncio.sleep(0.2)
+    return time.monotonic()
+
+
+async def test_lab_runs_jupyterlab(
+    labd_url: str, real_node: Node, lab_registry: LabRegistry
+) -> None:
+    api = real_node.control_plane.request
+    slug, namespace = lab_namespace("labd", USER)
+    token = secrets.token_hex(16)
+    body = {
+        "options": {"image_class": "recommended", "size": ["small"]},
+        "env": {"JUPYTERHUB_SERVICE_PREFIX": PREFIX, "JUPYTER_TOKEN": token},
+    }
+    async with httpx.AsyncClient(base_url=labd_url, headers=HUB, timeout=180) as client:
+        began = time.monotonic()
+        created = await client.post(f"/spawner/v1/labs/{USER}/create", json=body)
+        assert created.status_code == 201, created.text
+
+        events, _ = await read_events(labd_url, USER, within=180)
+        spawned = time.monotonic()
+        messages = [event.data.get("message", "") for event in events]
+        assert events[-1].type == "complete", messages
+        state = (await client.get(f"/spawner/v1/labs/{USER}")).json()
+        assert state["status"] == "running", state
+        assert state["internal_url"] == f"http://lab.{namespace}:{PORT}{PREFIX}"
+
+        # Pulled by digest from the session's registry: the weekly, which
+        # `recommended` aliases.
+        weekly = lab_registry.digests["w_2026_47"]
+        assert lab_registry.digests["recommended"] == weekly
+        status, pod = api("GET", f"/api/v1/namespaces/{namespace}/pods/{slug}-nb")
+        assert status == 200, pod
+        image = pod["spec"]["containers"][0]["image"]
+        assert image == f"{lab_registry.registry.image_base}:w_2026_47@{weekly}"
+        container = pod["status"]["containerStatuses"][0]
+        assert container["imageID"].endswith(weekly), container
+        assert "running" in container["state"], container
+
+        # JupyterLab answers at the lab's port and prefix.
+        answered = await _first_ok(_pod_url(pod, f"{PREFIX}api"), within=60)
+        async with httpx.AsyncClient(timeout=10) as lab:
+            refused = await lab.get(_pod_url(pod, f"{PREFIX}api/contents"))
+            assert refused.status_code == 403, "the lab must refuse requests without its token"
+            page = await lab.get(_pod_url(pod, f"{PREFIX}lab"), params={"token": token})
+            assert page.status_code == 200
+            assert "JupyterLab" in page.text
+
+        deleting = time.monotonic()
+        deleted = await client.delete(f"/spawner/v1/labs/{USER}")
+        assert deleted.status_code == 204, deleted.text
+        answered_delete = time.monotonic()
+        assert (await client.get(f"/spawner/v1/labs/{USER}")).status_code == 404
+
+    def namespace_gone() -> bool:
+        return api("GET", f"/api/v1/namespaces/{namespace}")[0] == 404
+
+    gone = await _until(namespace_gone, within=120, what=f"namespace {namespace} gone")
+
+    def no_containers() -> bool:
+        tasks = real_node.containerd_tasks()
+        return not tasks
+
+    stopped = await _until(no_containers, within=60, what="every container stopped")
+    status, pods = api("GET", "/api/v1/pods")
+    assert status == 200 and not pods["items"], pods
+    assert not real_node.pod_addresses(), "an address of the pod is still allocated"
+
+    print(
+        f"\nreal node: spawn request to running {spawned - began:.1f} s, "
+        f"to first HTTP 200 {answered - began:.1f} s; delete answered in "
+        f"{answered_delete - deleting:.1f} s, namespace gone after {gone - deleting:.1f} s, "
+        f"containers stopped after {stopped - deleting:.1f} s; events: {messages}"
+    )
