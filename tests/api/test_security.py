@@ -32,10 +32,14 @@ USERS = {
 
 
 def body(
-    *, size: str = "Medium", user: dict[str, Any] | None = None, **env: str
+    *,
+    size: str = "Medium",
+    user: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    **variables: str,
 ) -> dict[str, Any]:
     data = spawn_body(size=[size])
-    data["env"].update(env)
+    data["env"].update(env or {}, **variables)
     if user is not None:
         data["user"] = user
     return data
@@ -178,7 +182,7 @@ async def test_env_names_are_checked(
     client: httpx.AsyncClient, stack: Stack, name: str, loc: list[str]
 ) -> None:
     response = await client.post(
-        "/spawner/v1/labs/alice/create", json=body(**{name: "x"}), headers=HUB
+        "/spawner/v1/labs/alice/create", json=body(env={name: "x"}), headers=HUB
     )
     assert response.status_code == 422
     error = error_of(response)

@@ -77,6 +77,7 @@ def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         pytest.skip(reason)
     node = Node(tmp_path_factory.mktemp("realnode"))
     node.start()
+    print(f"\nreal node: Ready in {node.seconds_to_start:.1f} s")
     try:
         for document in yaml.safe_load_all(RBAC_FILE.read_text()):
             kind = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
