@@ -16,6 +16,7 @@ import pytest
 from labd.database import Database
 from labd.naming import lab_namespace
 from tests.api.conftest import ALICE, HUB, Stack, build_stack, make_config, spawn_body
+from tests.support.usernames import LOOKALIKES
 
 USERS = {
     "default": {"quota": {"cpu": 2, "memory": "8Gi"}},
@@ -189,16 +190,6 @@ async def test_env_names_are_checked(
     assert error["loc"] == loc
     assert error["type"] == "value_error"
     assert await stack.store.get_current_lab("alice") is None
-
-
-LOOKALIKES = [
-    "alice",
-    "\uff41\uff4c\uff49\uff43\uff45",
-    "\u0430lice",
-    "\u01c5",
-    "ren\u00e9e",
-    "rene\u0301e",
-]
 
 
 async def test_non_ascii_usernames_work_end_to_end(
