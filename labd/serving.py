@@ -4,7 +4,8 @@ labd takes SIGTERM and SIGINT itself rather than letting uvicorn do it
 (uvicorn would re-raise the signal after its own shutdown, before labd's
 cleanup): on a signal, labd tells systemd it is stopping, stops accepting
 requests, ends the event streams, lets in-flight steps finish within a
-bound, closes its connections and exits 0.  Labs keep running.
+bound, closes its connections and exits 0.  Labs keep running.  SIGHUP
+re-reads the token file and nothing else.
 
 Readiness (systemd ``READY=1`` and ``/readyz``) comes only after the schema
 check, the first reconcile and the bind.
@@ -79,6 +80,8 @@ async def run_daemon(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     authenticator = Authenticator.from_file(config.token_file)
+    # SIGHUP (systemctl reload) re-reads the token file; see labd.api.auth.
+    loop.add_signal_handler(signal.SIGHUP, authenticator.reload)
     labd = await Labd.create(config)
     watchdog: asyncio.Task[None] | None = None
     try:
@@ -133,7 +136,7 @@ async def run_daemon(
         if watchdog is not None:
             await tasks.cancel_and_wait([watchdog])
         await labd.stop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         _logger.info("labd stopped")
 

@@ -12,6 +12,14 @@ A presented token is hashed and compared with every entry using
 `hmac.compare_digest`, and the loop never stops at the first match, so the
 time an answer takes says nothing about which entry (or how much of one)
 matched.  Tokens and their hashes are never logged.
+
+The file is re-read while labd runs, so adding or revoking a token needs no
+restart: on SIGHUP (`Authenticator.reload`, ``systemctl reload labd``), and
+when it changes, which `Authenticator.authenticate` notices by a ``stat`` at
+most once every `RECHECK_INTERVAL` seconds (no read per request).  A file
+that cannot be used (a malformed line, a missing file) is logged with the
+line's number and the tokens already loaded stay in force: a typo while
+adding a user must not lock the hub out.
 """
 
 from __future__ import annotations
@@ -19,20 +27,33 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import math
+import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import structlog
+
 from labd.errors import InvalidTokenError, PermissionDeniedError
 from labd.naming import username_problem
 from labd.store import Actor
 
-__all__ = ["Access", "Authenticator", "Caller", "TokenFileError", "hash_token"]
+__all__ = ["RECHECK_INTERVAL", "Access", "Authenticator", "Caller", "TokenFileError", "hash_token"]
+
+RECHECK_INTERVAL: Final = 1.0
+"""Seconds between two checks whether the token file changed."""
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 _BEARER: Final = "bearer"
+_logger = structlog.get_logger()
+
+_FileIdentity = tuple[int, int, int, int, int]
+"""Device, inode, size, mtime and ctime (ns) of the token file: any change
+means new content, whether edited in place or replaced by a rename."""
 
 
 def hash_token(token: str) -> str:
@@ -119,11 +140,24 @@ class Authenticator:
     """
 
     def __init__(self, entries: Iterable[tuple[str, Caller]]) -> None:
-        self._entries = [(digest.encode(), caller) for digest, caller in entries]
+        self._entries = _encoded(entries)
+        self._path: Path | None = None
+        self._identity: _FileIdentity | None = None
+        self._recheck_interval = math.inf
+        self._checked_at = time.monotonic()
 
     @classmethod
-    def from_file(cls, path: Path | None) -> Authenticator:
-        """Load the token file; `None` means no token is valid.
+    def from_file(
+        cls, path: Path | None, *, recheck_interval: float = RECHECK_INTERVAL
+    ) -> Authenticator:
+        """Load the token file, and follow its changes; `None` means no token is valid.
+
+        Parameters
+        ----------
+        path
+            The token file.
+        recheck_interval
+            Seconds between two checks whether the file changed.
 
         Raises
         ------
@@ -131,22 +165,50 @@ class Authenticator:
             If the file cannot be read or a line is malformed (the message
             names the line, never its hash).
         """
-        if path is None:
-            return cls([])
+        authenticator = cls([])
+        if path is not None:
+            authenticator._path = path
+            authenticator._recheck_interval = recheck_interval
+            authenticator._load()
+        return authenticator
+
+    def reload(self) -> bool:
+        """Re-read the token file now, keeping the current tokens if it is unusable.
+
+        Returns
+        -------
+        bool
+            Whether the file was read; if not, the error is logged.
+        """
+        if self._path is None:
+            return False
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TokenFileError(f"{path}: cannot read the token file: {exc}") from None
-        entries = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            try:
-                entries.append(_parse_line(stripped))
-            except ValueError as exc:
-                raise TokenFileError(f"{path}, line {number}: {exc}") from None
-        return cls(entries)
+            self._load()
+        except TokenFileError as exc:
+            _logger.error(
+                "token file not reloaded, the previous tokens stay valid", error=str(exc)
+            )
+            return False
+        _logger.info("token file reloaded", path=str(self._path), tokens=len(self._entries))
+        return True
+
+    def _load(self) -> None:
+        assert self._path is not None
+        # The identity is taken before the read: a write after the stat is
+        # seen as a change on the next check, even if this read caught it.
+        # It is kept even when the read fails, so a broken file is reported
+        # once, not at every check, and read again once it changes.
+        self._identity = _identity(self._path)
+        self._entries = _encoded(_read_token_file(self._path))
+
+    def _reload_if_changed(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < self._recheck_interval:
+            return
+        self._checked_at = now
+        assert self._path is not None
+        if _identity(self._path) != self._identity:
+            self.reload()
 
     @classmethod
     def from_tokens(cls, tokens: Mapping[str, str]) -> Authenticator:
@@ -161,6 +223,7 @@ class Authenticator:
         InvalidTokenError
             If there is no bearer token or it is not known.
         """
+        self._reload_if_changed()
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != _BEARER or not token:
@@ -174,6 +237,37 @@ class Authenticator:
         if found is None:
             raise InvalidTokenError("Invalid bearer token")
         return found
+
+
+def _encoded(entries: Iterable[tuple[str, Caller]]) -> list[tuple[bytes, Caller]]:
+    return [(digest.encode(), caller) for digest, caller in entries]
+
+
+def _identity(path: Path) -> _FileIdentity | None:
+    """The token file's identity, or `None` if it cannot be stat'ed."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _read_token_file(path: Path) -> list[tuple[str, Caller]]:
+    """Parse the token file; `TokenFileError` names the line, never its hash."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenFileError(f"{path}: cannot read the token file: {exc}") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            entries.append(_parse_line(stripped))
+        except ValueError as exc:
+            raise TokenFileError(f"{path}, line {number}: {exc}") from None
+    return entries
 
 
 def _parse_line(line: str) -> tuple[str, Caller]:
@@ -191,7 +285,8 @@ def _parse_role(role: str) -> Caller:
         return _HUB
     kind, _, username = role.partition(":")
     if kind != "user":
-        raise ValueError(f"unknown role {role!r} (use 'hub' or 'user:<username>')")
+        # Not echoed: a token pasted in the wrong column would end up in the log.
+        raise ValueError("unknown role (use 'hub' or 'user:<username>')")
     problem = username_problem(username)
     if problem is not None:
         raise ValueError(f"invalid username in role: {problem}")

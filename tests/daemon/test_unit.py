@@ -73,12 +73,13 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = _analyze()
     if not (SYSTEM_UNITS / "sysinit.target").exists():
         pytest.skip(f"no system units in {SYSTEM_UNITS} to verify against")
-    # verify checks that ExecStart= binaries exist: give it a root with one.
+    # verify checks that Exec*= binaries exist: give it a root with them.
     shutil.copytree(SYSTEM_UNITS, tmp_path / SYSTEM_UNITS.relative_to("/"), symlinks=True)
-    labd = tmp_path / "opt/labd/bin/labd"
-    labd.parent.mkdir(parents=True)
-    labd.write_text("#!/bin/sh\n")
-    labd.chmod(0o755)
+    for binary in ("opt/labd/bin/labd", "bin/kill"):
+        stand_in = tmp_path / binary
+        stand_in.parent.mkdir(parents=True)
+        stand_in.write_text("#!/bin/sh\n")
+        stand_in.chmod(0o755)
     units = tmp_path / "etc/systemd/system"
     units.mkdir(parents=True)
     shutil.copy(UNIT, units)
@@ -140,6 +141,7 @@ def test_unit_lifecycle_matches_labd() -> None:
     assert _one("Type") == "notify"
     assert _one("ExecStartPre").endswith("/labd migrate")
     assert _one("ExecStart").endswith("/labd serve")
+    assert _one("ExecReload") == "/bin/kill -HUP $MAINPID"  # Re-reads the token file.
     assert _one("KillMode") == "mixed"
     assert _seconds(_one("TimeoutStopSec")) > SHUTDOWN_BOUND
     # labd pings only while its loop went round within half the interval,
