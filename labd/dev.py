@@ -30,7 +30,7 @@ from typing import Final
 import click
 import yaml
 
-from labd.api import hash_token
+from labd.api import TokenFileError, hash_token
 from labd.config import Config, ConfigError, load_config
 from labd.database import Database
 from labd.factory import Labd
@@ -217,7 +217,11 @@ def dev(port: int, state_dir: Path, pod_start_delay: float) -> None:
             click.echo(f"labd: invalid configuration:\n{exc}", err=True)
             raise SystemExit(EXIT_CONFIG) from None
         configure_logging(level=config.log_level, fmt="console")
-        asyncio.run(_run(config, state_dir, pod_start_delay))
+        try:
+            asyncio.run(_run(config, state_dir, pod_start_delay))
+        except TokenFileError as exc:  # The token file is the user's to edit.
+            click.echo(f"labd: {exc}", err=True)
+            raise SystemExit(EXIT_CONFIG) from None
     finally:
         os.umask(umask)
 

@@ -115,3 +115,24 @@ def test_an_invalid_configuration_exits_2_without_a_traceback(tmp_path: Path) ->
     assert result.stderr == (
         "labd: invalid configuration:\ntimeouts.spawn: Input should be a finite number\n"
     )
+
+
+def test_a_malformed_token_file_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    prepare(tmp_path, 0)
+    (tmp_path / "tokens").write_text("not-a-hash hub\n")
+    # A process of its own: labd dev configures logging for the whole process.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LABD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "labd", "dev", "--state-dir", str(tmp_path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.endswith(
+        f"labd: {tmp_path / 'tokens'}, line 1: the first field is not a SHA-256 hex digest "
+        "(64 hex digits)\n"
+    )
