@@ -73,6 +73,7 @@ __all__ = [
     "EgressConfig",
     "EgressRuleConfig",
     "GroupConfig",
+    "HttpConfig",
     "ImageClass",
     "ImageConfig",
     "ImageReference",
@@ -1338,7 +1339,7 @@ class GroupConfig(_Model):
     """A supplementary group of a configured user."""
 
     name: str = Field(min_length=1, max_length=255, description="Group name.")
-    id: int | None = Field(default=None, ge=0, description="Numeric GID.")
+    id: int | None = Field(default=None, ge=0, le=MAX_ID, description="Numeric GID.")
 
 
 class UserConfig(_Model):
@@ -1351,8 +1352,10 @@ class UserConfig(_Model):
     """
 
     name: str | None = Field(default=None, max_length=255, description="Display name.")
-    uid: int | None = Field(default=None, ge=1, description="UID the lab runs as; never 0.")
-    gid: int | None = Field(default=None, ge=1, description="Primary GID of the lab.")
+    uid: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="UID the lab runs as; never 0."
+    )
+    gid: int | None = Field(default=None, ge=1, le=MAX_ID, description="Primary GID of the lab.")
     groups: list[GroupConfig] | None = Field(
         default=None, description="Supplementary groups of the lab process."
     )
@@ -1600,6 +1603,50 @@ def _split_host_port(address: str) -> tuple[str, int]:
     return host, port
 
 
+class HttpConfig(_Model):
+    """Bounds on the API server's client connections and event streams.
+
+    Every open connection holds a file descriptor until the client or labd
+    closes it.  Without these bounds a client that opens connections and
+    never finishes a request holds them all until labd runs out of
+    descriptors, and then nothing gets through, the hub's status reads
+    included.  No token is needed for that, so the bounds apply before
+    authentication.
+    """
+
+    header_timeout: float = Field(
+        default=10,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request line and headers, counted from "
+        "its connection or from the previous answer; then the connection is closed.",
+    )
+    keepalive_timeout: float = Field(
+        default=5,
+        gt=0,
+        le=3600,
+        description="Seconds an idle connection is kept open after a response (in effect at "
+        "most `header_timeout`).",
+    )
+    max_connections: int = Field(
+        default=4096,
+        gt=0,
+        le=1_000_000,
+        description="Client connections open at once; further ones get 503 and are closed. "
+        "Lowered at start to fit the process's open-file limit.",
+    )
+    max_streams_per_user: int = Field(
+        default=10,
+        gt=0,
+        description="Event streams open at once for one user; the next one gets 429.",
+    )
+    max_streams: int = Field(
+        default=2000,
+        gt=0,
+        description="Event streams open at once in all; the next one gets 429.",
+    )
+
+
 class Config(BaseSettings):
     """The validated labd configuration.
 
@@ -1641,6 +1688,10 @@ class Config(BaseSettings):
     )
     max_body_size: int = Field(
         default=65536, gt=0, description="Largest accepted request body, in bytes."
+    )
+    http: HttpConfig = Field(
+        default_factory=HttpConfig,
+        description="Time and number bounds on client connections and event streams.",
     )
     kubernetes: KubernetesConfig = Field(
         default_factory=KubernetesConfig, description="Access to the Kubernetes API."

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from labd.config import ImageReference
+from labd.config import MAX_ID, ImageReference
 
 __all__ = [
     "DROPDOWN_SENTINEL",
@@ -178,7 +178,7 @@ class UserGroup(BaseModel):
     """A group the user belongs to."""
 
     name: str = Field(min_length=1, max_length=255, description="Group name.")
-    id: int | None = Field(None, ge=0, description="Numeric GID.")
+    id: int | None = Field(None, ge=0, le=MAX_ID, description="Numeric GID.")
 
 
 class UserQuota(BaseModel):
@@ -193,8 +193,8 @@ class UserInfo(BaseModel):
     """The user's identity, as the hub knows it (labd extension)."""
 
     name: str | None = Field(None, max_length=255, description="Display name.")
-    uid: int | None = Field(None, ge=1, description="Numeric UID the lab runs as.")
-    gid: int | None = Field(None, ge=1, description="Primary GID.")
+    uid: int | None = Field(None, ge=1, le=MAX_ID, description="Numeric UID the lab runs as.")
+    gid: int | None = Field(None, ge=1, le=MAX_ID, description="Primary GID.")
     groups: list[UserGroup] = Field(default_factory=list, description="Supplementary groups.")
     quota: UserQuota | None = Field(None, description="What the user may spawn.")
 

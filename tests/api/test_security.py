@@ -236,3 +236,15 @@ async def test_jupyterhub_user_must_be_the_user(client: httpx.AsyncClient) -> No
     )
     assert response.status_code == 422
     assert error_of(response)["loc"] == ["body", "env", "JUPYTERHUB_USER"]
+
+
+@pytest.mark.parametrize(
+    "user", [{"uid": 2**31}, {"gid": 2**31}, {"groups": [{"name": "g", "id": 2**31}]}]
+)
+async def test_ids_fit_kubernetes(client: httpx.AsyncClient, user: dict[str, Any]) -> None:
+    """An id Kubernetes would refuse at spawn time is refused at once."""
+    response = await client.post(
+        "/spawner/v1/labs/alice/create", json=body(user=user), headers=HUB
+    )
+    assert response.status_code == 422
+    assert error_of(response)["loc"][:2] == ["body", "user"]
