@@ -248,3 +248,16 @@ async def test_ids_fit_kubernetes(client: httpx.AsyncClient, user: dict[str, Any
     )
     assert response.status_code == 422
     assert error_of(response)["loc"][:2] == ["body", "user"]
+
+
+@pytest.mark.parametrize(
+    "username", ["a\u200db", "a\u200eb", "a\u202eb", "al ice", "a\tb", "a\u00adb"]
+)
+async def test_invisible_and_space_characters_are_refused(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    response = await client.post(
+        f"/spawner/v1/labs/{quote(username, safe='')}/create", json=body(), headers=HUB
+    )
+    assert response.status_code == 422
+    assert error_of(response)["type"] == "invalid_username"
