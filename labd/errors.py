@@ -25,7 +25,10 @@ __all__ = [
     "NotReadyError",
     "OperationInProgressError",
     "PermissionDeniedError",
+    "RequestHeaderTooLargeError",
     "RequestTooLargeError",
+    "TooManyConnectionsError",
+    "TooManyStreamsError",
     "UnknownImageError",
     "UnknownUserError",
 ]
@@ -146,6 +149,20 @@ class InvalidUsernameError(LabdError):
     error_type = "invalid_username"
 
 
+class TooManyStreamsError(LabdError):
+    """The user, or labd as a whole, has as many event streams open as allowed."""
+
+    status_code = 429
+    error_type = "too_many_streams"
+
+
+class RequestHeaderTooLargeError(LabdError):
+    """The request line and headers are over the server's limit (16 KiB)."""
+
+    status_code = 431
+    error_type = "request_header_too_large"
+
+
 class DeleteFailedError(LabdError):
     """A delete could not finish; labd keeps retrying in the background."""
 
@@ -158,3 +175,10 @@ class NotReadyError(LabdError):
 
     status_code = 503
     error_type = "not_ready"
+
+
+class TooManyConnectionsError(LabdError):
+    """labd holds as many client connections as allowed; retry later."""
+
+    status_code = 503
+    error_type = "too_many_connections"

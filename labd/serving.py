@@ -28,6 +28,7 @@ from sse_starlette.sse import AppStatus
 
 from labd import tasks
 from labd.api import Authenticator, TokenFileError, create_app
+from labd.api.connections import H11_BACKSTOP, bounded_protocol
 from labd.config import Config, ConfigError, load_config
 from labd.factory import Labd
 from labd.logs import configure_logging
@@ -107,7 +108,8 @@ async def run_daemon(
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=5,
-                h11_max_incomplete_event_size=16 * 1024,
+                http=bounded_protocol(config.http),
+                h11_max_incomplete_event_size=H11_BACKSTOP,
             )
         )
         serving = tasks.spawn(server.serve(), name="http")

@@ -402,6 +402,12 @@ def test_duplicate_yaml_key(tmp_path: Path) -> None:
             "path_prefix: '/labd/' must not end with '/' (use '' for no prefix)",
         ),
         ("max_body_size: 0", "max_body_size: Input should be greater than 0"),
+        ("http: {header_timeout: 0}", "http.header_timeout: Input should be greater than 0"),
+        (
+            "http: {keepalive_timeout: .inf}",
+            "http.keepalive_timeout: Input should be a finite number",
+        ),
+        ("http: {max_streams: 0}", "http.max_streams: Input should be greater than 0"),
         (
             "namespace_prefix: Labs",
             "namespace_prefix: 'Labs' is not a DNS label (lowercase letters, digits and '-', "

@@ -6,6 +6,7 @@ the lifespan.  The middleware stack, outermost first::
 
     ServerErrorMiddleware   Starlette's last resort (never reached in practice)
     ErrorBoundary           unexpected exception -> logged, generic 500
+    HeaderSizeLimit         request line and headers over 16 KiB -> 431, closed
     BodySizeLimit           body over config.max_body_size -> 413
     ExceptionMiddleware     LabdError, validation, 404/405 -> error body
     Router                  the routes of labd.api.routes
@@ -25,7 +26,7 @@ from labd.alerts import Alerts
 from labd.api.auth import Authenticator
 from labd.api.errors import ErrorBoundary, exception_handlers
 from labd.api.handlers import LabApi, MetricsSource, Readiness
-from labd.api.limits import BodySizeLimit
+from labd.api.limits import BodySizeLimit, HeaderSizeLimit
 from labd.api.openapi import openapi_document
 from labd.api.routes import build_routes
 from labd.api.sse import DEFAULT_KEEPALIVE, EventStreams
@@ -51,7 +52,8 @@ def create_app(
     Parameters
     ----------
     config
-        labd's configuration (``path_prefix``, ``max_body_size``).
+        labd's configuration (``path_prefix``, ``max_body_size``, the stream
+        caps of ``http``).
     service
         Where requests are answered.
     authenticator
@@ -76,7 +78,11 @@ def create_app(
         streams do not hold the shutdown up (the lifespan's own shutdown
         comes only after the connections have ended).
     """
-    streams = EventStreams(keepalive=keepalive)
+    streams = EventStreams(
+        keepalive=keepalive,
+        max_per_user=config.http.max_streams_per_user,
+        max_total=config.http.max_streams,
+    )
     api = LabApi(
         service=service,
         authenticator=authenticator,
@@ -101,6 +107,7 @@ def create_app(
         routes=build_routes(api, prefix=config.path_prefix),
         middleware=[
             Middleware(ErrorBoundary, alerts=alerts),
+            Middleware(HeaderSizeLimit),
             Middleware(BodySizeLimit, max_body_size=config.max_body_size),
         ],
         exception_handlers=exception_handlers(),

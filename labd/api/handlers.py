@@ -123,9 +123,11 @@ class LabApi:
 
     async def lab_events(self, request: Request, caller: Caller | None) -> Response:
         """The event stream of the user's current or latest operation."""
+        username = request.path_params["username"]
         after = parse_last_event_id(request.headers.get("last-event-id"))
-        events = await self.service.open_events(request.path_params["username"], after=after)
-        return self.streams.response(events)
+        return await self.streams.open(
+            username, lambda: self.service.open_events(username, after=after)
+        )
 
     async def lab_history(self, request: Request, caller: Caller | None) -> Response:
         """The audit trail of the user's labs, newest first."""

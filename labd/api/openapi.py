@@ -27,6 +27,7 @@ _ERRORS: Final = {
     404: "No lab for this user (`unknown_user`).",
     409: "A lab exists or a delete is in progress (`lab_exists`, `operation_in_progress`).",
     413: "Request body too large (`request_too_large`).",
+    429: "Too many open event streams for the user, or in all (`too_many_streams`).",
     422: "Invalid username, body or query (`invalid_username`, `invalid_lab_size`, "
     "`invalid_docker_reference`, `value_error`, ...).",
     500: "Internal error, or a delete that could not finish (`internal_error`, `delete_failed`).",

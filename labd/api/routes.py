@@ -172,7 +172,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
                 schema={"type": "string"},
             )
         },
-        errors=(404,),
+        errors=(404, 429),
         request_headers={"Last-Event-ID": "Resume after this event id."},
     ),
     Operation(

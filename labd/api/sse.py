@@ -22,6 +22,14 @@ Two things can keep a stream open forever, and both are handled:
   stream's generator ends at once, and the response finishes cleanly within
   the grace period.  `EventStreams.close` sets the same events, for a server
   that handles the signals itself; the application's lifespan calls it too.
+
+Each open stream holds a connection, a task and a database follower for as
+long as the operation lasts, and any user's token may open them: so there
+are at most ``max_per_user`` streams per user (the user of the path, whose
+lab it is) and ``max_total`` in all, and the next one is refused with 429
+``too_many_streams`` before the service is asked for anything.  A slot is
+taken when the stream is admitted and given back when its response ends,
+however it ends (operation over, client gone, shutdown).
 """
 
 from __future__ import annotations
@@ -29,19 +37,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from labd.api.models import MAX_ID
+from labd.config import HttpConfig
+from labd.errors import TooManyStreamsError
 from labd.store import EventRecord, EventType
 
 __all__ = ["DEFAULT_KEEPALIVE", "EventStreams", "parse_last_event_id"]
 
 DEFAULT_KEEPALIVE: Final = 15.0
 """Seconds between keep-alive comments (API.md)."""
+
+_DEFAULTS: Final = HttpConfig()
 
 _SEP: Final = "\n"
 _SHUTDOWN_GRACE: Final = 2.0
@@ -80,17 +94,44 @@ def _keepalive() -> ServerSentEvent:
     return ServerSentEvent(comment="keep-alive", sep=_SEP)
 
 
+class _Stream(EventSourceResponse):
+    """An event-stream response that gives its slot back when it ends."""
+
+    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 class EventStreams:
-    """Makes event-stream responses and can end all open ones.
+    """Makes event-stream responses, within the caps, and can end all open ones.
 
     Parameters
     ----------
     keepalive
         Seconds between keep-alive comments.
+    max_per_user
+        Streams open at once for one user.
+    max_total
+        Streams open at once in all.
     """
 
-    def __init__(self, *, keepalive: float = DEFAULT_KEEPALIVE) -> None:
+    def __init__(
+        self,
+        *,
+        keepalive: float = DEFAULT_KEEPALIVE,
+        max_per_user: int = _DEFAULTS.max_streams_per_user,
+        max_total: int = _DEFAULTS.max_streams,
+    ) -> None:
         self._keepalive = keepalive
+        self._max_per_user = max_per_user
+        self._max_total = max_total
+        self._admitted: Counter[str] = Counter()
         self._closing: set[anyio.Event] = set()
         self._closed = False
 
@@ -99,11 +140,41 @@ class EventStreams:
         """How many streams are open."""
         return len(self._closing)
 
-    def response(self, events: AsyncIterator[EventRecord]) -> EventSourceResponse:
-        """Return the streaming response of ``events``."""
+    def admitted(self, username: str | None = None) -> int:
+        """How many streams hold a slot, of ``username`` or in all."""
+        if username is None:
+            return self._admitted.total()
+        return self._admitted[username]
+
+    async def open(
+        self,
+        username: str,
+        events: Callable[[], Awaitable[AsyncIterator[EventRecord]]],
+    ) -> EventSourceResponse:
+        """Admit a stream of ``username``'s events and return its response.
+
+        Parameters
+        ----------
+        username
+            The user whose lab the events are of.
+        events
+            Opens the events; called only once the stream is admitted.
+
+        Raises
+        ------
+        TooManyStreamsError
+            If the user, or labd, has as many streams open as allowed.
+        """
+        release = self._admit(username)
+        try:
+            source = await events()
+        except BaseException:
+            release()
+            raise
         closing = anyio.Event()
-        return EventSourceResponse(
-            self._frames(events, closing),
+        return _Stream(
+            self._frames(source, closing),
+            release=release,
             ping=self._keepalive,
             ping_message_factory=_keepalive,
             sep=_SEP,
@@ -116,6 +187,31 @@ class EventStreams:
         self._closed = True
         for closing in self._closing:
             closing.set()
+
+    def _admit(self, username: str) -> Callable[[], None]:
+        """Take a slot for ``username``; return what gives it back (once)."""
+        # Checked and taken with no await in between: concurrent requests
+        # cannot both take the last slot.
+        if self._admitted[username] >= self._max_per_user:
+            raise TooManyStreamsError(
+                f"Too many open event streams for {username} (at most {self._max_per_user})"
+            )
+        if self._admitted.total() >= self._max_total:
+            raise TooManyStreamsError(
+                f"Too many open event streams (at most {self._max_total}); retry later"
+            )
+        self._admitted[username] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._admitted[username] -= 1
+                if not self._admitted[username]:
+                    del self._admitted[username]
+
+        return release
 
     async def _frames(
         self, events: AsyncIterator[EventRecord], closing: anyio.Event

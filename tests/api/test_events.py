@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from labd.api.sse import parse_last_event_id
+from labd.api.sse import EventStreams, parse_last_event_id
+from labd.database import Database
 from labd.machine import LabState
 from tests.api.conftest import (
     ALICE,
@@ -15,6 +18,8 @@ from tests.api.conftest import (
     HUB,
     Event,
     Stack,
+    build_stack,
+    make_config,
     read_events,
     serve,
     spawn_body,
@@ -195,6 +200,90 @@ async def test_server_shutdown_ends_open_streams(stack: Stack) -> None:
         # Leaving serve() waited for uvicorn to shut down with a stream open.
         events, _ = await listener
     assert shapes(events) == SPAWN[:1]
+
+
+@contextlib.asynccontextmanager
+async def capped(
+    database: Database, *, per_user: int, total: int
+) -> AsyncIterator[tuple[str, EventStreams]]:
+    """Serve labd with these stream caps, with spawns pending for alice and bob."""
+    config = make_config(http={"max_streams_per_user": per_user, "max_streams": total})
+    stack = build_stack(database, config, keepalive=0.2)
+    async with serve(stack.app) as url:
+        await create(url, "alice")
+        await create(url, "bob")
+        yield url, stack.app.state.event_streams
+
+
+async def open_stream(
+    streams: contextlib.AsyncExitStack, client: httpx.AsyncClient, username: str
+) -> httpx.Response:
+    """Open ``username``'s event stream and keep it open until ``streams`` closes."""
+    return await streams.enter_async_context(
+        client.stream("GET", f"/spawner/v1/labs/{username}/events", headers=HUB)
+    )
+
+
+async def released(streams: EventStreams, username: str, count: int) -> None:
+    """Wait until the server has noticed closed streams and ``username`` holds ``count``."""
+    async with asyncio.timeout(5):
+        while streams.admitted(username) != count:  # noqa: ASYNC110 - a count, no event
+            await asyncio.sleep(0.01)
+
+
+async def test_streams_per_user_are_capped(database: Database) -> None:
+    async with (
+        capped(database, per_user=2, total=10) as (url, streams),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+        contextlib.AsyncExitStack() as open_streams,
+    ):
+        first = await open_stream(open_streams, client, "alice")
+        second = await open_stream(open_streams, client, "alice")
+        assert (first.status_code, second.status_code) == (200, 200)
+
+        refused = await client.get("/spawner/v1/labs/alice/events", headers=ALICE)
+        assert refused.status_code == 429
+        assert refused.json() == {
+            "detail": [
+                {
+                    "msg": "Too many open event streams for alice (at most 2)",
+                    "type": "too_many_streams",
+                }
+            ]
+        }
+        # Another user is unaffected.
+        assert (await open_stream(open_streams, client, "bob")).status_code == 200
+        # A refusal of the service (no lab) gives its slot back.
+        assert (await client.get("/spawner/v1/labs/carol/events", headers=HUB)).status_code == 404
+        assert streams.admitted("carol") == 0
+
+        # A client closing a stream frees its slot.
+        await first.aclose()
+        await released(streams, "alice", 1)
+        assert (await open_stream(open_streams, client, "alice")).status_code == 200
+
+
+async def test_streams_in_all_are_capped(database: Database) -> None:
+    async with (
+        capped(database, per_user=10, total=2) as (url, streams),
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+        contextlib.AsyncExitStack() as open_streams,
+    ):
+        first = await open_stream(open_streams, client, "alice")
+        await open_stream(open_streams, client, "alice")
+
+        refused = await client.get("/spawner/v1/labs/bob/events", headers=HUB)
+        assert refused.status_code == 429
+        assert refused.json()["detail"] == [
+            {
+                "msg": "Too many open event streams (at most 2); retry later",
+                "type": "too_many_streams",
+            }
+        ]
+        await first.aclose()
+        await released(streams, "alice", 1)
+        assert (await open_stream(open_streams, client, "bob")).status_code == 200
+    assert streams.admitted() == 0
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,12 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 SWITCH: Final = "LABD_REALNODE"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "labd(**overrides): configuration overrides for the real-node tier's labd"
+    )
+
+
 def _run_script(script: Path, *args: str) -> str:
     """Run one of the project's scripts; skip the tier, saying why, if it fails."""
     result = subprocess.run(
@@ -140,11 +146,20 @@ def realnode_config(
 
 @pytest.fixture
 async def labd_url(
-    database_url: str, real_node: Node, lab_registry: LabRegistry, tmp_path: Path
+    request: pytest.FixtureRequest,
+    database_url: str,
+    real_node: Node,
+    lab_registry: LabRegistry,
+    tmp_path: Path,
 ) -> AsyncIterator[str]:
-    """labd on the real node, with the ``labd`` user's rights only, served by uvicorn."""
+    """labd on the real node, with the ``labd`` user's rights only, served by uvicorn.
+
+    A test's ``@pytest.mark.labd(...)`` overrides top-level configuration keys.
+    """
     kubeconfig = real_node.control_plane.write_kubeconfig(tmp_path / "kubeconfig", LABD_TOKEN)
-    config = realnode_config(database_url, kubeconfig, lab_registry.registry)
+    marker = request.node.get_closest_marker("labd")
+    overrides = marker.kwargs if marker is not None else {}
+    config = realnode_config(database_url, kubeconfig, lab_registry.registry, **overrides)
     labd = await Labd.create(config)
     await labd.start()
     try:

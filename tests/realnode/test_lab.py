@@ -19,51 +19,19 @@ namespace gone) are printed (``pytest -s``) and quoted in docs/real-node.md.
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import secrets
 import time
-from typing import Any
 
 import httpx
 
 from labd.naming import lab_namespace
 from tests.api.conftest import HUB, read_events
+from tests.realnode.checks import LAB_PORT, first_ok, nothing_left, pod_url
 from tests.realnode.conftest import LabRegistry
-from tests.realnode.node import POD_SUBNET, Node
+from tests.realnode.node import Node
 
 USER = "alice"
 PREFIX = f"/user/{USER}/"
-PORT = 8888
-
-
-def _pod_url(pod: dict[str, Any], path: str) -> str:
-    """The lab's URL at its pod IP, after checking the IP is one of this run's pods."""
-    ip = ipaddress.ip_address(pod["status"]["podIP"])
-    assert ip in ipaddress.ip_network(POD_SUBNET), f"{ip} is not a pod address of this node"
-    return f"http://{ip}:{PORT}{path}"
-
-
-async def _first_ok(url: str, *, within: float) -> float:
-    """Wait for the first HTTP 200 from ``url``; return when it came (monotonic)."""
-    deadline = time.monotonic() + within
-    async with httpx.AsyncClient(timeout=2) as client:
-        while True:
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return time.monotonic()
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no HTTP 200 from {url} within {within:g} s"
-            await asyncio.sleep(0.2)
-
-
-async def _until(condition: Any, *, within: float, what: str) -> float:
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, f"{what} not within {within:g} s"
-        await asyncio.sleep(0.2)
-    return time.monotonic()
 
 
 async def test_lab_runs_jupyterlab(
@@ -85,9 +53,10 @@ async def test_lab_runs_jupyterlab(
         spawned = time.monotonic()
         messages = [event.data.get("message", "") for event in events]
         assert events[-1].type == "complete", messages
+        assert any(m.startswith("Started container") for m in messages), messages
         state = (await client.get(f"/spawner/v1/labs/{USER}")).json()
         assert state["status"] == "running", state
-        assert state["internal_url"] == f"http://lab.{namespace}:{PORT}{PREFIX}"
+        assert state["internal_url"] == f"http://lab.{namespace}:{LAB_PORT}{PREFIX}"
 
         # Pulled by digest from the session's registry: the weekly, which
         # `recommended` aliases.
@@ -101,12 +70,12 @@ async def test_lab_runs_jupyterlab(
         assert container["imageID"].endswith(weekly), container
         assert "running" in container["state"], container
 
-        # JupyterLab answers at the lab's port and prefix.
-        answered = await _first_ok(_pod_url(pod, f"{PREFIX}api"), within=60)
+        # JupyterLab answers at the lab's port and prefix, and only with its token.
+        answered = await first_ok(pod_url(pod, f"{PREFIX}api"), within=60)
         async with httpx.AsyncClient(timeout=10) as lab:
-            refused = await lab.get(_pod_url(pod, f"{PREFIX}api/contents"))
+            refused = await lab.get(pod_url(pod, f"{PREFIX}api/contents"))
             assert refused.status_code == 403, "the lab must refuse requests without its token"
-            page = await lab.get(_pod_url(pod, f"{PREFIX}lab"), params={"token": token})
+            page = await lab.get(pod_url(pod, f"{PREFIX}lab"), params={"token": token})
             assert page.status_code == 200
             assert "JupyterLab" in page.text
 
@@ -116,23 +85,11 @@ async def test_lab_runs_jupyterlab(
         answered_delete = time.monotonic()
         assert (await client.get(f"/spawner/v1/labs/{USER}")).status_code == 404
 
-    def namespace_gone() -> bool:
-        return api("GET", f"/api/v1/namespaces/{namespace}")[0] == 404
-
-    gone = await _until(namespace_gone, within=120, what=f"namespace {namespace} gone")
-
-    def no_containers() -> bool:
-        tasks = real_node.containerd_tasks()
-        return not tasks
-
-    stopped = await _until(no_containers, within=60, what="every container stopped")
-    status, pods = api("GET", "/api/v1/pods")
-    assert status == 200 and not pods["items"], pods
-    assert not real_node.pod_addresses(), "an address of the pod is still allocated"
-
+    gone = await nothing_left(real_node, namespace)
     print(
         f"\nreal node: spawn request to running {spawned - began:.1f} s, "
         f"to first HTTP 200 {answered - began:.1f} s; delete answered in "
-        f"{answered_delete - deleting:.1f} s, namespace gone after {gone - deleting:.1f} s, "
-        f"containers stopped after {stopped - deleting:.1f} s; events: {messages}"
+        f"{answered_delete - deleting:.1f} s, namespace gone after "
+        f"{gone['namespace'] - deleting:.1f} s, containers stopped after "
+        f"{gone['containers'] - deleting:.1f} s; events: {messages}"
     )

@@ -1,0 +1,86 @@
+"""Labs that fail on the real node: the kubelet's reason reaches labd's history.
+
+Each lab is spawned through labd's REST API as in `test_lab`, fails in the
+container, and is then stopped by the hub's ``DELETE``; nothing of it may
+remain on the node.  Whether labd sees the pod Running before it fails
+depends on how fast the container dies (the kubelet may report Running
+first), so either path is accepted: the spawn fails (status ``failed``), or
+the lab starts and then exits (status ``terminated``, state ``exited``).
+Both record the container's reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from labd.naming import lab_namespace
+from tests.api.conftest import HUB, read_events
+from tests.realnode.checks import nothing_left, until
+from tests.realnode.node import Node
+
+USER = "alice"
+PREFIX = f"/user/{USER}/"
+MiB = 2**20
+
+
+async def _spawn_and_fail(
+    labd_url: str, real_node: Node, *, size: str = "small", env: dict[str, str] | None = None
+) -> str:
+    """Spawn a lab that will fail; return the reason labd recorded, after deleting it."""
+    body = {
+        "options": {"image_class": "recommended", "size": [size]},
+        "env": {"JUPYTERHUB_SERVICE_PREFIX": PREFIX, **(env or {})},
+    }
+    _, namespace = lab_namespace("labd", USER)
+    async with httpx.AsyncClient(base_url=labd_url, headers=HUB, timeout=180) as client:
+        created = await client.post(f"/spawner/v1/labs/{USER}/create", json=body)
+        assert created.status_code == 201, created.text
+        events, _ = await read_events(labd_url, USER, within=180)
+        assert events[-1].type in ("complete", "failed"), events
+
+        status = ""
+
+        def ended() -> bool:
+            nonlocal status
+            state = httpx.get(f"{labd_url}/spawner/v1/labs/{USER}", headers=HUB).json()
+            status = state["status"]
+            return status in ("failed", "terminated")
+
+        await until(ended, within=60, what="the lab's failure")
+        history: list[dict[str, Any]] = (
+            await client.get(f"/spawner/v1/labs/{USER}/history")
+        ).json()
+        failures = [e for e in history if e["trigger"] in ("fail", "pod_exited")]
+        assert len(failures) == 1, history
+        reason: str = failures[0]["reason"]
+        print(f"\nreal node: spawn {events[-1].type}, status {status}: {reason}")
+
+        deleted = await client.delete(f"/spawner/v1/labs/{USER}")
+        assert deleted.status_code == 204, deleted.text
+    await nothing_left(real_node, namespace)
+    return reason
+
+
+async def test_lab_that_crashes_at_start(labd_url: str, real_node: Node) -> None:
+    # start-lab hands the port to Jupyter, which refuses it and exits with 1.
+    reason = await _spawn_and_fail(labd_url, real_node, env={"JUPYTER_PORT": "not-a-port"})
+    assert reason.startswith("Lab pod failed: Error"), reason
+    assert "exited with code 1" in reason, reason
+
+
+@pytest.mark.labd(
+    sizes={
+        "tiny": {
+            "limits": {"cpu": 1, "memory": 40 * MiB},
+            "requests": {"cpu": 0.1, "memory": 40 * MiB},
+        }
+    },
+    default_size="tiny",
+)
+async def test_lab_killed_for_memory(labd_url: str, real_node: Node) -> None:
+    # JupyterLab needs about 100 MB to start: the kernel kills it at 40 MiB.
+    reason = await _spawn_and_fail(labd_url, real_node, size="tiny")
+    assert reason.startswith("Lab pod failed: OOMKilled"), reason
