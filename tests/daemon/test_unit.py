@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labd.config import load_config
+from labd.api.connections import RESERVED_FILES
+from labd.config import HttpConfig, load_config
 from tests.daemon.conftest import SHUTDOWN_BOUND, Daemon, NotifySocket, write_config
 
 SYSTEMD = Path(__file__).parent.parent.parent / "systemd"
@@ -148,6 +149,14 @@ def test_unit_lifecycle_matches_labd() -> None:
     # and the loop idles up to a second: the interval must leave room.
     assert _seconds(_one("WatchdogSec")) >= 10
     assert _one("RestartPreventExitStatus").split() == ["2", "3"]
+
+
+def test_unit_gives_labd_room_for_its_connections() -> None:
+    # labd cannot raise its open-file limit itself: the filter denies setrlimit.
+    filters = [value for key, value in _directives("Service") if key == "SystemCallFilter"]
+    assert any(value.startswith("~") and "@resources" in value.split() for value in filters)
+    # The default connection cap fits under the unit's limit as it is.
+    assert int(_one("LimitNOFILE")) - RESERVED_FILES >= HttpConfig().max_connections
 
 
 MDWE_LAUNCHER = """
