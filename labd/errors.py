@@ -1,9 +1,9 @@
 """Errors that reach the clients of labd's API.
 
 Every refusal the service layer can give is one of these classes.  Each
-carries the HTTP status, the stable ``type`` code of API.md, the message and
+carries the HTTP status, the stable ``type`` code of docs/api.md, the message and
 where in the request the problem is; the API turns any of them into the one
-error body of API.md in a single place::
+error body of docs/api.md in a single place::
 
     {"detail": [{"loc": ["path", "username"], "msg": "...", "type": "unknown_user"}]}
 """
@@ -50,7 +50,7 @@ class LabdError(Exception):
     """HTTP status of the response."""
 
     error_type: ClassVar[str] = "internal_error"
-    """Stable error code (API.md)."""
+    """Stable error code (docs/api.md)."""
 
     def __init__(self, message: str, *, loc: list[str] | None = None) -> None:
         super().__init__(message)

@@ -1,6 +1,6 @@
 """The images users may spawn, and how a spawn request names one.
 
-A request names its image in one of four fields (API.md): a full reference
+A request names its image in one of four fields (docs/api.md): a full reference
 from the radio list or the dropdown, a class (``recommended``,
 ``latest-weekly``, ...) or a tag.  `ImageCatalog` resolves each to one of
 the known images, or refuses with ``unknown_image``.

@@ -1,4 +1,4 @@
-"""Models of what the hub asks for and what labd reports (API.md).
+"""Models of what the hub asks for and what labd reports (docs/api.md).
 
 The request models accept raw JupyterHub form data, as Nublado does: every
 option may come as a one-element list, booleans may be the strings
@@ -200,7 +200,7 @@ class UserInfo(BaseModel):
 
 
 SERVICE_PREFIX: Final = "JUPYTERHUB_SERVICE_PREFIX"
-"""The variable whose value is the lab's URL path (API.md: required)."""
+"""The variable whose value is the lab's URL path (docs/api.md: required)."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _URL_PATH = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2}|/)*")

@@ -100,7 +100,7 @@ _SPAWNING: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.ST
 
 
 def next_progress(previous: int | None) -> int:
-    """Progress of the next pod event of a spawn (API.md): 35, then 1/3 closer to 75."""
+    """Progress of the next pod event of a spawn (docs/api.md): 35, then 1/3 closer to 75."""
     if previous is None or previous < 35:
         return 35
     return previous + (75 - previous) // 3
@@ -317,7 +317,7 @@ class Scheduler:
         await self._step_creating(lab)
 
     async def _previous_gone(self, lab: LabRecord, previous_id: str) -> bool:
-        """Mirror the previous lab's cleanup as progress 2, 5, 12, 20 (API.md)."""
+        """Mirror the previous lab's cleanup as progress 2, 5, 12, 20 (docs/api.md)."""
         previous = await self._store.get_lab(previous_id)
         seen = {e.progress for e in await self._store.events(lab.id, lab.operation)}
         reached = {

@@ -77,7 +77,7 @@ _SPAWNING: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.ST
 
 
 def spawn_cancelled_event() -> NewEvent:
-    """The event that ends a spawn cancelled by a delete (API.md)."""
+    """The event that ends a spawn cancelled by a delete (docs/api.md)."""
     return NewEvent(EventType.FAILED, "Operation cancelled", terminal=True)
 
 
@@ -257,7 +257,7 @@ class LabService:
         """Return the user's lab as the API reports it, rendered.
 
         A lab reported as ``failed`` or ``terminated`` is then cleaned up by
-        labd on its own (API.md): the hub has seen how it ended.
+        labd on its own (docs/api.md): the hub has seen how it ended.
 
         Raises
         ------

@@ -127,7 +127,7 @@ def _event(fields: dict[str, str], data: str) -> LabEvent:
 
 
 def _error_message(response: httpx.Response) -> str:
-    """labd's error text from an error body (API.md's ``detail`` list)."""
+    """labd's error text from an error body (docs/api.md's ``detail`` list)."""
     try:
         detail = response.json()["detail"]
         return "; ".join(

@@ -1,6 +1,6 @@
 """labd's REST API for JupyterHub: routes, authentication, errors and event streams.
 
-See ``docs/api.md`` and API.md for the contract.
+See ``docs/api.md`` for the contract.
 """
 
 from labd.api.app import create_app

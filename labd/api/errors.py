@@ -1,4 +1,4 @@
-"""Every failure of a request becomes one error body (API.md "Errors").
+"""Every failure of a request becomes one error body (docs/api.md "Errors").
 
 Refusals come from three places, all mapped here:
 
@@ -111,7 +111,7 @@ def error_response(
     *,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """Return the error body of API.md with ``status_code``."""
+    """Return the error body of docs/api.md with ``status_code``."""
     body = ErrorBody(detail=list(details)).model_dump_json(exclude_none=True)
     return Response(body, status_code, headers=headers, media_type="application/json")
 

@@ -1,6 +1,6 @@
 """The spawn form: the HTML fragment JupyterHub shows on its spawn page.
 
-Field names are the ``options`` fields of a create (API.md), so JupyterHub
+Field names are the ``options`` fields of a create (docs/api.md), so JupyterHub
 posts the form back unchanged: a radio list ``image_list`` of the featured
 images plus the sentinel that defers to the ``image_dropdown`` select of
 every image, a ``size`` select of the sizes within the user's quota, and the

@@ -3,7 +3,7 @@
 Starlette 1.x can limit bodies itself (``Starlette(max_body_size=...)``),
 but when a handler answers without reading an over-long body (a 401, a 404)
 it replaces that answer with a plain-text 413, which breaks the one error
-body of API.md.  `BodySizeLimit` refuses a declared ``Content-Length`` over
+body of docs/api.md.  `BodySizeLimit` refuses a declared ``Content-Length`` over
 the limit before the application runs, and a streamed body that grows past
 it while being read, both as JSON ``request_too_large``.
 
@@ -30,7 +30,7 @@ from labd.errors import RequestHeaderTooLargeError, RequestTooLargeError
 __all__ = ["MAX_HEADER_SIZE", "BodySizeLimit", "HeaderSizeLimit", "header_size"]
 
 MAX_HEADER_SIZE: Final = 16 * 1024
-"""Largest request line plus headers, in bytes (16 KiB, as API.md promises).
+"""Largest request line plus headers, in bytes (16 KiB, as docs/api.md promises).
 
 labd's clients send a bearer token and a few short headers; no legitimate
 request comes near this.

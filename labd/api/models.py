@@ -26,7 +26,7 @@ class ErrorDetail(BaseModel):
         None, description='Where in the request, e.g. `["body", "options", "size"]`.'
     )
     msg: str = Field(description="Human-readable explanation.")
-    type: str = Field(description="Stable error code (API.md).")
+    type: str = Field(description="Stable error code (docs/api.md).")
 
 
 class ErrorBody(BaseModel):

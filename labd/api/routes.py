@@ -1,4 +1,4 @@
-"""The route table: every route of API.md, declared once.
+"""The route table: every route of docs/api.md, declared once.
 
 Each `Operation` says what the route is (method, path, handler), who may
 call it and what it can answer.  The Starlette routes and the OpenAPI

@@ -7,7 +7,7 @@ Each stored `~labd.store.EventRecord` goes out as::
     data: {"message": "Created Kubernetes objects for user lab", "progress": 30}
 
 ``progress`` is left out when the event has none, and always for
-``complete`` and ``failed`` (API.md).  A stream ends when the service's
+``complete`` and ``failed`` (docs/api.md).  A stream ends when the service's
 iterator ends, i.e. after the operation's last event.
 
 Two things can keep a stream open forever, and both are handled:
@@ -53,7 +53,7 @@ from labd.store import EventRecord, EventType
 __all__ = ["DEFAULT_KEEPALIVE", "EventStreams", "parse_last_event_id"]
 
 DEFAULT_KEEPALIVE: Final = 15.0
-"""Seconds between keep-alive comments (API.md)."""
+"""Seconds between keep-alive comments (docs/api.md)."""
 
 _DEFAULTS: Final = HttpConfig()
 

@@ -128,7 +128,7 @@ class Driver:
         )
 
     async def spawn(self, username: str) -> LabRecord:
-        """Take a requested lab all the way to running, as API.md's progress goes."""
+        """Take a requested lab all the way to running, as docs/api.md's progress goes."""
         await self.objects_ready(username)
         await self.pod_event(username, "Successfully assigned pod", 35)
         await self.pod_event(username, "Pulling image", 48)

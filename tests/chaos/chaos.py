@@ -55,7 +55,7 @@ BODY = {
     "env": {"JUPYTERHUB_SERVICE_PREFIX": "/user/x/", "JUPYTERHUB_API_TOKEN": "t"},
 }
 ALLOWED_5XX = {(503, "not_ready"), (500, "delete_failed")}
-"""The only server errors API.md allows."""
+"""The only server errors docs/api.md allows."""
 
 
 @dataclass

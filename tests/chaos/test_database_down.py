@@ -2,7 +2,7 @@
 
 Found by the chaos run: while PostgreSQL restarted, status reads answered
 500 ``internal_error`` (asyncpg raises a bare ``ConnectionRefusedError``
-while connecting).  API.md promises 503 ``not_ready``, which the hub
+while connecting).  docs/api.md promises 503 ``not_ready``, which the hub
 retries.
 """
 

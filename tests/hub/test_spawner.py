@@ -110,7 +110,7 @@ async def test_poll_follows_labds_status(labd_dev: LabdDev) -> None:
     await _reach(labd_dev, "poll-exited", "terminated")
     assert await _spawner(labd_dev, "poll-exited").poll() == 0
     # The first read that sees "failed" must be the spawner's own: labd
-    # cleans a failed lab up once it has been reported (API.md).
+    # cleans a failed lab up once it has been reported (docs/api.md).
     spawner = _spawner(labd_dev, "poll-failed")
     deadline = asyncio.get_running_loop().time() + WITHIN
     while (exit_status := await spawner.poll()) is None:
