@@ -1174,9 +1174,14 @@ class LabConfig(_Model):
     internal_url_template: str = Field(
         default="http://lab.{namespace}:{port}{service_prefix}",
         description=(
-            "URL the hub uses to reach a lab; placeholders `{namespace}`, `{port}` and "
-            "`{service_prefix}` only."
+            "URL the hub uses to reach a lab; placeholders `{namespace}`, `{port}`, "
+            "`{service_prefix}` and `{pod_ip}` only."
         ),
+    )
+    readiness_path: str | None = Field(
+        default="{service_prefix}api",
+        description="Path of the lab container's HTTP readiness probe (placeholder "
+        "`{service_prefix}`); a lab is `running` once it answers. Null: no probe.",
     )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Image pull policy of the lab container."
@@ -1234,7 +1239,7 @@ class LabConfig(_Model):
     @field_validator("internal_url_template")
     @classmethod
     def _check_template(cls, value: str) -> str:
-        allowed = {"namespace", "port", "service_prefix"}
+        allowed = {"namespace", "port", "service_prefix", "pod_ip"}
         try:
             fields = [field for _, field, _, _ in string.Formatter().parse(value)]
         except ValueError as exc:
@@ -1243,10 +1248,26 @@ class LabConfig(_Model):
         if unknown:
             raise ValueError(
                 f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)} "
-                "(allowed: {namespace}, {port}, {service_prefix})"
+                "(allowed: {namespace}, {port}, {service_prefix}, {pod_ip})"
             )
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("readiness_path")
+    @classmethod
+    def _check_readiness_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            fields = [field for _, field, _, _ in string.Formatter().parse(value)]
+        except ValueError as exc:
+            raise ValueError(f"malformed template: {exc}") from exc
+        unknown = [f for f in fields if f is not None and f != "service_prefix"]
+        if unknown:
+            raise ValueError("the only placeholder is {service_prefix}")
+        if not value.startswith(("/", "{service_prefix}")):
+            raise ValueError("must start with / or {service_prefix}")
         return value
 
     @field_validator("volumes")

@@ -228,7 +228,12 @@ class Reconciler:
                 reason="Lab objects found without a row",
                 changes={
                     "pod_phase": pod_phase,
-                    "internal_url": internal_url(namespace.name, env, self._config)
+                    "internal_url": internal_url(
+                        namespace.name,
+                        env,
+                        self._config,
+                        pod_ip=pod.pod_ip if pod is not None else None,
+                    )
                     if SERVICE_PREFIX_VAR in env
                     else None,
                 },

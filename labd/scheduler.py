@@ -547,12 +547,19 @@ class Scheduler:
         if pod.deleted or pod.phase == "Unknown":
             await self._fail_spawn(lab, Trigger.POD_LOST, _pod_problem(pod), cause="pod_lost")
         elif pod.phase == "Running":
+            changes: LabChanges = {"pod_phase": pod.phase, "next_attempt_at": None}
+            if lab.internal_url is None:
+                # The template names the pod's address, known only now.
+                env = lab.spec.get("env", {})
+                changes["internal_url"] = internal_url(
+                    lab.namespace, env, self._config, pod_ip=pod.pod_ip
+                )
             await self._store.transition(
                 lab.id,
                 Trigger.POD_RUNNING,
                 actor=Actor.WATCHER,
                 expected_version=lab.version,
-                changes={"pod_phase": pod.phase, "next_attempt_at": None},
+                changes=changes,
                 events=[
                     NewEvent(
                         EventType.COMPLETE,

@@ -306,7 +306,9 @@ def config_map_name(slug: str) -> str:
     return f"{slug}-nb-env"
 
 
-def internal_url(namespace: str, env: Mapping[str, str], config: Config) -> str:
+def internal_url(
+    namespace: str, env: Mapping[str, str], config: Config, *, pod_ip: str | None = None
+) -> str | None:
     """Return the URL at which the hub reaches a lab inside the cluster.
 
     Parameters
@@ -317,16 +319,23 @@ def internal_url(namespace: str, env: Mapping[str, str], config: Config) -> str:
         The lab's environment; `SERVICE_PREFIX_VAR` gives the path.
     config
         Supplies ``lab.internal_url_template`` and ``lab.port``.
+    pod_ip
+        The pod's address, once it has one.
 
     Returns
     -------
-    str
-        The template filled in, e.g. ``http://lab.labd-alice:8888/user/alice/``.
+    str or None
+        The template filled in, e.g. ``http://lab.labd-alice:8888/user/alice/``;
+        `None` while the template needs ``{pod_ip}`` and the pod has none.
     """
-    return config.lab.internal_url_template.format(
+    template = config.lab.internal_url_template
+    if "{pod_ip}" in template and not pod_ip:
+        return None
+    return template.format(
         namespace=namespace,
         port=config.lab.port,
         service_prefix=env.get(SERVICE_PREFIX_VAR, ""),
+        pod_ip=pod_ip or "",
     )
 
 
@@ -704,6 +713,26 @@ class _Builder:
             for name, key in sorted(keys.items())
         ]
 
+    def readiness_probe(self) -> dict[str, Any]:
+        """The container's readiness probe: an HTTP GET under the lab's prefix.
+
+        Kubernetes calls the pod ready once the probe answers, and labd
+        calls the lab ``running`` only then (`labd.kube.storage.pod_status`):
+        a pod runs a few seconds before JupyterLab listens.
+        """
+        path = self.config.lab.readiness_path
+        if path is None:
+            return {}
+        prefix = self.lab.env.get(SERVICE_PREFIX_VAR, "/")
+        return {
+            "readinessProbe": {
+                "httpGet": {"path": path.format(service_prefix=prefix), "port": _PORT_NAME},
+                "periodSeconds": 2,
+                "timeoutSeconds": 2,
+                "failureThreshold": 3,
+            }
+        }
+
     def pod(self) -> dict[str, Any]:
         lab = self.lab
         volumes, mounts = self.volumes()
@@ -736,6 +765,7 @@ class _Builder:
                 "capabilities": {"drop": ["ALL"]},
             },
             "volumeMounts": mounts,
+            **self.readiness_probe(),
         }
         supplemental = sorted({gid for _, gid in lab.groups if gid is not None})
         pull_secrets = (

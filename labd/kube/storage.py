@@ -103,6 +103,9 @@ class PodStatus:
     """Details, when Kubernetes gives some (with the exit code of a
     terminated container)."""
 
+    pod_ip: str | None = None
+    """The pod's address, once it has one."""
+
 
 @dataclass(frozen=True, slots=True)
 class LabNamespace:
@@ -179,6 +182,14 @@ def pod_status(pod: Mapping[str, Any]) -> PodStatus:
     container's (``OOMKilled``, ``Error``, ``ImagePullBackOff``), else a
     failed scheduling condition (``Unschedulable``).
 
+    A pod that Kubernetes calls Running but whose ``Ready`` condition is
+    false is ``Pending`` here, with the condition's reason: its containers
+    run, but the lab does not answer yet (its readiness probe has not
+    passed), and the hub must not send a user to it.  A lab therefore
+    becomes ``running`` only once it answers; a running lab that stops
+    answering for a while stays ``running`` (labd never moves a lab back
+    to ``starting``).
+
     Parameters
     ----------
     pod
@@ -191,8 +202,14 @@ def pod_status(pod: Mapping[str, Any]) -> PodStatus:
     """
     status = pod.get("status") or {}
     phase = status.get("phase") or "Unknown"
+    pod_ip = status.get("podIP") or None
+    if phase == "Running":
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        if ready is not None and ready.get("status") != "True":
+            reason = ready.get("reason") or "ContainersNotReady"
+            return PodStatus("Pending", reason, ready.get("message"), pod_ip)
     if status.get("reason"):
-        return PodStatus(phase, status["reason"], status.get("message"))
+        return PodStatus(phase, status["reason"], status.get("message"), pod_ip)
     for container in status.get("containerStatuses") or []:
         state = container.get("state") or {}
         terminated = state.get("terminated")
@@ -201,14 +218,14 @@ def pod_status(pod: Mapping[str, Any]) -> PodStatus:
             message = terminated.get("message") or (
                 f"container {container.get('name')} exited with code {code}"
             )
-            return PodStatus(phase, terminated.get("reason"), message)
+            return PodStatus(phase, terminated.get("reason"), message, pod_ip)
         waiting = state.get("waiting")
         if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
-            return PodStatus(phase, waiting.get("reason"), waiting.get("message"))
+            return PodStatus(phase, waiting.get("reason"), waiting.get("message"), pod_ip)
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return PodStatus(phase, condition.get("reason"), condition.get("message"))
-    return PodStatus(phase, None, status.get("message"))
+            return PodStatus(phase, condition.get("reason"), condition.get("message"), pod_ip)
+    return PodStatus(phase, None, status.get("message"), pod_ip)
 
 
 def _metadata(

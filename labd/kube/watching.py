@@ -108,6 +108,9 @@ class PodUpdate:
     message: str | None = None
     """Details of the reason."""
 
+    pod_ip: str | None = None
+    """The pod's address, once it has one."""
+
 
 @dataclass(frozen=True, slots=True)
 class PodEvent:
@@ -433,6 +436,7 @@ def listed_pod_update(pod: LabPod) -> PodUpdate | None:
         deleted=False,
         reason=pod.status.reason,
         message=pod.status.message,
+        pod_ip=pod.status.pod_ip,
     )
 
 
@@ -459,6 +463,7 @@ def _pod_update(pod: dict[str, Any], *, deleted: bool) -> PodUpdate | None:
         deleted=deleted,
         reason=status.reason,
         message=status.message,
+        pod_ip=status.pod_ip,
     )
 
 

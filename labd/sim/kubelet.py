@@ -70,6 +70,12 @@ class _PodWork:
     """Start time of the pod (``pod``) and of its containers (``running``)."""
 
 
+def _unready(pod: Pod) -> str:
+    """The message of a kubelet's Ready condition while containers are not ready."""
+    names = " ".join(c["name"] for c in pod["spec"]["containers"])
+    return f"containers with unready status: [{names}]"
+
+
 def _condition(kind: str, status: bool, reason: str = "", message: str = "") -> dict[str, Any]:
     condition: dict[str, Any] = {
         "type": kind,
@@ -417,8 +423,7 @@ class Kubelet:
         return status
 
     def _waiting(self, pod: Pod, work: _PodWork, reason: str, message: str = "") -> dict[str, Any]:
-        names = [c["name"] for c in pod["spec"]["containers"]]
-        unready = f"containers with unready status: [{' '.join(names)}]"
+        unready = _unready(pod)
         state: dict[str, Any] = {"reason": reason}
         if message:
             state["message"] = message
@@ -462,20 +467,21 @@ class Kubelet:
             "lastState": {},
         }
 
-    def _running(self, pod: Pod, work: _PodWork) -> dict[str, Any]:
+    def _running(self, pod: Pod, work: _PodWork, *, ready: bool = True) -> dict[str, Any]:
         started = work.started["running"]
+        reason, message = ("", "") if ready else ("ContainersNotReady", _unready(pod))
         return {
             **self._base_status(pod, work),
             "phase": "Running",
             "conditions": [
                 _condition("PodReadyToStartContainers", True),
                 _condition("Initialized", True),
-                _condition("Ready", True),
-                _condition("ContainersReady", True),
+                _condition("Ready", ready, reason, message),
+                _condition("ContainersReady", ready, reason, message),
                 _condition("PodScheduled", True),
             ],
             "containerStatuses": [
-                self._container_status(c, work, {"running": {"startedAt": started}}, True)
+                self._container_status(c, work, {"running": {"startedAt": started}}, ready)
                 for c in pod["spec"]["containers"]
             ],
         }
@@ -550,9 +556,20 @@ class Kubelet:
                 pod, "Started", f"Started container {c['name']}", container=c["name"]
             )
         work.started["running"] = now()
+        if outcome.kind == "unready":
+            # As a real kubelet while a readiness probe has not passed yet.
+            await self._status(pod, self._running(pod, work, ready=False))
+            await self._event(
+                pod,
+                "Unhealthy",
+                "Readiness probe failed: connection refused",
+                warning=True,
+                container=containers[0]["name"],
+            )
+            await asyncio.sleep(outcome.after)
         await self._status(pod, self._running(pod, work))
         work.running = True
-        if outcome.kind == "run":
+        if outcome.kind in ("run", "unready"):
             return
         await asyncio.sleep(outcome.after)
         if outcome.kind == "exit":

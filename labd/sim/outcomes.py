@@ -21,6 +21,8 @@ Syntax of an outcome:
   (phase Failed).
 - ``vanish:SECONDS``: run, then the pod is deleted out from under its owner
   after SECONDS.
+- ``unready:SECONDS``: run, but not Ready for the first SECONDS (as while a
+  readiness probe has not passed), with an ``Unhealthy`` warning event.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ __all__ = ["OUTCOME_ANNOTATION", "Outcome", "OutcomeRule", "Rules"]
 
 OUTCOME_ANNOTATION = "sim.labd.io/outcome"
 
-OutcomeKind = Literal["run", "pending", "exit", "crash", "vanish"]
+OutcomeKind = Literal["run", "pending", "exit", "crash", "vanish", "unready"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class Outcome:
                 return cls("exit", after=float(rest or 0))
             if head == "vanish":
                 return cls("vanish", after=float(rest or 0))
+            if head == "unready":
+                return cls("unready", after=float(rest or 0))
             if head == "crash" and rest:
                 reason, _, after = rest.partition(":")
                 return cls("crash", reason=reason, after=float(after or 0))

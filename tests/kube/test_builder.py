@@ -459,3 +459,37 @@ def test_parse_lab_labels_without_annotations() -> None:
     )
     assert identity is not None
     assert (identity.username, identity.spec) == (None, None)
+
+
+def test_the_lab_answers_its_readiness_probe_under_its_prefix() -> None:
+    lab, config = CASES["full"]
+    (container,) = build_lab_objects(lab, config).pod["spec"]["containers"]
+    prefix = lab.env["JUPYTERHUB_SERVICE_PREFIX"]
+    assert container["readinessProbe"] == {
+        "httpGet": {"path": f"{prefix}api", "port": "http"},
+        "periodSeconds": 2,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
+    no_probe = config.model_copy(
+        update={"lab": config.lab.model_copy(update={"readiness_path": None})}
+    )
+    (container,) = build_lab_objects(lab, no_probe).pod["spec"]["containers"]
+    assert "readinessProbe" not in container
+
+
+def test_an_internal_url_with_the_pod_ip_waits_for_the_address() -> None:
+    _, config = CASES["full"]
+    config = config.model_copy(
+        update={
+            "lab": config.lab.model_copy(
+                update={"internal_url_template": "http://{pod_ip}:{port}{service_prefix}"}
+            )
+        }
+    )
+    env = {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/"}
+    assert internal_url("labd-alice", env, config) is None
+    assert (
+        internal_url("labd-alice", env, config, pod_ip="10.88.0.12")
+        == f"http://10.88.0.12:{config.lab.port}/user/alice/"
+    )

@@ -332,3 +332,41 @@ def test_pod_status_picks_the_telling_reason(
 def test_a_list_answer_that_is_not_a_json_object_is_an_error(answer: bytes) -> None:
     with pytest.raises(KubeError, match="not a JSON object"):
         _parse_page("Pod", answer)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        # Running but its readiness probe has not passed: still starting for labd.
+        (
+            {
+                "phase": "Running",
+                "podIP": "10.88.0.12",
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "ContainersNotReady",
+                        "message": "containers with unready status: [notebook]",
+                    }
+                ],
+            },
+            ("Pending", "ContainersNotReady", "10.88.0.12"),
+        ),
+        (
+            {
+                "phase": "Running",
+                "podIP": "10.88.0.12",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+            ("Running", None, "10.88.0.12"),
+        ),
+        # No conditions reported (an old or minimal API server): its phase counts.
+        ({"phase": "Running"}, ("Running", None, None)),
+    ],
+)
+def test_a_running_pod_counts_as_running_once_ready(
+    status: dict[str, Any], expected: tuple[str, str | None, str | None]
+) -> None:
+    summary = pod_status({"status": status})
+    assert (summary.phase, summary.reason, summary.pod_ip) == expected

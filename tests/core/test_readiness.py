@@ -1,0 +1,65 @@
+"""A lab is ``running`` only once it answers, and its URL may name the pod.
+
+A pod runs a few seconds before JupyterLab listens; its readiness probe
+tells when.  labd keeps the lab ``starting`` (``pending`` for the hub) until
+the pod is Ready, so the hub never sends a user to a lab that does not
+answer yet.  Where the hub cannot resolve Service names (no cluster DNS),
+``lab.internal_url_template`` may use ``{pod_ip}``, filled in once the pod
+runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from labd.factory import Labd
+from labd.machine import LabState
+from labd.sim import SimCluster
+from labd.store import Actor
+from tests.core.conftest import LabdFactory, spec
+from tests.core.test_lifecycle import wait_state
+
+
+async def pod_is_running_unready(sim: SimCluster, namespace: str) -> bool:
+    for pod in sim.objects("pods", namespace):
+        status = pod.get("status") or {}
+        ready = {c["type"]: c["status"] for c in status.get("conditions") or []}.get("Ready")
+        if status.get("phase") == "Running" and ready == "False":
+            return True
+    return False
+
+
+async def test_a_lab_is_running_only_once_its_pod_is_ready(labd: Labd, sim: SimCluster) -> None:
+    sim.rules.add("unready:2", namespace="labd-alice")
+    await labd.service.create("alice", spec(), actor=Actor.HUB)
+    for _ in range(200):
+        if await pod_is_running_unready(sim, "labd-alice"):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the pod never ran unready")
+    # Give the watch time to see it: the lab must still be starting.
+    await asyncio.sleep(0.5)
+    assert (await labd.service.get_state("alice")).status == "pending"
+    lab = await labd.store.get_current_lab("alice")
+    assert lab is not None
+    assert lab.state is LabState.STARTING
+    await wait_state(labd, "alice", LabState.RUNNING)
+    events = [event.message for event in await labd.store.events(lab.id, lab.operation)]
+    assert "Readiness probe failed: connection refused" in events
+    assert events[-1] == "Lab Kubernetes pod started for alice"
+
+
+async def test_an_internal_url_can_name_the_pod(
+    labd_factory: LabdFactory, sim: SimCluster
+) -> None:
+    labd: Labd = await labd_factory(
+        lab={"internal_url_template": "http://{pod_ip}:{port}{service_prefix}"}
+    )
+    await labd.service.create("alice", spec(), actor=Actor.HUB)
+    await wait_state(labd, "alice", LabState.STARTING, LabState.RUNNING)
+    lab = await wait_state(labd, "alice", LabState.RUNNING)
+    (pod,) = sim.objects("pods", "labd-alice")
+    pod_ip = pod["status"]["podIP"]
+    assert lab.internal_url == f"http://{pod_ip}:8888/user/alice/"
+    assert (await labd.service.get_state("alice")).internal_url == lab.internal_url
