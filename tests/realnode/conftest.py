@@ -18,10 +18,12 @@ each database, exactly as ``labd serve`` wires it, and served by uvicorn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -34,12 +36,22 @@ from labd.config import Config
 from labd.factory import Labd
 from tests.api.conftest import HUB_TOKEN, serve
 from tests.core.conftest import make_config
-from tests.images.registry import REGISTRY_BINARY, LocalRegistry
+from tests.images.registry import REGISTRY_BINARY, REPOSITORY, LocalRegistry
 from tests.realk8s.cluster import RBAC_FILE, resource_path
 from tests.realk8s.controlplane import LABD_TOKEN
 from tests.realnode.node import Node, missing_requirements
 
-__all__ = ["LabRegistry", "lab_registry", "labd_url", "real_node"]
+__all__ = [
+    "AuthRegistry",
+    "LabRegistry",
+    "LabdFactory",
+    "auth_registry",
+    "lab_registry",
+    "labd_factory",
+    "labd_url",
+    "real_node",
+    "realnode_config",
+]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 SWITCH: Final = "LABD_REALNODE"
@@ -51,7 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _run_script(script: Path, *args: str) -> str:
+def _run_script(script: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run one of the project's scripts; skip the tier, saying why, if it fails."""
     result = subprocess.run(
         [str(script), *args],
@@ -59,6 +71,7 @@ def _run_script(script: Path, *args: str) -> str:
         text=True,
         stdin=subprocess.DEVNULL,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         check=False,
     )
     if result.returncode != 0:
@@ -129,49 +142,106 @@ def lab_registry(
 def realnode_config(
     database_url: str, kubeconfig: Path, registry: LocalRegistry, **overrides: Any
 ) -> Config:
-    """labd's configuration for the real node: the registry's images, real timeouts."""
-    return make_config(
-        database_url,
-        kubeconfig,
-        images={
+    """labd's configuration for the real node: the registry's images, real timeouts.
+
+    ``overrides`` replace top-level keys, or update them one level deep when
+    both are mappings (``lab={"pull_secret": ...}`` keeps the other ``lab`` keys).
+    """
+    settings: dict[str, Any] = {
+        "images": {
             "available": [],
-            "registry": {"url": registry.url, "repository": "sciplat/lab"},
+            "registry": {"url": registry.url, "repository": REPOSITORY},
             "recommended": "recommended",
         },
-        timeouts={"spawn": 180, "delete": 120},
-        lab={"pod_delete_grace": 5},
-        **overrides,
-    )
+        "timeouts": {"spawn": 180, "delete": 120},
+        "lab": {"pod_delete_grace": 5},
+    }
+    for key, value in overrides.items():
+        current = settings.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            settings[key] = {**current, **value}
+        else:
+            settings[key] = value
+    return make_config(database_url, kubeconfig, **settings)
+
+
+LabdFactory = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def labd_url(
-    request: pytest.FixtureRequest,
-    database_url: str,
-    real_node: Node,
-    lab_registry: LabRegistry,
-    tmp_path: Path,
-) -> AsyncIterator[str]:
-    """labd on the real node, with the ``labd`` user's rights only, served by uvicorn.
+async def labd_factory(
+    database_url: str, real_node: Node, lab_registry: LabRegistry, tmp_path: Path
+) -> AsyncIterator[LabdFactory]:
+    """Start labd on the real node, served by uvicorn; return its URL.
 
-    A test's ``@pytest.mark.labd(...)`` overrides top-level configuration keys.
+    labd holds only the ``labd`` user's rights (``deploy/rbac.yaml``).  The
+    factory takes `realnode_config` overrides and, as ``registry``, another
+    `LocalRegistry` than the session's.  Everything started is stopped at
+    the end of the test, and the namespaces the test made are removed, so
+    whatever a failed test left behind does not meet the next one.
     """
     kubeconfig = real_node.control_plane.write_kubeconfig(tmp_path / "kubeconfig", LABD_TOKEN)
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(*, registry: LocalRegistry | None = None, **overrides: Any) -> str:
+            config = realnode_config(
+                database_url, kubeconfig, registry or lab_registry.registry, **overrides
+            )
+            labd = await Labd.create(config)
+            await labd.start()
+            stack.push_async_callback(labd.stop)
+            app = create_app(
+                config=config,
+                service=labd.service,
+                authenticator=Authenticator.from_tokens({HUB_TOKEN: "hub"}),
+                readiness=labd.readiness,
+            )
+            url: str = await stack.enter_async_context(serve(app))
+            return url
+
+        try:
+            yield start
+        finally:
+            await stack.aclose()
+            await asyncio.to_thread(real_node.control_plane.remove_user_namespaces, within=120)
+
+
+@pytest.fixture
+async def labd_url(request: pytest.FixtureRequest, labd_factory: LabdFactory) -> str:
+    """labd on the real node; a test's ``@pytest.mark.labd(...)`` overrides its configuration."""
     marker = request.node.get_closest_marker("labd")
-    overrides = marker.kwargs if marker is not None else {}
-    config = realnode_config(database_url, kubeconfig, lab_registry.registry, **overrides)
-    labd = await Labd.create(config)
-    await labd.start()
+    return await labd_factory(**(marker.kwargs if marker is not None else {}))
+
+
+@dataclass(frozen=True)
+class AuthRegistry:
+    """A registry behind htpasswd auth holding the lab image, and its user."""
+
+    registry: LocalRegistry
+    username: str
+    password: str
+    digests: dict[str, str]
+    """Tag to manifest digest, as pushed."""
+
+
+@pytest.fixture(scope="session")
+def auth_registry(
+    real_node: Node, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AuthRegistry]:
+    """A registry that wants a password (made now) for everything, with the lab image."""
+    password = secrets.token_urlsafe(16)
+    registry = LocalRegistry(tmp_path_factory.mktemp("auth-registry"), users={"labd": password})
+    registry.start()
     try:
-        app = create_app(
-            config=config,
-            service=labd.service,
-            authenticator=Authenticator.from_tokens({HUB_TOKEN: "hub"}),
-            readiness=labd.readiness,
+        pushed = _run_script(
+            ROOT / "images" / "lab" / "build",
+            "push",
+            registry.image_base,
+            env={"LABD_REGISTRY_CREDS": f"labd:{password}"},
         )
-        async with serve(app) as url:
-            yield url
+        digests = dict(line.split() for line in pushed.splitlines() if line.strip())
+        real_node.trust_registry(f"127.0.0.1:{registry.port}")
+        yield AuthRegistry(registry, "labd", password, digests)
     finally:
-        await labd.stop()
-        # Whatever a failed test left behind must not meet the next test.
-        await asyncio.to_thread(real_node.control_plane.remove_user_namespaces, within=120)
+        registry.stop()
+        shutil.rmtree(registry.root / "data", ignore_errors=True)
