@@ -88,8 +88,36 @@ def _pull_secret(real_node: Node, auth: AuthRegistry, password: str) -> None:
         "type": "kubernetes.io/dockerconfigjson",
         "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
     }
-    status, body = api("POST", f"/api/v1/namespaces/{PULL_NAMESPACE}/secrets", secret)
+    path = f"/api/v1/namespaces/{PULL_NAMESPACE}/secrets"
+    status, body = api("DELETE", f"{path}/{PULL_SECRET}")
+    assert status in (200, 404), body
+    status, body = api("POST", path, secret)
     assert status == 201, body
+
+
+async def _labd_on(
+    labd_factory: LabdFactory, auth: AuthRegistry, tmp_path: Path, *, pull_policy: str
+) -> str:
+    """labd reading the auth registry (with the right password) and copying the pull Secret."""
+    password_file = tmp_path / "registry-password"
+    password_file.write_text(auth.password)
+    return await labd_factory(
+        registry=auth.registry,
+        images={
+            "registry": {
+                "url": auth.registry.url,
+                "repository": REPOSITORY,
+                "username": auth.username,
+                "password_file": str(password_file),
+            }
+        },
+        lab={
+            "pull_secret": PULL_SECRET,
+            "secrets_namespace": PULL_NAMESPACE,
+            "pull_policy": pull_policy,
+        },
+        timeouts={"spawn": SPAWN_TIMEOUT},
+    )
 
 
 @pytest.mark.parametrize("right", [True, False], ids=["right-password", "wrong-password"])
@@ -102,28 +130,9 @@ async def test_pull_secret(
 ) -> None:
     auth = auth_registry
     _pull_secret(real_node, auth, auth.password if right else "not-the-password")
-    # labd itself reads the registry's tags with the right password.
-    password_file = tmp_path / "registry-password"
-    password_file.write_text(auth.password)
-    labd_url = await labd_factory(
-        registry=auth.registry,
-        images={
-            "registry": {
-                "url": auth.registry.url,
-                "repository": REPOSITORY,
-                "username": auth.username,
-                "password_file": str(password_file),
-            }
-        },
-        # Always: with IfNotPresent, an image already on the node runs
-        # whatever the pull secret says (see docs/real-node.md).
-        lab={
-            "pull_secret": PULL_SECRET,
-            "secrets_namespace": PULL_NAMESPACE,
-            "pull_policy": "Always",
-        },
-        timeouts={"spawn": SPAWN_TIMEOUT},
-    )
+    # Always: with IfNotPresent, an image already on the node runs whatever
+    # the pull secret says (the next test).
+    labd_url = await _labd_on(labd_factory, auth, tmp_path, pull_policy="Always")
 
     last, messages = await _spawn(labd_url, {"image_class": "recommended"})
     if right:
@@ -142,4 +151,28 @@ async def test_pull_secret(
         assert last == "failed", messages
         assert any("401 Unauthorized" in m for m in messages), messages
         assert (await _failure(labd_url))[0] == "timeout"
+    await _delete(labd_url, real_node)
+
+
+async def test_image_on_the_node_runs_without_the_pull_secret(
+    labd_factory: LabdFactory, real_node: Node, auth_registry: AuthRegistry, tmp_path: Path
+) -> None:
+    """With ``IfNotPresent`` (labd's default), only the pull checks credentials.
+
+    Once one lab has pulled a private image onto the node, a lab whose pull
+    Secret is wrong runs it too: the kubelet finds the image present and
+    never asks the registry.  Kubernetes' ``AlwaysPullImages`` admission
+    plugin, or ``lab.pull_policy: Always``, closes that gap.
+    """
+    auth = auth_registry
+    labd_url = await _labd_on(labd_factory, auth, tmp_path, pull_policy="IfNotPresent")
+    _pull_secret(real_node, auth, auth.password)
+    last, messages = await _spawn(labd_url, {"image_class": "recommended"})
+    assert last == "complete", messages
+    await _delete(labd_url, real_node)
+
+    _pull_secret(real_node, auth, "not-the-password")
+    last, messages = await _spawn(labd_url, {"image_class": "recommended"})
+    assert last == "complete", messages
+    assert any("already present on machine" in m for m in messages), messages
     await _delete(labd_url, real_node)
