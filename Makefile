@@ -24,6 +24,7 @@ dev: $(STAMP)
 test: $(STAMP)
 	./scripts/kube-apiserver/build || echo "real apiserver unavailable: tests/realk8s will be skipped"
 	./scripts/ensure-registry || echo "docker-registry unavailable: tests/images registry tests will be skipped"
+	./scripts/ensure-browser || echo "chromium or chromedriver unavailable: browser tests will be skipped"
 	./scripts/ensure-postgres
 	$(BIN)/pytest
 

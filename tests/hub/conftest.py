@@ -102,6 +102,17 @@ class LabdDev:
         """labd's ``GET /spawner/v1/labs/{username}``."""
         return httpx.get(f"{self.url}/spawner/v1/labs/{username}", headers=self.headers)
 
+    def namespace_exists(self, namespace: str) -> bool:
+        """Whether the simulated cluster still has a namespace (terminating counts)."""
+        response = httpx.get(
+            f"{self.sim_url}/api/v1/namespaces/{namespace}",
+            headers={"Authorization": f"Bearer {self.sim_token}"},
+        )
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return True
+
     def add_rule(self, namespace: str, outcome: str) -> None:
         """Give the pods of a namespace an outcome, through the sim's control API."""
         response = httpx.post(
