@@ -59,17 +59,17 @@ def sample_config(state_dir: Path, port: int) -> dict[str, object]:
         "namespace_prefix": "labd",
         "sizes": {
             "small": {
-                "description": "1 CPU, 4 GiB",
+                "description": "for light notebooks",
                 "limits": {"cpu": 1, "memory": "4Gi"},
                 "requests": {"cpu": 0.25, "memory": "1Gi"},
             },
             "medium": {
-                "description": "2 CPUs, 8 GiB",
+                "description": "for most work",
                 "limits": {"cpu": 2, "memory": "8Gi"},
                 "requests": {"cpu": 0.5, "memory": "2Gi"},
             },
             "large": {
-                "description": "4 CPUs, 16 GiB",
+                "description": "for heavy computations",
                 "limits": {"cpu": 4, "memory": "16Gi"},
                 "requests": {"cpu": 1, "memory": "4Gi"},
             },
