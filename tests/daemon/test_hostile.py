@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +19,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import yaml
 
 from labd.api import hash_token
 from labd.dev import sample_config
 from tests.daemon.conftest import free_port
+from tests.support.dev import running_labd_dev, write_dev_config
 from tests.support.usernames import LOOKALIKES
 
 HUB_TOKEN = "hostile-test-hub-token-7f3a"
@@ -62,39 +60,13 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     config["timeouts"] = {"spawn": 30, "delete": 30}
     config["lab"] = {"pod_delete_grace": 0}
     config["users"] = {"entries": {"alice": {"uid": 1101, "gid": 1101}}}
-    (state_dir / "labd.yaml").write_text(yaml.safe_dump(config))
+    write_dev_config(state_dir, config)
     (state_dir / "hub-token").write_text(HUB_TOKEN + "\n")
     (state_dir / "tokens").write_text(
         f"{hash_token(HUB_TOKEN)} hub\n{hash_token(ALICE_TOKEN)} user:alice\n"
     )
-    log = state_dir / "labd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "labd", "dev", "--port", str(port)),
-                *("--state-dir", str(state_dir), "--pod-start-delay", "0.3"),
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while not _ready(url):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield Dev(url=url, state_dir=state_dir, log=log)
-    finally:
-        process.terminate()
-        process.wait(timeout=40)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with running_labd_dev(state_dir, port=port, pod_start_delay=0.3) as url:
+        yield Dev(url=url, state_dir=state_dir, log=state_dir / "labd.log")
 
 
 def create_body(username: str, **env: str) -> dict[str, object]:

@@ -32,10 +32,9 @@ import pytest
 import yaml
 
 from labd.dev import sample_config
+from tests.support.dev import START_TIMEOUT, running_labd_dev, tail, write_dev_config
 
 HERE = Path(__file__).parent
-START_TIMEOUT = 90.0
-"""Seconds a daemon may take to start on a loaded 2-core machine."""
 
 
 def free_port() -> int:
@@ -53,13 +52,6 @@ def wait_until(check: Callable[[], bool], *, within: float, what: str, log: Path
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {within} s\n{tail(log)}")
         time.sleep(0.1)
-
-
-def tail(log: Path, lines: int = 60) -> str:
-    """The last lines of a log file, for failure messages."""
-    if not log.exists():
-        return f"({log} is empty)"
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _answers(url: str, headers: dict[str, str] | None = None) -> bool:
@@ -171,33 +163,9 @@ def labd_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabdDev]:
     config = sample_config(state_dir, port)
     config["timeouts"] = {"spawn": 10, "delete": 30}
     config["lab"] = {"pod_delete_grace": 0}
-    (state_dir / "labd.yaml").write_text(yaml.safe_dump(config))
+    write_dev_config(state_dir, config)
     log = state_dir / "labd.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "labd",
-                "dev",
-                "--port",
-                str(port),
-                "--state-dir",
-                str(state_dir),
-                "--pod-start-delay",
-                "0.5",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: process.poll() is None and _answers(f"{url}/readyz"),
-            within=START_TIMEOUT,
-            what="labd dev ready",
-            log=log,
-        )
+    with running_labd_dev(state_dir, port=port, pod_start_delay=0.5, log=log) as url:
         kubeconfig = yaml.safe_load((state_dir / "kubeconfig").read_text())
         yield LabdDev(
             url=url,
@@ -206,8 +174,6 @@ def labd_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabdDev]:
             sim_token=kubeconfig["users"][0]["user"].get("token", ""),
             log=log,
         )
-    finally:
-        _stop(process, within=30)
 
 
 def hub_config(*, labd: LabdDev, proxy: list[str], hub_port: int, token: str, port: int) -> str:
