@@ -277,7 +277,11 @@ async def test_adoption_rebuilds_a_row_with_the_given_id(database: Database) -> 
         spec={},
         actor=Actor.RECONCILER,
         trigger=T.ADOPT,
-        changes={"pod_phase": "Running", "internal_url": "http://lab.labd-carol:8888/"},
+        changes={
+            "pod_phase": "Running",
+            "internal_url": "http://lab.labd-carol:8888/",
+            "secret_env": SECRET,
+        },
     )
     assert (lab.id, lab.state, lab.internal_url) == (
         "5f7a3c1e-0000-4000-8000-000000000001",
@@ -286,6 +290,8 @@ async def test_adoption_rebuilds_a_row_with_the_given_id(database: Database) -> 
     )
     [row] = await store.lab_history(lab.id)
     assert (row.trigger, row.actor, row.to_state) == ("adopt", "reconciler", "running")
+    # An adopted lab's objects exist: it holds no secret.
+    assert await secret_env_in_sql(database, lab.id) is None
 
 
 # Concurrency: each contender has its own engine, so these are real separate
@@ -463,21 +469,6 @@ async def test_the_secret_environment_leaves_sql_on_every_path(
         if lab.state is S.CREATING:
             assert lab.secret_env == SECRET  # Still needed to write the Secret.
     assert lab.secret_env is None
-    assert await secret_env_in_sql(database, lab.id) is None
-
-
-async def test_an_adopted_lab_holds_no_secret(database: Database) -> None:
-    store = LabStore(database)
-    lab = await store.create_lab(
-        username="alice",
-        slug="alice",
-        namespace="labd-alice",
-        spec={},
-        actor=Actor.RECONCILER,
-        trigger=T.ADOPT,
-        changes={"pod_phase": "Running", "secret_env": SECRET},
-    )
-    assert lab.state is S.RUNNING
     assert await secret_env_in_sql(database, lab.id) is None
 
 

@@ -246,10 +246,15 @@ async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free local port; yield its base URL."""
+async def serve(app: Any, **settings: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free local port; yield its base URL.
+
+    ``settings`` are further `uvicorn.Config` arguments (``lifespan`` is on
+    unless they say otherwise).
+    """
+    settings.setdefault("lifespan", "on")
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, **settings)
     )
     task = asyncio.create_task(server.serve())
     try:

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -26,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from labd.api.connections import H11_BACKSTOP, bounded_protocol
 from labd.api.limits import MAX_HEADER_SIZE, HeaderSizeLimit, header_size
 from labd.config import HttpConfig
-from tests.api.conftest import HUB, Stack
+from tests.api.conftest import HUB, Stack, serve
 
 PROTOCOLS = {
     "h11": "uvicorn.protocols.http.h11_impl:H11Protocol",
@@ -70,28 +69,14 @@ async def bounded_server(
     app: Any, protocol: type[asyncio.Protocol], **http: Any
 ) -> AsyncIterator[tuple[str, int]]:
     """Serve ``app`` as ``labd serve`` does, with ``http`` settings; yield host and port."""
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            lifespan="off",
-            http=bounded_protocol(HttpConfig(**http), base=protocol),
-            h11_max_incomplete_event_size=H11_BACKSTOP,
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.01)
-        yield "127.0.0.1", server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+    async with serve(
+        app,
+        lifespan="off",
+        http=bounded_protocol(HttpConfig(**http), base=protocol),
+        h11_max_incomplete_event_size=H11_BACKSTOP,
+    ) as url:
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        yield host, int(port)
 
 
 async def _closed_by_server(reader: asyncio.StreamReader, *, within: float) -> bytes:
