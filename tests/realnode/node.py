@@ -520,6 +520,20 @@ disabled_plugins = [
         """IDs of the containers (and pod sandboxes) containerd runs now."""
         return self._ctr("tasks", "ls", "-q").stdout.split()
 
+    def forget_images(self) -> None:
+        """Remove every image but the pause image from containerd.
+
+        The next lab then pulls its image again: a cold spawn.  The CRI
+        plugin names each image three times (by tag, by digest and by its
+        config's ID); every name pointing at the same manifest goes, and
+        containerd's garbage collector drops the blobs and snapshots.
+        """
+        rows = [line.split() for line in self._ctr("images", "ls").stdout.splitlines()[1:]]
+        keep = {row[2] for row in rows if row and row[0] == PAUSE_IMAGE}
+        names = [row[0] for row in rows if row and row[2] not in keep]
+        if names:
+            self._ctr("images", "rm", "--sync", *names)
+
     def pod_addresses(self) -> list[str]:
         """Pod IPs the CNI plugin has handed out and not yet released."""
         network = self.workdir / "cni" / "ipam" / "labd-realnode"
