@@ -9,10 +9,13 @@ binaries or packages), every test is skipped with the reason.
 One node serves the session (`real_node`): ``scripts/realnode/build`` is run
 first (it exits at once when everything is built), then `Node` brings the
 control plane, containerd, kube-scheduler and the kubelet up in pytest's
-temporary directory (``realnode0/*.log`` to read after a failure).  One
-registry serves the session too (`lab_registry`), holding the lab image of
-``images/lab`` under its four tags.  labd itself is started per test, on
-each database, exactly as ``labd serve`` wires it, and served by uvicorn.
+temporary directory (``realnode0/*.log`` to read after a failure).  Two
+registries serve the session too, each holding the lab image of
+``images/lab`` under its four tags: an open one (`lab_registry`) and one
+behind htpasswd auth with a password made at start (`auth_registry`).
+labd itself is started per test (`labd_url`, or `labd_factory` for
+per-test settings), on each database, exactly as ``labd serve`` wires it,
+and served by uvicorn.
 """
 
 from __future__ import annotations

@@ -152,6 +152,14 @@ def _run(*argv: str | Path, check: bool = True) -> subprocess.CompletedProcess[s
     )
 
 
+def _exe(pid: int) -> str | None:
+    """The binary a process runs, or None once it is gone (or a zombie)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
 def _sysctl_path(name: str) -> Path:
     return Path("/proc/sys") / name.replace(".", "/")
 
@@ -176,6 +184,7 @@ class Node:
         """How long `start` took, until the Node was Ready."""
         self._state: dict[str, Any] = {"pids": {}, "host": {}}
         self._popens: list[subprocess.Popen[bytes]] = []
+        self._kubelet: subprocess.Popen[bytes] | None = None
 
     @property
     def containerd_socket(self) -> Path:
@@ -245,7 +254,7 @@ class Node:
 
     def _record(self, pids: dict[str, int]) -> None:
         for name, pid in pids.items():
-            self._state["pids"][name] = {"pid": pid, "exe": os.readlink(f"/proc/{pid}/exe")}
+            self._state["pids"][name] = {"pid": pid, "exe": _exe(pid)}
         self._save_state()
 
     def _create_bridge(self) -> None:
@@ -267,7 +276,7 @@ class Node:
             )
         # /proc/<pid>/exe shows the binary only once exec has happened.
         deadline = time.monotonic() + 5
-        while os.readlink(f"/proc/{popen.pid}/exe") != os.path.realpath(argv[0]):
+        while _exe(popen.pid) != os.path.realpath(argv[0]):
             if popen.poll() is not None or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
@@ -446,7 +455,6 @@ disabled_plugins = [
         )
         # Pods resolve nothing: their resolver is their own loopback.
         (base / "resolv.conf").write_text("nameserver 127.0.0.1\noptions ndots:1\n")
-        self.healthz_port = _free_port()
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -454,7 +462,7 @@ disabled_plugins = [
             "port": _free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": self.healthz_port,
+            "healthzPort": _free_port(),
             # Nobody may use the kubelet's API: no client is authenticated.
             "authentication": {
                 "anonymous": {"enabled": False},
@@ -512,6 +520,7 @@ disabled_plugins = [
                 c["type"] == "Ready" and c["status"] == "True" for c in conditions
             )
 
+        assert self._kubelet is not None
         self._wait("kubelet", self._kubelet, ready, within=120)
 
     # What runs -----------------------------------------------------------------
@@ -586,13 +595,13 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _stop_pid(name: str, pid: int, exe: str, *, within: float = 15.0) -> None:
+def _stop_pid(pid: int, exe: str, *, within: float = 15.0) -> None:
     """Stop one process group by its leader's PID, if that PID still runs ``exe``."""
+    if _exe(pid) != exe:
+        return
     try:
-        if os.readlink(f"/proc/{pid}/exe") != exe:
-            return
         os.killpg(pid, signal.SIGTERM)
-    except (FileNotFoundError, ProcessLookupError):
+    except ProcessLookupError:
         return
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -659,7 +668,7 @@ def teardown(workdir: Path) -> list[str]:
 
     def stop(name: str) -> None:
         if name in pids:
-            _stop_pid(name, pids[name]["pid"], pids[name]["exe"])
+            _stop_pid(pids[name]["pid"], pids[name]["exe"])
 
     stop("kubelet")
     stop("kube-scheduler")
@@ -676,7 +685,9 @@ def teardown(workdir: Path) -> list[str]:
             _run(*ctr, "containers", "delete", container, check=False)
     stop("containerd")
     for pid in _shims(socket_path):
-        _stop_pid("shim", pid, os.readlink(f"/proc/{pid}/exe"))
+        exe = _exe(pid)
+        if exe is not None:
+            _stop_pid(pid, exe)
     for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
         stop(name)
     for data in state.get("etcd_data", []):
