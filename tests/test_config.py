@@ -428,7 +428,7 @@ def test_duplicate_yaml_key(tmp_path: Path) -> None:
         (
             "lab: {internal_url_template: 'http://{host}:{port}'}",
             "lab.internal_url_template: unknown placeholder(s) {host} (allowed: {namespace}, "
-            "{port}, {service_prefix})",
+            "{port}, {service_prefix}, {pod_ip})",
         ),
         (
             "lab: {internal_url_template: 'http://lab.{namespace'}",

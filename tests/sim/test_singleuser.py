@@ -75,12 +75,12 @@ async def test_plain_env_and_the_longest_prefix_win(
     async with httpx.AsyncClient(base_url=sim.labs_url) as client:
 
         async def both_answer() -> bool:
-            return all(
-                [
-                    await _status(client, "/user/a/api") == 200,
-                    await _status(client, "/user/a/servers/b/api") == 200,
-                ]
-            )
+            # The outer lab answers under /user/a/servers/b/ too until the
+            # inner one runs: wait for the inner one's own answer.
+            if await _status(client, "/user/a/api") != 200:
+                return False
+            inner = await client.get("/user/a/servers/b/lab")
+            return inner.status_code == 200 and inner.json()["prefix"] == "/user/a/servers/b/"
 
         await eventually(both_answer)
         assert (await client.get("/user/a/servers/b/lab")).json()["prefix"] == (
