@@ -45,6 +45,7 @@ from tests.realk8s.controlplane import LABD_TOKEN
 from tests.realnode.node import Node, missing_requirements
 
 __all__ = [
+    "INTERNAL_URL",
     "AuthRegistry",
     "LabRegistry",
     "LabdFactory",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
+INTERNAL_URL: Final = "http://{pod_ip}:{port}{service_prefix}"
+"""labd's ``lab.internal_url_template`` here: there is no cluster DNS."""
 SWITCH: Final = "LABD_REALNODE"
 
 
@@ -157,7 +160,8 @@ def realnode_config(
             "recommended": "recommended",
         },
         "timeouts": {"spawn": 180, "delete": 120},
-        "lab": {"pod_delete_grace": 5},
+        # No cluster DNS here: the hub (the tests) reaches a lab at its pod IP.
+        "lab": {"pod_delete_grace": 5, "internal_url_template": INTERNAL_URL},
     }
     for key, value in overrides.items():
         current = settings.get(key)

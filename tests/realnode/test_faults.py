@@ -2,11 +2,12 @@
 
 Each lab is spawned through labd's REST API as in `test_lab`, fails in the
 container, and is then stopped by the hub's ``DELETE``; nothing of it may
-remain on the node.  Whether labd sees the pod Running before it fails
-depends on how fast the container dies (the kubelet may report Running
-first), so either path is accepted: the spawn fails (status ``failed``), or
-the lab starts and then exits (status ``terminated``, state ``exited``).
-Both record the container's reason.
+remain on the node.  The container lives long enough for the kubelet to
+report the pod Running, but JupyterLab never answers its readiness probe,
+so labd never calls the lab running: the spawn fails (event ``failed``,
+status ``failed``, trigger ``fail``) with the container's reason.  Before
+labd waited for Ready, the same labs were reported started and then
+``terminated``, which JupyterHub reads as a clean exit.
 """
 
 from __future__ import annotations
@@ -39,22 +40,23 @@ async def _spawn_and_fail(
         created = await client.post(f"/spawner/v1/labs/{USER}/create", json=body)
         assert created.status_code == 201, created.text
         events, _ = await read_events(labd_url, USER, within=180)
-        assert events[-1].type in ("complete", "failed"), events
+        assert events[-1].type == "failed", events
 
         status = ""
 
         def ended() -> bool:
             nonlocal status
             state = httpx.get(f"{labd_url}/spawner/v1/labs/{USER}", headers=HUB).json()
-            status = state["status"]
-            return status in ("failed", "terminated")
+            status = str(state["status"])
+            return status != "pending"
 
         await until(ended, within=60, what="the lab's failure")
+        assert status == "failed", status
         history: list[dict[str, Any]] = (
             await client.get(f"/spawner/v1/labs/{USER}/history")
         ).json()
-        failures = [e for e in history if e["trigger"] in ("fail", "pod_exited")]
-        assert len(failures) == 1, history
+        failures = [e for e in history if e["to"] == "failed"]
+        assert [e["trigger"] for e in failures] == ["fail"], history
         reason: str = failures[0]["reason"]
         print(f"\nreal node: spawn {events[-1].type}, status {status}: {reason}")
 

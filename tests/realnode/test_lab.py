@@ -7,11 +7,13 @@ No hub runs, so the lab gets no ``JUPYTERHUB_API_URL`` and the image's
 by the ``JUPYTER_TOKEN`` the test sends (``jupyterhub-singleuser`` would
 exit after failing to reach a hub API).
 
-There is no cluster DNS and no kube-proxy on the node, so the internal URL
-labd reports (``http://lab.<namespace>:8888/...``, its default template)
-does not resolve here: the test checks that URL's form, then reaches the
-same port and path at the pod's IP, which it first checks is one of this
-run's pod addresses (10.88.0.0/16): nothing else is ever contacted.
+There is no cluster DNS and no kube-proxy on the node, so labd names each
+lab by its pod IP (``lab.internal_url_template`` with ``{pod_ip}``), and
+the test reaches JupyterLab at exactly the internal URL labd reports, once
+it has checked that the address is one of this run's pods (10.88.0.0/16):
+nothing else is ever contacted.  labd says ``running`` only once the pod is
+Ready (its readiness probe GETs ``<prefix>api``), so the lab must answer at
+once.
 
 The timings (spawn request to ``running``, to the first HTTP 200, delete to
 namespace gone) are printed (``pytest -s``) and quoted in docs/real-node.md.
@@ -56,7 +58,6 @@ async def test_lab_runs_jupyterlab(
         assert any(m.startswith("Started container") for m in messages), messages
         state = (await client.get(f"/spawner/v1/labs/{USER}")).json()
         assert state["status"] == "running", state
-        assert state["internal_url"] == f"http://lab.{namespace}:{LAB_PORT}{PREFIX}"
 
         # Pulled by digest from the session's registry: the weekly, which
         # `recommended` aliases.
@@ -68,14 +69,17 @@ async def test_lab_runs_jupyterlab(
         assert image == f"{lab_registry.registry.image_base}:w_2026_47@{weekly}"
         container = pod["status"]["containerStatuses"][0]
         assert container["imageID"].endswith(weekly), container
-        assert "running" in container["state"], container
+        assert container["ready"], container
+        internal = state["internal_url"]
+        assert internal == pod_url(pod, PREFIX), state
+        assert internal.startswith(f"http://{pod['status']['podIP']}:{LAB_PORT}/")
 
-        # JupyterLab answers at the lab's port and prefix, and only with its token.
-        answered = await first_ok(pod_url(pod, f"{PREFIX}api"), within=60)
+        # JupyterLab answers at the internal URL at once, and only with its token.
+        answered = await first_ok(f"{internal}api", within=1)
         async with httpx.AsyncClient(timeout=10) as lab:
-            refused = await lab.get(pod_url(pod, f"{PREFIX}api/contents"))
+            refused = await lab.get(f"{internal}api/contents")
             assert refused.status_code == 403, "the lab must refuse requests without its token"
-            page = await lab.get(pod_url(pod, f"{PREFIX}lab"), params={"token": token})
+            page = await lab.get(f"{internal}lab", params={"token": token})
             assert page.status_code == 200
             assert "JupyterLab" in page.text
 
