@@ -1,6 +1,7 @@
 # The two set-up commands of the README:
 #   make dev    start labd on SQLite and the simulated cluster
-#   make test   run the whole test suite (starts PostgreSQL if it is down)
+#   make test   run the whole test suite (starts PostgreSQL if it is down; runs the
+#               real-node tier where the machine allows: LABD_REALNODE=0 skips it)
 # Both create .venv and install the project into it on first use.
 
 PYTHON ?= python3
@@ -26,7 +27,7 @@ test: $(STAMP)
 	./scripts/ensure-registry || echo "docker-registry unavailable: tests/images registry tests will be skipped"
 	./scripts/ensure-browser || echo "chromium or chromedriver unavailable: browser tests will be skipped"
 	./scripts/ensure-postgres
-	$(BIN)/pytest
+	LABD_REALNODE=$${LABD_REALNODE-1} $(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,8 +1,9 @@
 """Fixtures of the real-node tier: a real kubelet, the lab image, labd in front.
 
-The tier runs only with ``LABD_REALNODE=1`` in the environment, for now:
-it needs root and changes the host while it runs (a bridge, cgroups,
-sysctls, all restored at the end), and one node per machine.  Without the
+The tier runs only with ``LABD_REALNODE=1`` in the environment, which
+``make test`` sets unless told ``LABD_REALNODE=0``: it needs root and
+changes the host while it runs (a bridge, cgroups, sysctls, all restored
+at the end), and one node per machine.  Without the
 switch, or where the machine cannot run a node (no root, cgroups, overlayfs,
 binaries or packages), every test is skipped with the reason.
 
@@ -91,8 +92,8 @@ def real_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """The control plane, containerd, kube-scheduler and a kubelet, Ready."""
     if os.environ.get(SWITCH) != "1":
         pytest.skip(
-            f"set {SWITCH}=1 to run the real-node tier (needs root; brings a real kubelet up "
-            "on this machine and restores the host after it)"
+            f"set {SWITCH}=1 (as `make test` does) to run the real-node tier (needs root; "
+            "brings a real kubelet up on this machine and restores the host after it)"
         )
     if os.geteuid() != 0:
         pytest.skip("real-node tier: needs root (containerd, the kubelet, a bridge)")
