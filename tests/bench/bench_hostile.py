@@ -65,23 +65,19 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import yaml
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from labd.api import hash_token
 from labd.config import HttpConfig
-from labd.database import Database
-from labd.migrate import upgrade
+from tests.support.databases import scratch_database
 from tests.support.processes import Daemon, SimProcess, free_port
 
 TOKEN = "bench-hub-token"
@@ -102,55 +98,6 @@ RESERVED_FILES = 512
 
 
 # Databases ---------------------------------------------------------------------
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-async def _drop(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(_asyncpg_dsn(server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def throwaway_database(server_url: str | None, directory: Path) -> AsyncIterator[str]:
-    """Yield the URL of an empty database at the head revision; drop it afterwards.
-
-    Parameters
-    ----------
-    server_url
-        A PostgreSQL server (``postgresql+asyncpg://...``), whose database
-        is used only to create and drop ``labd_bench_hostile_<pid>``; or
-        `None` for a SQLite file in ``directory``.
-    directory
-        Where the SQLite file goes.
-    """
-    name: str | None = None
-    if server_url is None:
-        url = f"sqlite+aiosqlite:///{directory / 'labd.db'}"
-    else:
-        name = f"labd_bench_hostile_{os.getpid()}"
-        await _drop(server_url, name)
-        conn = await asyncpg.connect(_asyncpg_dsn(server_url))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        database = Database(url)
-        try:
-            await upgrade(database)
-        finally:
-            await database.dispose()
-        yield url
-    finally:
-        if server_url is not None and name is not None:
-            await _drop(server_url, name)
 
 
 # Processes ---------------------------------------------------------------------
@@ -494,7 +441,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         token_file = tmp / "tokens"
         token_file.write_text(f"{hash_token(TOKEN)} hub\n")
         sim = SimProcess(tmp / "kubeconfig", args=["--pod-start-delay", "3600"])
-        async with throwaway_database(args.database_url, tmp) as database_url:
+        async with (
+            scratch_database("sqlite", tmp, "labd_bench_hostile")
+            if args.database_url is None
+            else scratch_database(
+                "postgresql", tmp, "labd_bench_hostile", server_url=args.database_url
+            )
+        ) as database_url:
             url = write_settings(
                 tmp / "labd.yaml",
                 database_url=database_url,

@@ -24,8 +24,8 @@ def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _drop(name: str) -> None:
-    conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+async def _drop(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(server_url))
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -33,7 +33,9 @@ async def _drop(name: str) -> None:
 
 
 @asynccontextmanager
-async def scratch_database(backend: str, directory: Path, name: str) -> AsyncIterator[str]:
+async def scratch_database(
+    backend: str, directory: Path, name: str, *, server_url: str = POSTGRES_ADMIN_URL
+) -> AsyncIterator[str]:
     """Yield the URL of an empty database at head; drop it afterwards.
 
     Parameters
@@ -45,19 +47,22 @@ async def scratch_database(backend: str, directory: Path, name: str) -> AsyncIte
         Where a SQLite file goes.
     name
         Prefix of the PostgreSQL database's name.
+    server_url
+        The PostgreSQL server; its own database serves only to create and
+        drop the scratch one.
     """
     database_name: str | None = None
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{directory / 'labd.db'}"
     else:
         database_name = f"{name}_{os.getpid()}"
-        await _drop(database_name)
-        conn = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL))
+        await _drop(server_url, database_name)
+        conn = await asyncpg.connect(_asyncpg_dsn(server_url))
         try:
             await conn.execute(f'CREATE DATABASE "{database_name}"')
         finally:
             await conn.close()
-        url = make_url(POSTGRES_ADMIN_URL).set(database=database_name).render_as_string(False)
+        url = make_url(server_url).set(database=database_name).render_as_string(False)
     database = Database(url)
     try:
         await upgrade(database)
@@ -67,4 +72,4 @@ async def scratch_database(backend: str, directory: Path, name: str) -> AsyncIte
         yield url
     finally:
         if database_name is not None:
-            await _drop(database_name)
+            await _drop(server_url, database_name)
