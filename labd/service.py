@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 
-from labd.config import Config, SizeConfig
+from labd.config import Config, SizeConfig, UserConfig
 from labd.errors import (
     DeleteFailedError,
     InsufficientQuotaError,
@@ -319,7 +319,7 @@ class LabService:
         quota = (
             UserQuota.model_validate(quota_data)
             if quota_data
-            else self._identity(username, None)[1]
+            else _configured_quota(self._config.users.identity(username))
         )
         sizes = {name: size for name, size in self._config.sizes.items() if _fits(size, quota)}
         default = self._config.default_size if self._config.default_size in sizes else None
@@ -365,10 +365,7 @@ class LabService:
             "groups": groups,
         }
         quota = sent.quota if sent is not None else None
-        if quota is None:
-            assert configured.quota is not None  # `UsersConfig` fills the default's in.
-            quota = UserQuota.model_validate(configured.quota.model_dump())
-        return user, quota
+        return user, quota if quota is not None else _configured_quota(configured)
 
     def _lab_env(self, username: str, env: Mapping[str, str]) -> dict[str, str]:
         """Return the hub's variables that the lab gets.
@@ -539,6 +536,12 @@ def check_username(username: str) -> None:
 def _first(*values: _T | None) -> _T | None:
     """Return the first value that is not `None`."""
     return next((value for value in values if value is not None), None)
+
+
+def _configured_quota(configured: UserConfig) -> UserQuota:
+    """Return the quota of a configured user entry, as the API models it."""
+    assert configured.quota is not None  # `UsersConfig` fills the default's in.
+    return UserQuota.model_validate(configured.quota.model_dump())
 
 
 def _check_quota(name: str, size: SizeConfig, quota: UserQuota) -> None:
