@@ -35,7 +35,7 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from labd.api import Authenticator, create_app
+from labd.api import Authenticator, create_app, hash_token
 from labd.config import Config
 from labd.factory import Labd
 from tests.api.conftest import HUB_TOKEN, serve
@@ -44,15 +44,20 @@ from tests.images.registry import REGISTRY_BINARY, REPOSITORY, LocalRegistry
 from tests.realk8s.cluster import RBAC_FILE, resource_path
 from tests.realk8s.controlplane import LABD_TOKEN
 from tests.realnode.node import Node, missing_requirements
+from tests.support.processes import Daemon, free_port
 
 __all__ = [
     "INTERNAL_URL",
+    "POD_DELETE_GRACE",
     "AuthRegistry",
     "LabRegistry",
     "LabdFactory",
+    "LabdProcess",
+    "LabdProcessFactory",
     "auth_registry",
     "lab_registry",
     "labd_factory",
+    "labd_process_factory",
     "labd_url",
     "real_node",
     "realnode_config",
@@ -62,6 +67,8 @@ ROOT: Final = Path(__file__).resolve().parents[2]
 INTERNAL_URL: Final = "http://{pod_ip}:{port}{service_prefix}"
 """labd's ``lab.internal_url_template`` here: there is no cluster DNS."""
 SWITCH: Final = "LABD_REALNODE"
+POD_DELETE_GRACE: Final = 5
+"""labd's ``lab.pod_delete_grace`` here: seconds between the kubelet's SIGTERM and SIGKILL."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -162,7 +169,7 @@ def realnode_config(
         },
         "timeouts": {"spawn": 180, "delete": 120},
         # No cluster DNS here: the hub (the tests) reaches a lab at its pod IP.
-        "lab": {"pod_delete_grace": 5, "internal_url_template": INTERNAL_URL},
+        "lab": {"pod_delete_grace": POD_DELETE_GRACE, "internal_url_template": INTERNAL_URL},
     }
     for key, value in overrides.items():
         current = settings.get(key)
@@ -219,6 +226,67 @@ async def labd_url(request: pytest.FixtureRequest, labd_factory: LabdFactory) ->
     """labd on the real node; a test's ``@pytest.mark.labd(...)`` overrides its configuration."""
     marker = request.node.get_closest_marker("labd")
     return await labd_factory(**(marker.kwargs if marker is not None else {}))
+
+
+@dataclass(frozen=True)
+class LabdProcess:
+    """``labd serve`` as a daemon of its own, with a hub token of its own."""
+
+    url: str
+    token: str
+    """The hub token (its SHA-256 is in labd's token file)."""
+    daemon: Daemon
+    """The process: `Daemon.kill` and `Daemon.start` restart it on the same database."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+LabdProcessFactory = Callable[..., Awaitable[LabdProcess]]
+
+
+@pytest.fixture
+async def labd_process_factory(
+    database_url: str, real_node: Node, lab_registry: LabRegistry, tmp_path: Path
+) -> AsyncIterator[LabdProcessFactory]:
+    """Start ``labd serve`` on the real node as a process, for a hub or to be killed.
+
+    As `labd_factory`, with `realnode_config` overrides, but labd runs as the
+    operator runs it: its settings in a YAML file, its hub token in a token
+    file, its log (JSON) in ``labd.log`` of the test's directory.
+    """
+    kubeconfig = real_node.control_plane.write_kubeconfig(tmp_path / "kubeconfig", LABD_TOKEN)
+    daemons: list[Daemon] = []
+
+    async def start(**overrides: Any) -> LabdProcess:
+        token = secrets.token_hex(32)
+        tokens = tmp_path / "tokens"
+        tokens.write_text(f"{hash_token(token)} hub\n")
+        url = f"http://127.0.0.1:{free_port()}"
+        config = realnode_config(
+            database_url,
+            kubeconfig,
+            lab_registry.registry,
+            bind_address=url.removeprefix("http://"),
+            token_file=str(tokens),
+            log_format="json",
+            **overrides,
+        )
+        settings = tmp_path / "labd.yaml"
+        settings.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True)))
+        daemon = Daemon(settings, f"{url}/readyz", tmp_path / "labd.log", ready_timeout=60)
+        daemons.append(daemon)
+        await daemon.start()
+        return LabdProcess(url=url, token=token, daemon=daemon)
+
+    try:
+        yield start
+    finally:
+        for daemon in daemons:
+            if daemon.process is not None and daemon.process.returncode is None:
+                assert await daemon.terminate() == 0, daemon.log_tail()
+        await asyncio.to_thread(real_node.control_plane.remove_user_namespaces, within=120)
 
 
 @dataclass(frozen=True)

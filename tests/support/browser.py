@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from urllib.parse import urlsplit
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
@@ -60,6 +62,7 @@ __all__ = [
     "chromium",
     "missing_browser",
     "run_in_notebook",
+    "save_notebook",
 ]
 
 CHROMIUM: Final = Path("/usr/bin/chromium")
@@ -212,6 +215,32 @@ class HubBrowser:
 
         return self.wait(shown, what=f"progress events {list(messages)}")
 
+    def follow_progress(self, username: str) -> list[str]:
+        """Read the progress page until the hub sends the browser to the lab.
+
+        Returns every message the page showed, in order, across the page's
+        reloads: a step shown for a moment between two reads of
+        `wait_for_progress` is not lost.
+        """
+        seen: list[str] = []
+        prefix = f"/user/{username}/"
+
+        def at_lab() -> bool:
+            if self.path.startswith(prefix):
+                return True
+            try:
+                events = self.driver.find_elements(
+                    By.CSS_SELECTOR, "#progress-log .progress-log-event"
+                )
+                shown = [str(event.get_attribute("textContent")).strip() for event in events]
+            except StaleElementReferenceException:
+                return False  # The page is reloading: read it again.
+            seen.extend(message for message in shown[len(seen) :] if message)
+            return False
+
+        self.wait(at_lab, what=f"the browser at {prefix}")
+        return seen
+
     def wait_for_lab(self, username: str) -> str:
         """Wait for the hub to send the browser to the user's server; return the URL's path."""
         prefix = f"/user/{username}/"
@@ -282,36 +311,71 @@ def run_in_notebook(driver: WebDriver, code: str, *, timeout: float = 120.0) -> 
     """In JupyterLab 4, open a new notebook, run ``code`` in its first cell; return the output.
 
     Starts from any JupyterLab page that shows the launcher (a new lab
-    does). Waits for the kernel to be idle before typing, since keys sent
-    to a notebook whose kernel is still starting are queued unpredictably,
-    and returns the text of the cell's first output.
+    does). Waits for the status bar to show the kernel idle before typing,
+    and returns the text of the cell's first output. A cell run before the
+    notebook is attached to its kernel is not executed at all (its prompt
+    stays ``[ ]``), so a cell that shows neither output nor a busy prompt
+    after a while is run again, as a person would.
     """
+    panel = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
-    def step(check: Callable[[], T | None], what: str) -> T:
-        return wait_for(driver, check, what=what, timeout=timeout)
+    def step(check: Callable[[], T | None], what: str, *, within: float = timeout) -> T:
+        return wait_for(driver, check, what=what, timeout=within)
 
     def first(selector: str) -> WebElement | None:
         return next(iter(driver.find_elements(By.CSS_SELECTOR, selector)), None)
+
+    def kernel_idle() -> bool:
+        items = driver.find_elements(By.CSS_SELECTOR, ".jp-StatusBar-TextItem")
+        return any(str(item.text).endswith("| Idle") for item in items)
 
     step(
         lambda: first('.jp-LauncherCard[data-category="Notebook"]'),
         "JupyterLab's launcher with a notebook kernel",
     ).click()
-    step(
-        lambda: first('.jp-NotebookPanel:not(.lm-mod-hidden) [data-status="idle"]'),
-        "the new notebook's kernel idle",
-    )
-    editor = step(
-        lambda: first(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content"),
-        "the notebook's first cell",
-    )
+    step(lambda: first(f"{panel} .jp-Cell .cm-content") and kernel_idle(), "the kernel idle")
+    editor = step(lambda: first(f"{panel} .jp-Cell .cm-content"), "the notebook's first cell")
     editor.click()
     editor.send_keys(code)
-    editor.send_keys(Keys.SHIFT, Keys.ENTER)
-    output = step(
-        lambda: first(
-            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell:first-child .jp-OutputArea-output"
-        ),
-        f"the output of {code!r}",
-    )
-    return output.text.strip()
+    deadline = time.monotonic() + timeout
+    while True:
+        editor.send_keys(Keys.SHIFT, Keys.ENTER)
+        try:
+            output = step(
+                lambda: first(f"{panel} .jp-Cell:first-child .jp-OutputArea-output"),
+                f"the output of {code!r}",
+                within=max(1.0, min(20.0, deadline - time.monotonic())),
+            )
+        except AssertionError:
+            prompt = first(f"{panel} .jp-Cell:first-child .jp-InputPrompt")
+            busy = prompt is not None and "*" in str(prompt.text)
+            if time.monotonic() >= deadline:
+                raise
+            if busy:
+                output = step(
+                    lambda: first(f"{panel} .jp-Cell:first-child .jp-OutputArea-output"),
+                    f"the output of {code!r}",
+                    within=max(1.0, deadline - time.monotonic()),
+                )
+                return str(output.text).strip()
+            editor.click()  # Back in the first cell, to run it again.
+            continue
+        return str(output.text).strip()
+
+
+def save_notebook(driver: WebDriver, *, timeout: float = 60.0) -> None:
+    """Save the notebook shown in JupyterLab (Ctrl+S); wait until its tab is clean.
+
+    A person saves before leaving; an unsaved notebook also makes JupyterLab
+    ask "leave the page?" when the browser goes elsewhere. The first save of
+    a new notebook asks for a name: the proposed one is accepted.
+    """
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("s").key_up(Keys.CONTROL).perform()
+
+    def saved() -> bool:
+        for accept in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog button.jp-mod-accept"):
+            accept.click()
+            return False
+        return not driver.find_elements(By.CSS_SELECTOR, ".jp-mod-current.jp-mod-dirty")
+
+    wait_for(driver, saved, what="the notebook saved", timeout=timeout)
