@@ -8,10 +8,18 @@ so labd never calls the lab running: the spawn fails (event ``failed``,
 status ``failed``, trigger ``fail``) with the container's reason.  Before
 labd waited for Ready, the same labs were reported started and then
 ``terminated``, which JupyterHub reads as a clean exit.
+
+Two faults are of labd's surroundings rather than of the lab: labd killed
+with SIGKILL while the kubelet pulls the lab's image (labd runs as a
+process of its own here, ``labd serve``, and is started again on the same
+database), and a lab whose first process ignores SIGTERM, so only the
+kubelet's SIGKILL at the end of the grace period stops it.
 """
 
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
 import httpx
@@ -19,7 +27,8 @@ import pytest
 
 from labd.naming import lab_namespace
 from tests.api.conftest import HUB, read_events
-from tests.realnode.checks import nothing_left, until
+from tests.realnode.checks import first_ok, nothing_left, until
+from tests.realnode.conftest import POD_DELETE_GRACE, LabdProcessFactory
 from tests.realnode.node import Node
 
 USER = "alice"
@@ -86,3 +95,91 @@ async def test_lab_killed_for_memory(labd_url: str, real_node: Node) -> None:
     # JupyterLab needs about 100 MB to start: the kernel kills it at 40 MiB.
     reason = await _spawn_and_fail(labd_url, real_node, size="tiny")
     assert reason.startswith("Lab pod failed: OOMKilled"), reason
+
+
+def _pod_events(real_node: Node, namespace: str) -> list[dict[str, Any]]:
+    status, events = real_node.control_plane.request(
+        "GET", f"/api/v1/namespaces/{namespace}/events"
+    )
+    assert status == 200, events
+    items: list[dict[str, Any]] = events["items"]
+    return items
+
+
+async def test_labd_killed_while_the_image_pulls(
+    labd_process_factory: LabdProcessFactory, real_node: Node
+) -> None:
+    real_node.forget_images()
+    labd = await labd_process_factory()
+    slug, namespace = lab_namespace("labd", USER)
+    token = secrets.token_hex(16)
+    body = {
+        "options": {"image_class": "recommended", "size": ["small"]},
+        "env": {"JUPYTERHUB_SERVICE_PREFIX": PREFIX, "JUPYTER_TOKEN": token},
+    }
+    async with httpx.AsyncClient(base_url=labd.url, headers=labd.headers, timeout=60) as client:
+        created = await client.post(f"/spawner/v1/labs/{USER}/create", json=body)
+        assert created.status_code == 201, created.text
+        await until(
+            lambda: any(e["reason"] == "Pulling" for e in _pod_events(real_node, namespace)),
+            within=120,
+            what="the kubelet pulling the lab's image",
+        )
+        status, pod = real_node.control_plane.request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods/{slug}-nb"
+        )
+        assert status == 200, pod
+        await labd.daemon.kill()
+
+        # While labd is down the pull ends and the lab starts; the restarted
+        # labd takes the pod it made over, and the spawn ends as it would have.
+        await labd.daemon.start()
+        events, _ = await read_events(labd.url, USER, headers=labd.headers, within=180)
+        messages = [event.data.get("message", "") for event in events]
+        assert events[-1].type == "complete", messages
+        for step in ("Pulling image", "Successfully pulled image", "Started container"):
+            assert any(message.startswith(step) for message in messages), (step, messages)
+        state = (await client.get(f"/spawner/v1/labs/{USER}")).json()
+        assert state["status"] == "running", state
+        status, after = real_node.control_plane.request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods/{slug}-nb"
+        )
+        assert after["metadata"]["uid"] == pod["metadata"]["uid"], "the pod was made again"
+        await first_ok(f"{state['internal_url']}api", within=5)
+
+        history: list[dict[str, Any]] = (
+            await client.get(f"/spawner/v1/labs/{USER}/history")
+        ).json()
+        assert [entry["to"] for entry in reversed(history)][-1] == "running", history
+        assert not [entry for entry in history if entry["to"] == "failed"], history
+
+        deleted = await client.delete(f"/spawner/v1/labs/{USER}")
+        assert deleted.status_code == 204, deleted.text
+    await nothing_left(real_node, namespace)
+
+
+async def test_lab_that_ignores_sigterm(labd_url: str, real_node: Node) -> None:
+    _, namespace = lab_namespace("labd", USER)
+    body = {
+        "options": {"image_class": "recommended", "size": ["small"]},
+        "env": {"JUPYTERHUB_SERVICE_PREFIX": PREFIX, "LAB_IGNORE_SIGTERM": "1"},
+    }
+    async with httpx.AsyncClient(base_url=labd_url, headers=HUB, timeout=180) as client:
+        created = await client.post(f"/spawner/v1/labs/{USER}/create", json=body)
+        assert created.status_code == 201, created.text
+        events, _ = await read_events(labd_url, USER, within=180)
+        assert events[-1].type == "complete", events
+
+        deleting = time.monotonic()
+        deleted = await client.delete(f"/spawner/v1/labs/{USER}")
+        assert deleted.status_code == 204, deleted.text
+        gone = await nothing_left(real_node, namespace)
+        # Jupyter stops within a second of SIGTERM; this lab lives on until
+        # the kubelet kills it at the end of the grace period.
+        assert gone["containers"] - deleting >= POD_DELETE_GRACE, gone["containers"] - deleting
+
+        history: list[dict[str, Any]] = (
+            await client.get(f"/spawner/v1/labs/{USER}/history")
+        ).json()
+        assert history[0]["to"] == "deleted", history
+        assert not [entry for entry in history if entry["to"] == "failed"], history
