@@ -27,6 +27,7 @@ from starlette.types import ASGIApp
 from labd.sim.apiserver import ApiServer
 from labd.sim.control import control_routes
 from labd.sim.faults import Faults, Stats
+from labd.sim.images import NodeImages
 from labd.sim.kinds import resource_named
 from labd.sim.kubeconfig import write_kubeconfig
 from labd.sim.kubelet import Kubelet
@@ -115,6 +116,8 @@ class SimCluster:
         """Request counts by verb and resource."""
         self.rules = Rules(default=default_outcome)
         """The kubelet's outcome rules."""
+        self.images = NodeImages()
+        """The images the kubelet's node holds (each image it pulled)."""
         self.token: str | None = secrets.token_urlsafe(24) if token is None else token or None
         """The bearer token, or None when none is checked."""
         self.api = ApiServer(
@@ -219,6 +222,7 @@ class SimCluster:
             kubelet = Kubelet(
                 self.configuration(),
                 rules=self.rules,
+                images=self.images,
                 start_delay=self._pod_start_delay,
                 stop_delay=self._pod_stop_delay,
             )

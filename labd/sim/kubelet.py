@@ -15,6 +15,12 @@ deletes the pod with grace 0 and a UID precondition, so a pod recreated
 under the same name is never deleted by mistake. Without a kubelet, a bound
 pod that is deleted stays Terminating, as on a cluster whose node is gone.
 
+Images follow a real kubelet too: the node remembers the images it pulled
+(`labd.sim.images.NodeImages`) and each container's ``imagePullPolicy``
+decides whether to pull again (``Always``), to use the image on the node
+(``IfNotPresent``: ``Container image "..." already present on machine``) or
+to wait without pulling (``Never``: ``ErrImageNeverPull`` when absent).
+
 What happens to each pod is its `Outcome` (see `labd.sim.outcomes`).
 """
 
@@ -34,8 +40,9 @@ from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
+from labd.sim.images import NodeImages
 from labd.sim.outcomes import OUTCOME_ANNOTATION, Outcome, Rules
-from labd.sim.strategies import now
+from labd.sim.strategies import default_pull_policy, now
 from labd.tasks import cancel_and_wait, spawn
 
 __all__ = ["KUBELET_USER_AGENT", "Kubelet"]
@@ -68,6 +75,8 @@ class _PodWork:
     """The IP the pod got."""
     started: dict[str, str] = field(default_factory=dict)
     """Start time of the pod (``pod``) and of its containers (``running``)."""
+    image_ids: dict[str, str] = field(default_factory=dict)
+    """The image ID each started container runs, by container name."""
 
 
 def _unready(pod: Pod) -> str:
@@ -90,12 +99,6 @@ def _condition(kind: str, status: bool, reason: str = "", message: str = "") -> 
     return condition
 
 
-def _image_id(image: str) -> str:
-    digest = secrets.token_hex(32)
-    name = image.split("@")[0].rsplit(":", 1)[0] if ":" in image.rpartition("/")[2] else image
-    return f"{name}@sha256:{digest}"
-
-
 class Kubelet:
     """Drive the pods of one simulated node through the Kubernetes API.
 
@@ -105,6 +108,9 @@ class Kubelet:
         How to reach the API server (e.g. from the sim's kubeconfig).
     rules
         Outcome rules; their default applies when nothing else decides.
+    images
+        The images the node holds (empty by default); the kubelet adds each
+        image it pulls.
     node_name
         The Node this kubelet plays.
     start_delay
@@ -126,6 +132,7 @@ class Kubelet:
         configuration: Configuration,
         *,
         rules: Rules | None = None,
+        images: NodeImages | None = None,
         node_name: str = "sim-node",
         start_delay: float = 1.0,
         stop_delay: float = 0.0,
@@ -136,6 +143,8 @@ class Kubelet:
         self._configuration = configuration
         self.rules = rules or Rules()
         """The outcome rules consulted for new pods."""
+        self.images = NodeImages() if images is None else images
+        """The images the node holds."""
         self.node_name = node_name
         self._start_delay = start_delay
         self._stop_delay = stop_delay
@@ -458,7 +467,7 @@ class Kubelet:
         return {
             "name": container["name"],
             "image": container["image"],
-            "imageID": _image_id(container["image"]),
+            "imageID": work.image_ids.get(container["name"], ""),
             "containerID": f"containerd://{secrets.token_hex(32)}",
             "ready": ready,
             "restartCount": 0,
@@ -534,21 +543,21 @@ class Kubelet:
             )
         work.started["pod"] = now()
         await self._status(pod, self._waiting(pod, work, "ContainerCreating"))
-        for c in containers:
-            await self._event(pod, "Pulling", f'Pulling image "{c["image"]}"', container=c["name"])
+        pulls = await self._ensure_images(pod, work, outcome)
+        if pulls is None:
+            return
         await asyncio.sleep(self._start_delay)
         if outcome.kind == "pending":
-            await self._stay_pending(pod, work, outcome.reason)
+            await self._stay_pending(pod, work, outcome.reason, pulls)
             return
         work.pod_ip = self._next_ip()
         for c in containers:
-            took = f"{self._start_delay:.3f}s"
-            await self._event(
-                pod,
-                "Pulled",
-                f'Successfully pulled image "{c["image"]}" in {took} ({took} including waiting)',
-                container=c["name"],
-            )
+            if c["name"] in pulls:
+                work.image_ids[c["name"]] = self.images.add(c["image"])
+                took = f"{self._start_delay:.3f}s"
+                pulled = f'Successfully pulled image "{c["image"]}" in {took}'
+                pulled += f" ({took} including waiting)"
+                await self._event(pod, "Pulled", pulled, container=c["name"])
             await self._event(
                 pod, "Created", f"Created container {c['name']}", container=c["name"]
             )
@@ -580,14 +589,59 @@ class Kubelet:
         else:
             await self._delete(pod)
 
-    async def _stay_pending(self, pod: Pod, work: _PodWork, reason: str) -> None:
+    async def _ensure_images(self, pod: Pod, work: _PodWork, outcome: Outcome) -> set[str] | None:
+        """Decide, container by container, whether to pull, as a real kubelet does.
+
+        ``Always`` pulls; ``IfNotPresent`` pulls an image the node lacks and
+        otherwise reports it ``already present on machine``; ``Never`` never
+        pulls, and an image the node lacks leaves the pod waiting with
+        ``ErrImageNeverPull``. A pull-failure outcome (``pending:ErrImagePull``,
+        ``pending:ImagePullBackOff``) stands for an image the registry does not
+        have, so for that pod the node does not hold it either: the kubelet
+        pulls it (unless ``Never``) and fails; the node's images are unchanged.
+
+        Returns
+        -------
+        set of str or None
+            The names of the containers whose image is being pulled; None when
+            a container cannot get its image (the pod was left waiting).
+        """
+        pulls: set[str] = set()
+        absent: list[str] = []
+        pull_fails = outcome.kind == "pending" and outcome.reason in _IMAGE_REASONS
+        for c in pod["spec"]["containers"]:
+            image, cname = c["image"], c["name"]
+            present = not pull_fails and image in self.images
+            policy = c.get("imagePullPolicy") or default_pull_policy(image)
+            if policy == "Always" or (policy == "IfNotPresent" and not present):
+                pulls.add(cname)
+                await self._event(pod, "Pulling", f'Pulling image "{image}"', container=cname)
+            elif present:
+                work.image_ids[cname] = self.images.image_id(image)
+                message = f'Container image "{image}" already present on machine'
+                await self._event(pod, "Pulled", message, container=cname)
+            else:
+                message = f'Container image "{image}" is not present with pull policy of Never'
+                absent.append(message)
+                await self._event(pod, "ErrImageNeverPull", message, warning=True, container=cname)
+                await self._event(
+                    pod, "Failed", "Error: ErrImageNeverPull", warning=True, container=cname
+                )
+        if absent:
+            await self._status(pod, self._waiting(pod, work, "ErrImageNeverPull", absent[0]))
+            return None
+        return pulls
+
+    async def _stay_pending(self, pod: Pod, work: _PodWork, reason: str, pulls: set[str]) -> None:
         if reason not in _IMAGE_REASONS:
             # Event first, as on every other path: once the status shows the
             # reason, its Event is there to read.
             await self._event(pod, reason, f"Pod is waiting: {reason}", warning=True)
             await self._status(pod, self._waiting(pod, work, reason))
             return
-        for c in pod["spec"]["containers"]:
+        # Only the images being pulled fail (`_ensure_images` made sure there is one).
+        failing = [c for c in pod["spec"]["containers"] if c["name"] in pulls]
+        for c in failing:
             image, cname = c["image"], c["name"]
             await self._event(
                 pod,
@@ -598,11 +652,11 @@ class Kubelet:
                 container=cname,
             )
             await self._event(pod, "Failed", "Error: ErrImagePull", warning=True, container=cname)
-        first = pod["spec"]["containers"][0]["image"]
+        first = failing[0]["image"]
         pull_message = f'rpc error: code = NotFound desc = failed to pull image "{first}"'
         await self._status(pod, self._waiting(pod, work, "ErrImagePull", pull_message))
         if reason == "ImagePullBackOff":
-            for c in pod["spec"]["containers"]:
+            for c in failing:
                 image, cname = c["image"], c["name"]
                 await self._event(
                     pod, "BackOff", f'Back-off pulling image "{image}"', container=cname

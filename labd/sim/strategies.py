@@ -21,7 +21,7 @@ from typing import Any
 from labd.sim.errors import ApiError, invalid
 from labd.sim.kinds import Resource
 
-__all__ = ["now", "prepare_create", "prepare_update", "validate"]
+__all__ = ["default_pull_policy", "now", "prepare_create", "prepare_update", "validate"]
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -145,11 +145,17 @@ def validate(resource: Resource, obj: dict[str, Any]) -> None:
         _check_pod(name, obj)
 
 
-def _image_pull_policy(image: str) -> str:
-    tag = image.rpartition("/")[2]
-    if "@" in tag:
-        return "IfNotPresent"
-    return "Always" if ":" not in tag or tag.endswith(":latest") else "IfNotPresent"
+def default_pull_policy(image: str) -> str:
+    """The ``imagePullPolicy`` Kubernetes gives a container that sets none.
+
+    ``Always`` when the image's tag is ``latest``, written or implied (no tag
+    and no digest), else ``IfNotPresent`` (a digest without a tag included).
+    """
+    name, at, _ = image.partition("@")
+    _, colon, tag = name.rpartition("/")[2].partition(":")
+    if not colon and not at:
+        tag = "latest"
+    return "Always" if tag == "latest" else "IfNotPresent"
 
 
 def _default_pod(obj: dict[str, Any]) -> None:
@@ -164,7 +170,7 @@ def _default_pod(obj: dict[str, Any]) -> None:
     spec.setdefault("enableServiceLinks", True)
     spec.setdefault("priority", 0)
     for container in spec.get("containers", []):
-        container.setdefault("imagePullPolicy", _image_pull_policy(str(container.get("image"))))
+        container.setdefault("imagePullPolicy", default_pull_policy(str(container.get("image"))))
         container.setdefault("terminationMessagePath", "/dev/termination-log")
         container.setdefault("terminationMessagePolicy", "File")
         container.setdefault("resources", {})

@@ -206,8 +206,11 @@ async def test_event_watch_reports_a_new_pod_from_now_on(
     assert {(e.namespace, e.pod_name, e.type) for e in seen} == {
         ("labd-alice", "alice-nb", "Normal")
     }
-    assert [e.reason for e in seen] == ["Scheduled", "Pulling", "Pulled", "Created", "Started"]
+    # bob's pod pulled the image (pull policy IfNotPresent): alice's finds it on the node.
+    assert [e.reason for e in seen] == ["Scheduled", "Pulled", "Created", "Started"]
     assert "alice-nb" in seen[0].message
+    image = lab_build("alice").image
+    assert seen[1].message == f'Container image "{image}" already present on machine'
 
 
 async def test_event_watch_reports_warnings_and_survives_410(

@@ -8,7 +8,8 @@ genuine kube-apiserver, so the same test functions run on both.
 
 The kubelet is the sim's KWOK-style `Kubelet`, an ordinary API client with
 admin credentials.  It lives for the whole session in a thread with its own
-event loop, because each test runs in an event loop of its own.
+event loop, because each test runs in an event loop of its own; its node's
+images (``images``, like `SimCluster.images`) are forgotten after each test.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import yaml
 from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import load_kube_config
 
-from labd.sim import Kubelet, Rules
+from labd.sim import Kubelet, NodeImages, Rules
 from tests.realk8s.controlplane import ADMIN_TOKEN, LABD_TOKEN, ControlPlane
 
 __all__ = ["RBAC_FILE", "RealCluster"]
@@ -53,9 +54,10 @@ def resource_path(resource: str, namespace: str | None = None, name: str | None 
 class _KubeletThread:
     """The sim's kubelet, run in a thread with its own event loop."""
 
-    def __init__(self, kubeconfig: Path, rules: Rules) -> None:
+    def __init__(self, kubeconfig: Path, rules: Rules, images: NodeImages) -> None:
         self._kubeconfig = kubeconfig
         self._rules = rules
+        self._images = images
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -84,7 +86,13 @@ class _KubeletThread:
             await load_kube_config(
                 config_file=str(self._kubeconfig), client_configuration=configuration
             )
-            kubelet = Kubelet(configuration, rules=self._rules, start_delay=0.05, stop_delay=0.0)
+            kubelet = Kubelet(
+                configuration,
+                rules=self._rules,
+                images=self._images,
+                start_delay=0.05,
+                stop_delay=0.0,
+            )
             self._loop = asyncio.get_running_loop()
             self._task = asyncio.ensure_future(kubelet.run())
         except BaseException as error:
@@ -106,10 +114,12 @@ class RealCluster:
         self.control_plane = control_plane
         self.rules = Rules()
         """The kubelet's pod outcome rules (cleared after each test)."""
+        self.images = NodeImages()
+        """The images the kubelet's node holds (forgotten after each test)."""
         self.admin_kubeconfig = control_plane.write_kubeconfig(
             control_plane.workdir / "admin.kubeconfig", ADMIN_TOKEN
         )
-        self._kubelet = _KubeletThread(self.admin_kubeconfig, self.rules)
+        self._kubelet = _KubeletThread(self.admin_kubeconfig, self.rules, self.images)
 
     def start(self) -> None:
         """Grant labd its rights (``deploy/rbac.yaml``) and start the kubelet."""
@@ -152,6 +162,11 @@ class RealCluster:
         assert status in (200, 201), body
 
     def reset(self) -> None:
-        """Forget the test's rules and delete the namespaces it made."""
+        """Forget the test's rules and images, delete the namespaces it made.
+
+        The next test starts on an empty node, as each test of tests/sim
+        starts on a `SimCluster` of its own: a pull it expects is a pull.
+        """
         self.rules.clear()
+        self.images.forget()
         self.control_plane.remove_user_namespaces()

@@ -111,6 +111,143 @@ async def test_image_pull_back_off(core: CoreV1Api, namespace: str) -> None:
     assert "Error: ImagePullBackOff" in messages
 
 
+def _pulls(events: list[Any]) -> list[tuple[str, str]]:
+    """The image events of a pod: (reason, message) of its Pulling and Pulled events."""
+    return [(e.reason, e.message) for e in events if e.reason in ("Pulling", "Pulled")]
+
+
+async def test_an_image_on_the_node_is_not_pulled_again(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("first"))
+    first = await _wait_phase(core, namespace, "first", "Running")
+    (pulling, pulled) = _pulls(await _events(core, namespace, "first"))
+    assert pulling == ("Pulling", 'Pulling image "jupyter/lab:4.1"')
+    assert pulled[0] == "Pulled"
+    assert pulled[1].startswith('Successfully pulled image "jupyter/lab:4.1" in ')
+
+    created = await core.create_namespaced_pod(namespace, pod("second"))
+    assert created.spec.containers[0].image_pull_policy == "IfNotPresent"
+    second = await _wait_phase(core, namespace, "second", "Running")
+    events = await _events(core, namespace, "second")
+    assert [e.reason for e in events] == ["Scheduled", "Pulled", "Created", "Started"]
+    assert (events[1].type, events[1].message) == (
+        "Normal",
+        'Container image "jupyter/lab:4.1" already present on machine',
+    )
+    assert events[1].involved_object.field_path == "spec.containers{notebook}"
+    # Both run the one image the node holds.
+    image_id = first.status.container_statuses[0].image_id
+    assert image_id.startswith("docker.io/jupyter/lab@sha256:")
+    assert second.status.container_statuses[0].image_id == image_id
+
+
+@pytest.mark.parametrize(
+    ("image", "pull_policy"),
+    [("jupyter/lab:4.1", "Always"), ("jupyter/lab:latest", None), ("jupyter/lab", None)],
+)
+async def test_always_pulls_every_time(
+    core: CoreV1Api, namespace: str, image: str, pull_policy: str | None
+) -> None:
+    # Without a policy, Kubernetes makes it Always for `latest`, written or implied.
+    for name in ("first", "second"):
+        created = await core.create_namespaced_pod(
+            namespace, pod(name, image=image, pull_policy=pull_policy)
+        )
+        assert created.spec.containers[0].image_pull_policy == "Always"
+        await _wait_phase(core, namespace, name, "Running")
+        (pulling, pulled) = _pulls(await _events(core, namespace, name))
+        assert pulling == ("Pulling", f'Pulling image "{image}"')
+        assert pulled[1].startswith(f'Successfully pulled image "{image}" in ')
+
+
+async def test_never_without_the_image_waits_with_err_image_never_pull(
+    core: CoreV1Api, namespace: str
+) -> None:
+    await core.create_namespaced_pod(namespace, pod("nb", pull_policy="Never"))
+    message = 'Container image "jupyter/lab:4.1" is not present with pull policy of Never'
+
+    async def waiting() -> bool:
+        current = await core.read_namespaced_pod("nb", namespace)
+        statuses = current.status.container_statuses or []
+        return bool(statuses) and statuses[0].state.waiting.reason == "ErrImageNeverPull"
+
+    await eventually(waiting)
+    current = await core.read_namespaced_pod("nb", namespace)
+    assert current.status.phase == "Pending"
+    assert current.status.container_statuses[0].state.waiting.message == message
+    events = await _events(core, namespace, "nb")
+    assert [(e.reason, e.type, e.message) for e in events[1:]] == [
+        ("ErrImageNeverPull", "Warning", message),
+        ("Failed", "Warning", "Error: ErrImageNeverPull"),
+    ]
+
+
+async def test_never_runs_an_image_the_node_holds(core: CoreV1Api, namespace: str) -> None:
+    await core.create_namespaced_pod(namespace, pod("first"))
+    await _wait_phase(core, namespace, "first", "Running")
+    await core.create_namespaced_pod(namespace, pod("second", pull_policy="Never"))
+    await _wait_phase(core, namespace, "second", "Running")
+    assert _pulls(await _events(core, namespace, "second")) == [
+        ("Pulled", 'Container image "jupyter/lab:4.1" already present on machine')
+    ]
+
+
+async def test_a_failing_pull_is_a_pull_even_of_an_image_the_node_holds(
+    core: CoreV1Api, namespace: str
+) -> None:
+    # The outcome stands for a registry without the image: that pod pulls and
+    # fails; the node keeps what it holds.
+    await core.create_namespaced_pod(namespace, pod("first"))
+    await _wait_phase(core, namespace, "first", "Running")
+    await core.create_namespaced_pod(namespace, pod("failing", outcome="pending:ErrImagePull"))
+
+    async def failed() -> bool:
+        reasons = [e.reason for e in await _events(core, namespace, "failing")]
+        return "Failed" in reasons
+
+    await eventually(failed)
+    assert [e.reason for e in await _events(core, namespace, "failing")][:2] == [
+        "Scheduled",
+        "Pulling",
+    ]
+    await core.create_namespaced_pod(namespace, pod("third"))
+    await _wait_phase(core, namespace, "third", "Running")
+    assert [reason for reason, _ in _pulls(await _events(core, namespace, "third"))] == ["Pulled"]
+
+
+async def test_an_image_by_digest_is_the_image_of_that_digest(
+    core: CoreV1Api, namespace: str
+) -> None:
+    digest = "sha256:" + "ab" * 32
+    image = f"jupyter/lab@{digest}"
+    created = await core.create_namespaced_pod(namespace, pod("first", image=image))
+    assert created.spec.containers[0].image_pull_policy == "IfNotPresent"
+    first = await _wait_phase(core, namespace, "first", "Running")
+    assert first.status.container_statuses[0].image_id == f"docker.io/jupyter/lab@{digest}"
+    # The same image under its full name is on the node already.
+    await core.create_namespaced_pod(namespace, pod("second", image=f"docker.io/{image}"))
+    await _wait_phase(core, namespace, "second", "Running")
+    assert _pulls(await _events(core, namespace, "second")) == [
+        ("Pulled", f'Container image "docker.io/{image}" already present on machine')
+    ]
+
+
+async def test_a_forgotten_image_is_pulled_again(
+    sim: SimCluster, core: CoreV1Api, namespace: str
+) -> None:
+    await core.create_namespaced_pod(namespace, pod("first"))
+    await _wait_phase(core, namespace, "first", "Running")
+    assert list(sim.images) == ["docker.io/jupyter/lab:4.1"]
+    sim.images.forget("jupyter/lab:4.1")  # as `crictl rmi` on a real node
+    assert "jupyter/lab:4.1" not in sim.images
+    await core.create_namespaced_pod(namespace, pod("second"))
+    await _wait_phase(core, namespace, "second", "Running")
+    assert [reason for reason, _ in _pulls(await _events(core, namespace, "second"))] == [
+        "Pulling",
+        "Pulled",
+    ]
+    assert "docker.io/jupyter/lab:4.1" in sim.images
+
+
 async def test_unschedulable(core: CoreV1Api, namespace: str) -> None:
     await core.create_namespaced_pod(namespace, pod("nb", outcome="pending:Unschedulable"))
 

@@ -25,15 +25,26 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-def pod(name: str, *, outcome: str | None = None, **labels: str) -> Any:
-    """Return a minimal pod manifest with one ``notebook`` container."""
+def pod(
+    name: str,
+    *,
+    outcome: str | None = None,
+    image: str = "jupyter/lab:4.1",
+    pull_policy: str | None = None,
+    **labels: str,
+) -> Any:
+    """Return a minimal pod manifest with one ``notebook`` container.
+
+    Without ``pull_policy`` the API server gives the container its default
+    ``imagePullPolicy`` (``IfNotPresent`` for ``jupyter/lab:4.1``).
+    """
     metadata: dict[str, Any] = {"name": name, "labels": labels}
     if outcome is not None:
         metadata["annotations"] = {"sim.labd.io/outcome": outcome}
-    return {
-        "metadata": metadata,
-        "spec": {"containers": [{"name": "notebook", "image": "jupyter/lab:4.1"}]},
-    }
+    container: dict[str, Any] = {"name": "notebook", "image": image}
+    if pull_policy is not None:
+        container["imagePullPolicy"] = pull_policy
+    return {"metadata": metadata, "spec": {"containers": [container]}}
 
 
 def status_of(error: ApiException) -> dict[str, Any]:
