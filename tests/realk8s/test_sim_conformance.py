@@ -2,7 +2,8 @@
 
 The tests of tests/sim that check Kubernetes semantics (CRUD, validation,
 patches, deletion, selectors, watches, namespace termination, the kubelet's
-pod outcomes on a real API server) are imported here and run unchanged
+pod outcomes and image pulls on a real API server, whose defaulting of
+``imagePullPolicy`` they rely on) are imported here and run unchanged
 against kube-apiserver v1.20.2 with the admin token.  Passing here is what
 makes the sim's claims true; a claim the real server disagrees with is
 fixed in the sim or listed in docs/sim.md under "What real Kubernetes does
@@ -64,10 +65,17 @@ from tests.sim.test_crud import (
     test_unchanged_write_keeps_the_version,
 )
 from tests.sim.test_kubelet import (
+    test_a_failing_pull_is_a_pull_even_of_an_image_the_node_holds,
+    test_a_forgotten_image_is_pulled_again,
+    test_always_pulls_every_time,
+    test_an_image_by_digest_is_the_image_of_that_digest,
+    test_an_image_on_the_node_is_not_pulled_again,
     test_an_invalid_annotation_falls_back_to_the_rules,
     test_crash,
     test_exit_succeeds_after_running,
     test_image_pull_back_off,
+    test_never_runs_an_image_the_node_holds,
+    test_never_without_the_image_waits_with_err_image_never_pull,
     test_pending_with_another_reason,
     test_pod_runs_with_realistic_status_and_events,
     test_rules_beat_the_default_and_the_annotation_beats_rules,
@@ -95,6 +103,11 @@ from tests.sim.waiting import eventually
 
 __all__ = [
     "labelled",
+    "test_a_failing_pull_is_a_pull_even_of_an_image_the_node_holds",
+    "test_a_forgotten_image_is_pulled_again",
+    "test_always_pulls_every_time",
+    "test_an_image_by_digest_is_the_image_of_that_digest",
+    "test_an_image_on_the_node_is_not_pulled_again",
     "test_an_invalid_annotation_falls_back_to_the_rules",
     "test_crash",
     "test_create_twice_is_already_exists",
@@ -114,6 +127,8 @@ __all__ = [
     "test_malformed_label_selector_is_a_bad_request",
     "test_merge_patch",
     "test_namespaced_create_needs_the_namespace",
+    "test_never_runs_an_image_the_node_holds",
+    "test_never_without_the_image_waits_with_err_image_never_pull",
     "test_other_kinds_round_trip",
     "test_patch_with_a_stale_version_conflicts",
     "test_pending_with_another_reason",
