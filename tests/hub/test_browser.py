@@ -68,6 +68,8 @@ def test_a_person_starts_a_lab_from_labds_form_and_stops_it(
     browser.screenshot("browser-form")
 
     browser.start()
+    # The first pod of IMAGE on this module's sim node, so the kubelet pulls it
+    # (a second would read `Container image "..." already present on machine`).
     progress = browser.wait_for_progress(
         "Starting lab creation for carol",
         "Created Kubernetes objects for user lab",
