@@ -16,9 +16,7 @@ otherwise it saves nothing.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,7 +28,7 @@ pytest.importorskip("selenium", reason="Selenium is not installed: pip install -
 from selenium.webdriver.common.by import By
 
 from tests.hub.conftest import Hub, LabdDev, wait_until
-from tests.support.browser import HubBrowser, chromium, missing_browser
+from tests.support.browser import HubBrowser, hub_browser, missing_browser
 
 MISSING = missing_browser()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
@@ -41,13 +39,8 @@ IMAGE = "ghcr.io/labd/sciplat-lab:w_2026_46"
 
 @pytest.fixture
 def browser(hub: Hub) -> Iterator[HubBrowser]:
-    screenshots = os.environ.get("LABD_SCREENSHOTS")
-    with chromium() as driver:
-        yield HubBrowser(
-            driver=driver,
-            hub_url=hub.url,
-            screenshots=Path(screenshots) if screenshots else None,
-        )
+    with hub_browser(hub.url) as person:
+        yield person
 
 
 def test_a_person_starts_a_lab_from_labds_form_and_stops_it(

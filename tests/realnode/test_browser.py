@@ -20,7 +20,6 @@ the home page after the stop.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from tests.realnode.conftest import LabdProcess, LabdProcessFactory, LabRegistry
 from tests.realnode.node import BRIDGE_IP, POD_SUBNET, Node
 from tests.support.browser import (
     HubBrowser,
-    chromium,
+    hub_browser,
     missing_browser,
     run_in_notebook,
     save_notebook,
@@ -81,14 +80,8 @@ c.Spawner.http_timeout = 60
 
 @pytest.fixture
 def browser(hub: Hub) -> Iterator[HubBrowser]:
-    screenshots = os.environ.get("LABD_SCREENSHOTS")
-    with chromium() as driver:
-        yield HubBrowser(
-            driver=driver,
-            hub_url=hub.url,
-            screenshots=Path(screenshots) if screenshots else None,
-            timeout=180,
-        )
+    with hub_browser(hub.url, timeout=180) as person:
+        yield person
 
 
 async def test_a_person_runs_a_notebook_in_a_lab_on_the_real_node(

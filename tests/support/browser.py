@@ -32,6 +32,7 @@ The whole path, as a test writes it::
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -60,6 +61,7 @@ __all__ = [
     "HubBrowser",
     "Progress",
     "chromium",
+    "hub_browser",
     "missing_browser",
     "run_in_notebook",
     "save_notebook",
@@ -281,6 +283,24 @@ class HubBrowser:
     def wait(self, check: Callable[[], T | None], *, what: str) -> T:
         """Poll ``check`` until it returns something true; fail after `timeout` seconds."""
         return wait_for(self.driver, check, what=what, timeout=self.timeout)
+
+
+@contextmanager
+def hub_browser(hub_url: str, *, timeout: float = 60.0) -> Iterator[HubBrowser]:
+    """A person's browser on a hub, saving screenshots where ``LABD_SCREENSHOTS`` says.
+
+    With ``LABD_SCREENSHOTS=<directory>`` `HubBrowser.screenshot` saves PNG
+    files there (the docs' pictures come from ``LABD_SCREENSHOTS=docs/images``);
+    otherwise it saves nothing.
+    """
+    screenshots = os.environ.get("LABD_SCREENSHOTS")
+    with chromium() as driver:
+        yield HubBrowser(
+            driver=driver,
+            hub_url=hub_url,
+            screenshots=Path(screenshots) if screenshots else None,
+            timeout=timeout,
+        )
 
 
 def wait_for(driver: WebDriver, check: Callable[[], T | None], *, what: str, timeout: float) -> T:
