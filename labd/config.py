@@ -1190,7 +1190,8 @@ class LabConfig(_Model):
         default=5,
         ge=0,
         le=MAX_DURATION,
-        description="Grace period in seconds when deleting a lab pod.",
+        description="Grace period in seconds when deleting a lab pod; the lab's namespace "
+        "is deleted once the pod is gone (or 60 s past this period).",
     )
     resource_quota: bool = Field(
         default=False,

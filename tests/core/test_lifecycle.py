@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from labd.factory import Labd
 from labd.machine import LabState
 from labd.sim import SimCluster
 from labd.store import Actor, EventRecord, EventType, LabRecord
-from tests.core.conftest import LabdFactory, spec
+from tests.core.conftest import LabdFactory, make_config, spec
 
 OBJECT_KINDS = ["configmaps", "secrets", "networkpolicies", "services", "pods"]
 
@@ -111,6 +112,44 @@ async def test_delete_to_gone(labd: Labd, sim: SimCluster) -> None:
         ("info", 100, "Lab for bob deleted"),
     ]
     assert events[-1].terminal
+
+
+async def test_the_namespace_is_deleted_only_once_the_pod_is_gone(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A namespace deleted while its pod terminates makes a real namespace
+    # controller fail and back off (docs/real-node.md): labd waits. Here the
+    # lab takes a second to stop after its SIGTERM.
+    async with SimCluster(pod_start_delay=0.05, pod_stop_delay=1.0, seed=7) as sim:
+        config = make_config(
+            database_url,
+            sim.write_kubeconfig(tmp_path / "kubeconfig"),
+            lab={"pod_delete_grace": 2},
+        )
+        labd = await Labd.create(config)
+        await labd.start()
+        try:
+            await labd.service.create("bob", spec(), actor=Actor.HUB)
+            await wait_state(labd, "bob", LabState.RUNNING)
+            deleting = asyncio.create_task(labd.service.delete("bob", actor=Actor.HUB))
+            terminating_pods = overlaps = 0
+            while not deleting.done():
+                pods = sim.objects("pods", "labd-bob")
+                namespace = [
+                    ns for ns in sim.objects("namespaces") if ns["metadata"]["name"] == "labd-bob"
+                ]
+                terminating_pods += bool(pods and pods[0]["metadata"].get("deletionTimestamp"))
+                overlaps += bool(
+                    pods and namespace and namespace[0]["metadata"].get("deletionTimestamp")
+                )
+                await asyncio.sleep(0.02)
+            await deleting
+            assert terminating_pods > 10, "the pod did not take its time to stop"
+            assert not overlaps, "the namespace was deleted while its pod still terminated"
+            history = await labd.store.history("bob")
+            assert [entry.to_state for entry in history][:2] == ["deleted", "deleting"]
+        finally:
+            await labd.stop()
 
 
 async def test_concurrent_deletes_share_one_operation(labd: Labd) -> None:
