@@ -233,7 +233,6 @@ class _Group:
     """The alerts of one kind that arrived since its window opened."""
 
     window: float
-    opened: datetime
     count: int = 0
     first_at: datetime | None = None
     last_at: datetime | None = None
@@ -336,7 +335,7 @@ class AlertGrouper:
         if group is not None:
             group.add(alert)
             return None, None
-        self._groups[alert.kind] = _Group(window=self._window, opened=alert.at)
+        self._groups[alert.kind] = _Group(window=self._window)
         notice = Notice(
             kind=alert.kind,
             message=alert.message,
@@ -349,7 +348,7 @@ class AlertGrouper:
         )
         return notice, self._window
 
-    def close(self, kind: AlertKind, now: datetime) -> tuple[Notice | None, float | None]:
+    def close(self, kind: AlertKind) -> tuple[Notice | None, float | None]:
         """End the window of ``kind``.
 
         Returns
@@ -363,7 +362,7 @@ class AlertGrouper:
         if group is None or group.count == 0:
             return None, None
         window = min(group.window * 2, self._max_window)
-        self._groups[kind] = _Group(window=window, opened=now)
+        self._groups[kind] = _Group(window=window)
         return group.summary(kind), window
 
 
@@ -738,7 +737,7 @@ class Alerts:
             timer.cancel()
         self._timers.clear()
         for kind in self._grouper.open_kinds:
-            notice, _ = self._grouper.close(kind, _now())
+            notice, _ = self._grouper.close(kind)
             if notice is not None:
                 self._post(notice)
         with contextlib.suppress(TimeoutError):
@@ -818,7 +817,7 @@ class Alerts:
 
     def _close_window(self, kind: AlertKind) -> None:
         self._timers.pop(kind, None)
-        notice, window = self._grouper.close(kind, _now())
+        notice, window = self._grouper.close(kind)
         if notice is not None:
             self._post(notice)
         self._schedule_close(kind, window)

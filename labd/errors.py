@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 __all__ = [
     "DeleteFailedError",
     "InsufficientQuotaError",
-    "InvalidDockerReferenceError",
     "InvalidLabSizeError",
     "InvalidRequestError",
     "InvalidTokenError",
@@ -126,13 +125,6 @@ class InvalidLabSizeError(LabdError):
 
     status_code = 422
     error_type = "invalid_lab_size"
-
-
-class InvalidDockerReferenceError(LabdError):
-    """An image reference without tag or digest, or unparsable."""
-
-    status_code = 422
-    error_type = "invalid_docker_reference"
 
 
 class InvalidRequestError(LabdError):

@@ -51,6 +51,7 @@ __all__ = [
     "LIVE_STATES",
     "MACHINE_STATES",
     "SECRET_STATES",
+    "SPAWNING_STATES",
     "TRIGGERS",
     "ApiStatus",
     "InvalidTransitionError",
@@ -161,9 +162,13 @@ token): until its Secret is written.  Every transition to any other state
 clears it from SQL (`labd.store.LabStore.transition`), whichever way the
 spawn ends: started, failed, timed out, cancelled or deleted."""
 
+SPAWNING_STATES: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.STARTING})
+"""States of a spawn in progress: the spawn timeout applies, and a delete
+cancels the spawn."""
+
 MACHINE_STATES: Final = tuple(LabState)
 
-_SPAWNING = [LabState.REQUESTED, LabState.CREATING, LabState.STARTING]
+_SPAWNING = sorted(SPAWNING_STATES, key=MACHINE_STATES.index)
 _DELETABLE = [*_SPAWNING, LabState.RUNNING, LabState.EXITED, LabState.FAILED]
 
 _TRANSITIONS: Final[list[dict[str, Any]]] = [

@@ -58,7 +58,7 @@ from labd.kube.client import KubeError
 from labd.kube.copying import SecretSourceError, read_copied_secrets
 from labd.kube.storage import LabKube, NamespaceTerminatingError
 from labd.kube.watching import PodEvent, PodUpdate
-from labd.machine import InvalidTransitionError, LabState, Trigger
+from labd.machine import SPAWNING_STATES, InvalidTransitionError, LabState, Trigger
 from labd.metrics import Metrics
 from labd.signals import LabSignals
 from labd.store import (
@@ -98,8 +98,6 @@ _POD_GONE_WAIT: Final = 60.0
 
 _WAIT_PREVIOUS: Final = 0.5
 """Pause between checks that a user's previous lab is gone."""
-
-_SPAWNING: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.STARTING})
 
 
 def next_progress(previous: int | None) -> int:
@@ -284,7 +282,7 @@ class Scheduler:
         if step is None:
             await self._store.update(lab.id, {"next_attempt_at": None})
             return
-        if lab.state in _SPAWNING and lab.deadline_at and utcnow() >= lab.deadline_at:
+        if lab.state in SPAWNING_STATES and lab.deadline_at and utcnow() >= lab.deadline_at:
             await self._time_out(lab)
             return
         log.debug("step")

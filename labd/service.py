@@ -35,7 +35,7 @@ from labd.errors import (
 )
 from labd.images import ImageCatalog, ImageChoice
 from labd.kube.builder import OWN_ENV
-from labd.machine import InvalidTransitionError, LabState, Trigger
+from labd.machine import SPAWNING_STATES, InvalidTransitionError, LabState, Trigger
 from labd.metrics import Metrics
 from labd.models import (
     LabSpecification,
@@ -73,7 +73,6 @@ _HUB_PROCESS_ENV: Final = frozenset(
 it describes the hub's machine, not the lab's image, so labd drops it."""
 _USER_VAR: Final = "JUPYTERHUB_USER"
 _T = TypeVar("_T")
-_SPAWNING: Final = frozenset({LabState.REQUESTED, LabState.CREATING, LabState.STARTING})
 
 
 def spawn_cancelled_event() -> NewEvent:
@@ -233,7 +232,7 @@ class LabService:
                     reason="Delete requested",
                     expected_version=lab.version,
                     new_operation=True,
-                    final_events=[spawn_cancelled_event()] if lab.state in _SPAWNING else [],
+                    final_events=[spawn_cancelled_event()] if lab.state in SPAWNING_STATES else [],
                     changes=self._delete_changes(),
                 )
             except (StaleLabError, InvalidTransitionError):

@@ -181,11 +181,11 @@ def test_windows_grow_while_a_storm_lasts() -> None:
     assert notice is not None and window == 60
     for seconds, expected_next in ((60, 120), (180, 200), (380, 200)):
         assert grouper.add(alert(now + timedelta(seconds=seconds - 1))) == (None, None)
-        summary, window = grouper.close(AlertKind.SPAWN_FAILED, now + timedelta(seconds=seconds))
+        summary, window = grouper.close(AlertKind.SPAWN_FAILED)
         assert summary is not None and summary.count == 1
         assert window == expected_next
     # A window without alerts closes the group.
-    assert grouper.close(AlertKind.SPAWN_FAILED, now) == (None, None)
+    assert grouper.close(AlertKind.SPAWN_FAILED) == (None, None)
     assert grouper.open_kinds == []
     notice, window = grouper.add(alert(now))
     assert notice is not None and window == 60
