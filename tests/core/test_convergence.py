@@ -19,7 +19,8 @@ from labd.machine import LabState, Trigger
 from labd.sim import SimCluster
 from labd.store import Actor, LabRecord, LabStore
 from tests.core.conftest import IMAGE, LabdFactory, spec
-from tests.core.test_lifecycle import eventually, wait_state
+from tests.core.test_lifecycle import wait_state
+from tests.support.waiting import eventually
 
 
 async def test_dropped_watches_still_converge(labd: Labd, sim: SimCluster) -> None:

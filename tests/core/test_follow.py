@@ -23,6 +23,7 @@ from labd.machine import LabState
 from labd.sim import SimCluster
 from labd.store import Actor, EventRecord, EventType, LabStore, NewEvent
 from tests.core.conftest import make_config, spec
+from tests.support.waiting import eventually
 
 STREAMS = 50
 
@@ -161,11 +162,3 @@ async def test_a_replica_that_cannot_hear_polls(
     await eventually(lambda: not labd.signals.complete, what="polling")
     assert labd.signals.follow_interval == 2.0
     await eventually(lambda: labd.signals.complete, what="hearing again")
-
-
-async def eventually(check: Callable[[], bool], *, what: str) -> None:
-    for _ in range(200):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"waited in vain for {what}")

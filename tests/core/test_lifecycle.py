@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,9 @@ from labd.machine import LabState
 from labd.sim import SimCluster
 from labd.store import Actor, EventRecord, EventType, LabRecord
 from tests.core.conftest import LabdFactory, make_config, spec
+from tests.support.waiting import eventually
 
 OBJECT_KINDS = ["configmaps", "secrets", "networkpolicies", "services", "pods"]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, within: float = 10.0, what: str = "condition"
-) -> None:
-    """Wait until ``check`` is true (polling), or fail the test."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def current(labd: Labd, username: str) -> LabRecord:

@@ -21,7 +21,8 @@ from labd.machine import LabState, Trigger
 from labd.status import LabStatus, StatusCache
 from labd.store import Actor, LabRecord, LabStore
 from tests.core.conftest import LabdFactory, spec
-from tests.core.test_lifecycle import eventually, wait_state
+from tests.core.test_lifecycle import wait_state
+from tests.support.waiting import eventually
 
 
 async def status_of(labd: Labd, username: str) -> str | None:

@@ -6,7 +6,6 @@ not installed (``scripts/ensure-registry`` installs it).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -129,15 +128,6 @@ async def push_all(registry: LocalRegistry) -> dict[str, str]:
 def pinned(registry: LocalRegistry, tag: str, digest: str) -> str:
     """How labd names ``tag`` of the test repository, pinned."""
     return f"{registry.image_base}:{tag}@{digest}"
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    """Wait up to 10 s until ``check()`` holds (the refresh loop runs meanwhile)."""
-    async with asyncio.timeout(10):
-        while True:
-            if check():
-                return
-            await asyncio.sleep(0.05)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:

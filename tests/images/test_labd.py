@@ -10,8 +10,9 @@ import pytest
 from labd.factory import Labd
 from labd.sim import SimCluster
 from tests.core.conftest import make_config
-from tests.images.conftest import eventually, push_all, sample
+from tests.images.conftest import push_all, sample
 from tests.images.registry import REPOSITORY, LocalRegistry
+from tests.support.waiting import eventually
 
 
 @pytest.fixture

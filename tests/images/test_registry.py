@@ -22,13 +22,13 @@ from tests.images.conftest import (
     TAGS,
     USERS,
     CatalogFactory,
-    eventually,
     images_config,
     pinned,
     push_all,
     sample,
 )
 from tests.images.registry import LocalRegistry, TokenServer
+from tests.support.waiting import eventually
 
 SMALL = SizeConfig(limits=Resources(cpu=1, memory=2**30), requests=Resources(cpu=1, memory=2**30))
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TypeVar
 
-__all__ = ["collecting", "eventually", "wait_for"]
+__all__ = ["collecting", "wait_for"]
 
 T = TypeVar("T")
 
@@ -42,15 +42,3 @@ async def wait_for(
             taken.append(item)
             if predicate(item):
                 return taken
-
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], *, within: float = 5.0) -> None:
-    """Poll ``check`` (sync or async) until it is true; fail after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while True:
-            result = check()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.01)

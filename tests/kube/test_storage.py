@@ -20,7 +20,7 @@ from labd.kube.client import KubeError
 from labd.kube.storage import LabKube, NamespaceTerminatingError, _parse_page, pod_status
 from labd.sim import SimCluster
 from tests.kube.labs import lab_build
-from tests.kube.streams import eventually
+from tests.support.waiting import eventually
 
 
 def alice(config: Config, *, lab_id: str | None = None) -> LabObjects:

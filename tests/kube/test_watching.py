@@ -21,7 +21,8 @@ from labd.kube.storage import LabKube
 from labd.kube.watching import PodEventWatcher, PodUpdate, PodWatcher
 from labd.sim import SimCluster
 from tests.kube.labs import lab_build
-from tests.kube.streams import collecting, eventually, wait_for
+from tests.kube.streams import collecting, wait_for
+from tests.support.waiting import eventually
 
 FAST_BACKOFF = RetryPolicy(attempts=1, initial=0.01, maximum=0.05)
 

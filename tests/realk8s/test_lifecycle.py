@@ -17,7 +17,6 @@ import pytest
 from tests.core import test_convergence
 from tests.core.conftest import LabdFactory
 from tests.core.test_lifecycle import (
-    eventually,
     test_concurrent_creates_one_wins,
     test_concurrent_deletes_share_one_operation,
     test_delete_during_spawn_cancels_it,
@@ -28,6 +27,7 @@ from tests.core.test_lifecycle import (
     test_spawn_to_running,
 )
 from tests.realk8s.cluster import RealCluster
+from tests.support.waiting import eventually
 
 __all__ = [
     "test_concurrent_creates_one_wins",

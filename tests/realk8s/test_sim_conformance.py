@@ -99,7 +99,7 @@ from tests.sim.test_watch import (
     test_watch_resumes_after_a_version,
     test_watch_without_a_version_starts_with_the_current_state,
 )
-from tests.sim.waiting import eventually
+from tests.support.waiting import eventually
 
 __all__ = [
     "labelled",

@@ -23,7 +23,8 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.config import load_kube_config
 
 from labd.sim import SimCluster
-from tests.sim.waiting import eventually, manifest
+from tests.sim.waiting import manifest
+from tests.support.waiting import eventually
 
 #: Small delays keep the suite fast while keeping every step asynchronous.
 DEFAULTS: dict[str, Any] = {

@@ -15,7 +15,8 @@ from kubernetes_asyncio.config import load_kube_config
 
 from labd.cli import main
 from labd.sim import SimCluster
-from tests.sim.waiting import eventually, manifest, pod
+from tests.sim.waiting import manifest, pod
+from tests.support.waiting import eventually
 
 
 def test_labd_registers_the_sim_command() -> None:

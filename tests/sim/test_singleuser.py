@@ -9,7 +9,8 @@ import pytest
 from kubernetes_asyncio.client import CoreV1Api
 
 from labd.sim import SimCluster
-from tests.sim.waiting import eventually, manifest, pod
+from tests.sim.waiting import manifest, pod
+from tests.support.waiting import eventually
 
 
 def _with_env(name: str, *, env: list[dict[str, Any]], config_map: str | None = None) -> Any:

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
-__all__ = ["eventually", "manifest", "pod", "raw", "status_of"]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, within: float = 5.0, interval: float = 0.02
-) -> None:
-    """Wait until ``check()`` is true; fail the test after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition {check.__qualname__} not reached in {within}s")
-        await asyncio.sleep(interval)
+__all__ = ["manifest", "pod", "raw", "status_of"]
 
 
 def pod(
