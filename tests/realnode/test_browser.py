@@ -43,6 +43,7 @@ from tests.support.browser import (
     save_notebook,
 )
 from tests.support.hub import Hub, missing_proxy, proxy_command, running_hub
+from tests.support.waiting import eventually
 
 MISSING = missing_browser()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
@@ -136,6 +137,10 @@ async def test_a_person_runs_a_notebook_in_a_lab_on_the_real_node(
     browser.screenshot("realnode-stopped")
     _, namespace = lab_namespace("labd", USER)
     await nothing_left(real_node, namespace)
+    # labd notices the namespace is gone at its next check, up to 2 s later.
     async with httpx.AsyncClient(base_url=labd.url, headers=labd.headers) as client:
-        gone = await client.get(f"/spawner/v1/labs/{USER}")
-    assert gone.status_code == 404, gone.text
+
+        async def forgotten() -> bool:
+            return (await client.get(f"/spawner/v1/labs/{USER}")).status_code == 404
+
+        await eventually(forgotten, within=30, what="labd forgetting the lab")

@@ -131,14 +131,15 @@ async def test_labd_killed_while_the_image_pulls(
         assert status == 200, pod
         await labd.daemon.kill()
 
-        # While labd is down the pull ends and the lab starts; the restarted
-        # labd takes the pod it made over, and the spawn ends as it would have.
+        # While labd is down the pull goes on (and may end, and the lab
+        # start); the restarted labd takes the pod it made over, and the
+        # spawn ends as it would have. The Events the kubelet wrote while
+        # labd was down are not in the stream (docs/real-node.md).
         await labd.daemon.start()
         events, _ = await read_events(labd.url, USER, headers=labd.headers, within=180)
         messages = [event.data.get("message", "") for event in events]
         assert events[-1].type == "complete", messages
-        for step in ("Pulling image", "Successfully pulled image", "Started container"):
-            assert any(message.startswith(step) for message in messages), (step, messages)
+        assert any(message.startswith("Pulling image") for message in messages), messages
         state = (await client.get(f"/spawner/v1/labs/{USER}")).json()
         assert state["status"] == "running", state
         status, after = real_node.control_plane.request(
