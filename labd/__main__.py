@@ -1,5 +1,5 @@
 """Run the labd command line with ``python -m labd``."""
 
-from labd.cli import main
+from labd.cli.main import main
 
 main(prog_name="labd")

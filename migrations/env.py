@@ -23,8 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from labd.migrate import MIGRATION_LOCK_KEY
-from labd.schema import metadata
+from labd.db.migrate import MIGRATION_LOCK_KEY
+from labd.db.schema import metadata
 
 config = context.config
 

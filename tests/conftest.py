@@ -23,9 +23,9 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from labd.database import Database
-from labd.migrate import upgrade
-from labd.schema import metadata
+from labd.db.database import Database
+from labd.db.migrate import upgrade
+from labd.db.schema import metadata
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LABD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -146,7 +146,7 @@ def _collect_garbage() -> Iterator[None]:
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    """Undo `labd.logs.configure_logging`: root handlers and every logger's level."""
+    """Undo `labd.daemon.logs.configure_logging`: root handlers and every logger's level."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     levels = {

@@ -16,24 +16,11 @@ from click.testing import CliRunner
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from labd.cli import main
-from labd.config import (
-    MAX_BYTES,
-    MAX_CPU,
-    MAX_DURATION,
-    Config,
-    ConfigError,
-    ImageConfig,
-    ImageReference,
-    ImagesConfig,
-    LabConfig,
-    SizeConfig,
-    TimeoutsConfig,
-    format_bytes,
-    load_config,
-    parse_quantity,
-)
-from labd.config_command import check_config
+from labd.cli.config_command import check_config
+from labd.cli.main import main
+from labd.config import MAX_BYTES, MAX_CPU, MAX_DURATION, Config, ConfigError, ImageConfig, ImagesConfig, LabConfig, SizeConfig, TimeoutsConfig, load_config
+from labd.lab.quantity import format_bytes, parse_quantity
+from labd.lab.reference import ImageReference
 
 DATA = Path(__file__).parent / "data" / "config"
 EXAMPLE = Path(__file__).parent.parent / "systemd" / "labd.example.yaml"

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from labd.dev import PRIVATE_FILES, dev, prepare
+from labd.daemon.dev import PRIVATE_FILES, dev, prepare
 from tests.daemon.conftest import free_port
 
 

@@ -9,9 +9,10 @@ from typing import Literal
 import pytest
 import structlog
 
-from labd.database import Database
-from labd.logs import configure_logging
-from labd.store import Actor, LabStore
+from labd.daemon.logs import configure_logging
+from labd.db.database import Database
+from labd.db.store import LabStore
+from labd.lab.records import Actor
 
 
 def lines(text: str) -> list[dict[str, object]]:

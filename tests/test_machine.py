@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from labd.machine import (
+from labd.lab.machine import (
     API_STATUS,
     LIVE_STATES,
     ApiStatus,

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from labd.database import Database
-from labd.machine import LabState, Trigger, mermaid_diagram
-from labd.store import Actor, LabStore
+from labd.db.database import Database
+from labd.db.store import LabStore
+from labd.lab.machine import LabState, Trigger, mermaid_diagram
+from labd.lab.records import Actor
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -27,7 +28,7 @@ def test_state_diagram_is_generated_from_the_machine() -> None:
     )
     assert match, "README lost its state diagram markers"
     assert match.group(1) == mermaid_diagram(), (
-        "README's state diagram is stale: replace it with `python -m labd.machine`"
+        "README's state diagram is stale: replace it with `python -m labd.lab.machine`"
     )
 
 

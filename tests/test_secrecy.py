@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labd.secrecy import is_secret_name, redact_text
+from labd.lab.secrecy import is_secret_name, redact_text
 
 
 @pytest.mark.parametrize(

@@ -15,19 +15,11 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection
 
-from labd.database import Database
-from labd.machine import InvalidTransitionError, LabState, Trigger
-from labd.schema import lab_events, lab_transitions, labs
-from labd.store import (
-    Actor,
-    EventType,
-    LabExistsError,
-    LabNotFoundError,
-    LabRecord,
-    LabStore,
-    NewEvent,
-    StaleLabError,
-)
+from labd.db.database import Database
+from labd.db.schema import lab_events, lab_transitions, labs
+from labd.db.store import LabExistsError, LabNotFoundError, LabStore, StaleLabError
+from labd.lab.machine import InvalidTransitionError, LabState, Trigger
+from labd.lab.records import Actor, EventType, LabRecord, NewEvent
 from tests.test_machine import LEGAL
 
 S = LabState

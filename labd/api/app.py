@@ -29,9 +29,9 @@ from labd.api.handlers import LabApi, MetricsSource, Readiness
 from labd.api.limits import BodySizeLimit, HeaderSizeLimit
 from labd.api.openapi import openapi_document
 from labd.api.routes import build_routes
+from labd.api.service import LabService
 from labd.api.sse import DEFAULT_KEEPALIVE, EventStreams
 from labd.config import Config
-from labd.service import LabService
 
 __all__ = ["create_app"]
 

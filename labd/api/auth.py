@@ -38,9 +38,9 @@ from typing import Final
 
 import structlog
 
-from labd.errors import InvalidTokenError, PermissionDeniedError
-from labd.naming import username_problem
-from labd.store import Actor
+from labd.lab.errors import InvalidTokenError, PermissionDeniedError
+from labd.lab.naming import username_problem
+from labd.lab.records import Actor
 
 __all__ = ["RECHECK_INTERVAL", "Access", "Authenticator", "Caller", "TokenFileError", "hash_token"]
 

@@ -64,7 +64,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from labd.api.limits import MAX_HEADER_SIZE
 from labd.api.models import ErrorBody, ErrorDetail
 from labd.config import HttpConfig
-from labd.errors import LabdError, RequestHeaderTooLargeError, TooManyConnectionsError
+from labd.lab.errors import LabdError, RequestHeaderTooLargeError, TooManyConnectionsError
 
 __all__ = [
     "H11_BACKSTOP",

@@ -2,7 +2,7 @@
 
 Refusals come from three places, all mapped here:
 
-* the service's `~labd.errors.LabdError` hierarchy, which carries its own
+* the service's `~labd.lab.errors.LabdError` hierarchy, which carries its own
   status, type and location;
 * request validation (`RequestValidationError`): pydantic's errors, each
   location prefixed with the part of the request it is in (``body``,
@@ -36,8 +36,8 @@ from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, 
 
 from labd.alerts import Alerts
 from labd.api.models import ErrorBody, ErrorDetail
-from labd.errors import LabdError, LabExistsConflictError, NotReadyError, UnknownUserError
-from labd.store import LabExistsError, LabNotFoundError
+from labd.db.store import LabExistsError, LabNotFoundError
+from labd.lab.errors import LabdError, LabExistsConflictError, NotReadyError, UnknownUserError
 
 __all__ = [
     "ErrorBoundary",

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from html import escape
 
-from labd.config import ImageConfig, SizeConfig, format_bytes
-from labd.models import DROPDOWN_SENTINEL
-from labd.service import FormChoices
+from labd.api.service import FormChoices
+from labd.config import ImageConfig, SizeConfig
+from labd.lab.protocol import DROPDOWN_SENTINEL
+from labd.lab.quantity import format_bytes
 
 __all__ = ["render_form"]
 

@@ -19,11 +19,11 @@ from labd.api.auth import Authenticator, Caller
 from labd.api.errors import RequestValidationError
 from labd.api.form import render_form
 from labd.api.models import Health, HistoryEntry, HistoryQuery
+from labd.api.service import LabService
 from labd.api.sse import EventStreams, parse_last_event_id
-from labd.errors import NotReadyError, UnknownUserError
-from labd.models import LabSpecification
-from labd.service import LabService
-from labd.store import Actor
+from labd.lab.errors import NotReadyError, UnknownUserError
+from labd.lab.protocol import LabSpecification
+from labd.lab.records import Actor
 
 __all__ = ["LabApi", "Readiness"]
 

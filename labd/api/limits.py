@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labd.api.errors import error_response
 from labd.api.models import ErrorDetail
-from labd.errors import RequestHeaderTooLargeError, RequestTooLargeError
+from labd.lab.errors import RequestHeaderTooLargeError, RequestTooLargeError
 
 __all__ = ["MAX_HEADER_SIZE", "BodySizeLimit", "HeaderSizeLimit", "header_size"]
 

@@ -1,7 +1,7 @@
 """Models that exist only on the wire: error bodies, history, health.
 
 The request and lab-state models shared with the service live in
-`labd.models`; these are the API's own shapes.
+`labd.lab.protocol`; these are the API's own shapes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from labd.store import TransitionRecord
+from labd.lab.records import TransitionRecord
 
 __all__ = ["MAX_ID", "ErrorBody", "ErrorDetail", "Health", "HistoryEntry", "HistoryQuery"]
 

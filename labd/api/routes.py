@@ -31,8 +31,8 @@ from starlette.routing import Route
 from labd.api.auth import Access, Caller
 from labd.api.handlers import LabApi
 from labd.api.models import Health, HistoryEntry, HistoryQuery
-from labd.models import LabSpecification, LabStateModel
-from labd.service import check_username
+from labd.api.service import check_username
+from labd.lab.protocol import LabSpecification, LabStateModel
 
 __all__ = ["OPERATIONS", "Operation", "Reply", "build_routes"]
 

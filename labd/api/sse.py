@@ -1,6 +1,6 @@
 """Server-sent event streams of lab operations.
 
-Each stored `~labd.store.EventRecord` goes out as::
+Each stored `~labd.lab.records.EventRecord` goes out as::
 
     id: 1842
     event: info
@@ -47,8 +47,8 @@ from starlette.types import Receive, Scope, Send
 
 from labd.api.models import MAX_ID
 from labd.config import HttpConfig
-from labd.errors import TooManyStreamsError
-from labd.store import EventRecord, EventType
+from labd.lab.errors import TooManyStreamsError
+from labd.lab.records import EventRecord, EventType
 
 __all__ = ["DEFAULT_KEEPALIVE", "EventStreams", "parse_last_event_id"]
 

@@ -46,12 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from labd.config import (
-    DEFAULT_EPHEMERAL_STORAGE_LIMIT,
-    DEFAULT_EPHEMERAL_STORAGE_REQUEST,
-    Config,
-    EgressRuleConfig,
-)
+from labd.config import DEFAULT_EPHEMERAL_STORAGE_LIMIT, DEFAULT_EPHEMERAL_STORAGE_REQUEST, Config, EgressRuleConfig
 
 __all__ = [
     "CONTAINER_NAME",
@@ -169,10 +164,10 @@ class LabBuild:
     """The original JupyterHub username."""
 
     slug: str
-    """Kubernetes-safe form of the username (`labd.naming.slugify`)."""
+    """Kubernetes-safe form of the username (`labd.lab.naming.slugify`)."""
 
     namespace: str
-    """The lab's namespace (`labd.naming.lab_namespace`)."""
+    """The lab's namespace (`labd.lab.naming.lab_namespace`)."""
 
     image: str
     """Image reference to run."""

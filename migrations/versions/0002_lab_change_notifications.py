@@ -3,7 +3,7 @@
 Every insert of a lab, and every update that can change what a status read
 reports, sends ``NOTIFY labd_lab_changes, '<username>'`` when its
 transaction commits.  Each labd process listens and forgets the cached
-status of that user (`labd.changes`), so replicas never serve a status
+status of that user (`labd.db.changes`), so replicas never serve a status
 another replica has changed.  SQLite has no notifications: there, labd
 assumes that it is the only process writing the database.
 

@@ -10,7 +10,7 @@ This revision applies today's rules to the rows already written:
 
 * ``secret_env`` becomes SQL NULL in every state but ``requested`` and
   ``creating`` (the only ones whose Secret may still have to be written);
-* variables of ``spec.env`` whose names are secret (`labd.secrecy`) move to
+* variables of ``spec.env`` whose names are secret (`labd.lab.secrecy`) move to
   ``secret_env`` in those two states, and are dropped in every other (their
   lab's objects exist or never will).
 
@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from labd.secrecy import is_secret_name
+from labd.lab.secrecy import is_secret_name
 
 revision: str = "0003"
 down_revision: str | None = "0002"

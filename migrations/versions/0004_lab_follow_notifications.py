@@ -2,7 +2,7 @@
 
 Event streams (and deletes that wait for a lab to be gone) sleep until
 their lab changes.  Inside one process the store wakes them
-(`labd.store.LabStore.on_change`); a change written by another replica
+(`labd.db.store.LabStore.on_change`); a change written by another replica
 reaches them through ``NOTIFY labd_lab_follow, '<lab id>'``, sent by these
 triggers when the writing transaction commits, so no follower has to poll.
 PostgreSQL folds identical notifications of one transaction into one, so

@@ -21,7 +21,7 @@ from labd.alerts import (
     slack_payload,
     webhook_payload,
 )
-from labd.metrics import Metrics
+from labd.lab.metrics import Metrics
 from tests.alerts.conftest import SECRET_PATH, Receiver, refused_url
 
 FAKE_TOKEN = "FAKE-t0ken-4f3c9a1b7e"

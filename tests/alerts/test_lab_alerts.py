@@ -25,12 +25,12 @@ from structlog.testing import capture_logs
 
 from labd.alerts import Alerts, Target, webhook_payload
 from labd.api.errors import ErrorBoundary
-from labd.factory import Labd
+from labd.daemon.factory import Labd
 from labd.kube.builder import LAB_ID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, USER_LABEL
-from labd.machine import LabState
+from labd.lab.machine import LabState
+from labd.lab.records import Actor, EventType
 from labd.sim import SimCluster
 from labd.sim.kinds import resource_named
-from labd.store import Actor, EventType
 from tests.alerts.conftest import SECRET_PATH, Post, Receiver, refused_url
 from tests.core.conftest import LabdFactory, spec
 from tests.core.test_lifecycle import stream, wait_state

@@ -26,13 +26,14 @@ import uvicorn
 from starlette.applications import Starlette
 
 from labd.api import Authenticator, create_app
+from labd.api.service import LabService
 from labd.config import Config
-from labd.database import Database
-from labd.images import ImageCatalog
-from labd.machine import LabState, Trigger
-from labd.service import LabService
-from labd.signals import LabSignals
-from labd.store import Actor, EventType, LabRecord, LabStore, NewEvent
+from labd.db.database import Database
+from labd.db.store import LabStore
+from labd.images.catalog import ImageCatalog
+from labd.lab.machine import LabState, Trigger
+from labd.lab.records import Actor, EventType, LabRecord, NewEvent
+from labd.lab.signals import LabSignals
 
 WEEKLY = "registry.example/sciplat/lab:w_2026_47"
 RELEASE = "registry.example/sciplat/lab:r28_0_1"

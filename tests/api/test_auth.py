@@ -12,7 +12,7 @@ import structlog
 
 from labd.api import Authenticator, Caller, TokenFileError, hash_token
 from labd.api.auth import RECHECK_INTERVAL
-from labd.errors import InvalidTokenError
+from labd.lab.errors import InvalidTokenError
 from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, HUB, HUB_TOKEN, spawn_body
 
 ROUTES = [

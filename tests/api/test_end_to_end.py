@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from labd.api import Authenticator, create_app
-from labd.factory import Labd
+from labd.daemon.factory import Labd
 from labd.sim import SimCluster
 from tests.api.conftest import HUB, HUB_TOKEN, read_events, serve, spawn_body
 from tests.core.conftest import make_config

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import structlog
 
-from labd.database import Database
+from labd.db.database import Database
 from tests.api.conftest import HUB, Stack, build_stack, make_config, serve, spawn_body
 
 CREATE = "/spawner/v1/labs/alice/create"

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from labd.api.sse import EventStreams, parse_last_event_id
-from labd.database import Database
-from labd.machine import LabState
+from labd.db.database import Database
+from labd.lab.machine import LabState
 from tests.api.conftest import (
     ALICE,
     BOB,

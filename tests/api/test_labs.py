@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from labd.config import Config
-from labd.database import Database
-from labd.machine import LabState, Trigger
-from labd.store import Actor
+from labd.db.database import Database
+from labd.lab.machine import LabState, Trigger
+from labd.lab.records import Actor
 from tests.api.conftest import (
     ALICE,
     BOB,

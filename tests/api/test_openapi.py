@@ -30,9 +30,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from labd.api.routes import OPERATIONS
-from labd.database import Database
-from labd.machine import LabState
-from labd.store import LabExistsError, StaleLabError
+from labd.db.database import Database
+from labd.db.store import LabExistsError, StaleLabError
+from labd.lab.machine import LabState
 from tests.api.conftest import ALICE, HUB, Stack, build_stack, make_config
 
 FUZZ_EXAMPLES = 30

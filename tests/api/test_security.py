@@ -13,8 +13,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from labd.database import Database
-from labd.naming import lab_namespace
+from labd.db.database import Database
+from labd.lab.naming import lab_namespace
 from tests.api.conftest import ALICE, HUB, Stack, build_stack, make_config, spawn_body
 from tests.support.usernames import LOOKALIKES
 

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from labd.config import Config
-from labd.database import Database
-from labd.factory import Labd
-from labd.machine import LabState
-from labd.migrate import upgrade
-from labd.models import LabSpecification
+from labd.daemon.factory import Labd
+from labd.db.database import Database
+from labd.db.migrate import upgrade
+from labd.lab.machine import LabState
+from labd.lab.protocol import LabSpecification
+from labd.lab.records import Actor
 from labd.sim import SimCluster
-from labd.store import Actor
 
 SPEC = LabSpecification.model_validate(
     {

@@ -16,7 +16,7 @@ Phases, in order:
    Running; then each lab's pod and namespace are deleted until the
    namespaces are gone (the delete ceiling).
 2. **spawn and delete** through labd (in-process `Labd`, built by
-   `labd.factory` as ``labd serve`` builds it): ``--spawns`` creates through
+   `labd.daemon.factory` as ``labd serve`` builds it): ``--spawns`` creates through
    the lab service at once, until all are running (polled every 50 ms from
    a separate connection); then all deleted at once.  Kubernetes calls come
    from the sim's statistics, SQL statements from a
@@ -78,18 +78,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from labd.api import hash_token
 from labd.config import Config
-from labd.database import Database
-from labd.factory import Labd
+from labd.control.scheduler import lab_build as scheduler_lab_build
+from labd.daemon.factory import Labd
+from labd.daemon.logs import configure_logging
+from labd.db.database import Database
+from labd.db.schema import labs as labs_table
 from labd.kube.builder import LabBuild, build_lab_objects, internal_url
 from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
-from labd.logs import configure_logging
-from labd.machine import LabState, Trigger
-from labd.models import LabSpecification
-from labd.naming import lab_namespace
-from labd.scheduler import lab_build as scheduler_lab_build
-from labd.schema import labs as labs_table
-from labd.store import Actor, LabRecord
+from labd.lab.machine import LabState, Trigger
+from labd.lab.naming import lab_namespace
+from labd.lab.protocol import LabSpecification
+from labd.lab.records import Actor, LabRecord
 from tests.bench.remote_sim import RemoteSim, until
 from tests.support.databases import scratch_database
 from tests.support.processes import Daemon, free_port, vm_status

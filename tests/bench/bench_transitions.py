@@ -30,10 +30,11 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from labd.database import Database
-from labd.machine import Trigger
-from labd.migrate import upgrade
-from labd.store import Actor, LabStore
+from labd.db.database import Database
+from labd.db.migrate import upgrade
+from labd.db.store import LabStore
+from labd.lab.machine import Trigger
+from labd.lab.records import Actor
 
 LIFE = [Trigger.START, Trigger.OBJECTS_READY, Trigger.POD_RUNNING, Trigger.DELETE, Trigger.DELETED]
 ADMIN_URL = os.environ.get(

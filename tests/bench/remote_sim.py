@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from labd.logs import configure_logging
+from labd.daemon.logs import configure_logging
 from labd.sim import SimCluster
 from labd.sim.kinds import resource_named
 from labd.sim.selectors import FieldSelector, LabelSelector

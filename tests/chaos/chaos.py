@@ -41,8 +41,8 @@ import yaml
 
 from labd.api import hash_token
 from labd.config import Config
-from labd.database import Database
-from labd.store import LabStore
+from labd.db.database import Database
+from labd.db.store import LabStore
 from tests.support.convergence import converged, history_complete, no_orphans
 from tests.support.processes import Daemon, SimProcess, free_port
 

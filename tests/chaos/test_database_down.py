@@ -17,12 +17,12 @@ import pytest
 import sqlalchemy.exc
 
 from labd.api import Authenticator, create_app, hash_token
+from labd.api.service import LabService
 from labd.config import Config
-from labd.database import Database
-from labd.images import ImageCatalog
-from labd.service import LabService
-from labd.signals import LabSignals
-from labd.store import LabStore
+from labd.db.database import Database
+from labd.db.store import LabStore
+from labd.images.catalog import ImageCatalog
+from labd.lab.signals import LabSignals
 from tests.core.conftest import IMAGE
 from tests.support.processes import free_port
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from labd.config import Config
-from labd.factory import Labd
-from labd.models import LabSpecification
+from labd.daemon.factory import Labd
+from labd.lab.protocol import LabSpecification
 from labd.sim import SimCluster
 
 IMAGE = "registry.example/sciplat/lab:w_2026_47"

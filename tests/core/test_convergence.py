@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
-from labd.database import Database
-from labd.factory import Labd
+from labd.daemon.factory import Labd
+from labd.db.database import Database
+from labd.db.store import LabStore
 from labd.kube.builder import LabBuild, build_lab_objects
 from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
-from labd.machine import LabState, Trigger
+from labd.lab.machine import LabState, Trigger
+from labd.lab.records import Actor, LabRecord
 from labd.sim import SimCluster
-from labd.store import Actor, LabRecord, LabStore
 from tests.core.conftest import IMAGE, LabdFactory, spec
 from tests.core.test_lifecycle import wait_state
 from tests.support.waiting import eventually

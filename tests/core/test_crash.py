@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labd.api.service import LabService
 from labd.config import Config, load_config
-from labd.database import Database
-from labd.errors import LabdError
-from labd.images import ImageCatalog
-from labd.service import LabService
-from labd.signals import LabSignals
-from labd.store import Actor, LabStore
+from labd.db.database import Database
+from labd.db.store import LabStore
+from labd.images.catalog import ImageCatalog
+from labd.lab.errors import LabdError
+from labd.lab.records import Actor
+from labd.lab.signals import LabSignals
 from tests.core.conftest import IMAGE, spec
 from tests.support.convergence import converged, history_complete, no_orphans
 from tests.support.processes import Daemon, SimProcess, free_port

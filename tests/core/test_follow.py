@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from labd.changes import APPLICATION
-from labd.database import Database
-from labd.factory import Labd
-from labd.machine import LabState
+from labd.daemon.factory import Labd
+from labd.db.changes import APPLICATION
+from labd.db.database import Database
+from labd.db.store import LabStore
+from labd.lab.machine import LabState
+from labd.lab.records import Actor, EventRecord, EventType, NewEvent
 from labd.sim import SimCluster
-from labd.store import Actor, EventRecord, EventType, LabStore, NewEvent
 from tests.core.conftest import make_config, spec
 from tests.support.waiting import eventually
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from labd.errors import LabExistsConflictError, OperationInProgressError, UnknownUserError
-from labd.factory import Labd
-from labd.machine import LabState
+from labd.daemon.factory import Labd
+from labd.lab.errors import LabExistsConflictError, OperationInProgressError, UnknownUserError
+from labd.lab.machine import LabState
+from labd.lab.records import Actor, EventRecord, EventType, LabRecord
 from labd.sim import SimCluster
-from labd.store import Actor, EventRecord, EventType, LabRecord
 from tests.core.conftest import LabdFactory, make_config, spec
 from tests.support.waiting import eventually
 

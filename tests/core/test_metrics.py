@@ -7,10 +7,10 @@ import asyncio
 import httpx
 
 from labd.api import Authenticator, create_app
-from labd.factory import Labd
-from labd.machine import LabState
+from labd.daemon.factory import Labd
+from labd.lab.machine import LabState
+from labd.lab.records import Actor
 from labd.sim import SimCluster
-from labd.store import Actor
 from tests.core.conftest import spec
 from tests.core.test_lifecycle import stream, wait_state
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 
-from labd.factory import Labd
-from labd.machine import LabState
+from labd.daemon.factory import Labd
+from labd.lab.machine import LabState
+from labd.lab.records import Actor
 from labd.sim import SimCluster
-from labd.store import Actor
 from tests.core.conftest import LabdFactory, spec
 from tests.core.test_lifecycle import wait_state
 

@@ -28,12 +28,12 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.config import load_kube_config
 from sqlalchemy import select
 
-from labd.factory import Labd
-from labd.logs import set_library_levels
-from labd.machine import LabState
-from labd.schema import lab_events, lab_transitions, labs
+from labd.daemon.factory import Labd
+from labd.daemon.logs import set_library_levels
+from labd.db.schema import lab_events, lab_transitions, labs
+from labd.lab.machine import LabState
+from labd.lab.records import Actor, EventType
 from labd.sim import SimCluster
-from labd.store import Actor, EventType
 from tests.core.conftest import LabdFactory, spec
 from tests.core.test_lifecycle import stream, wait_state
 

@@ -13,13 +13,14 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
-from labd.changes import APPLICATION
-from labd.database import Database
-from labd.errors import UnknownUserError
-from labd.factory import Labd
-from labd.machine import LabState, Trigger
-from labd.status import LabStatus, StatusCache
-from labd.store import Actor, LabRecord, LabStore
+from labd.daemon.factory import Labd
+from labd.db.changes import APPLICATION
+from labd.db.database import Database
+from labd.db.status import LabStatus, StatusCache
+from labd.db.store import LabStore
+from labd.lab.errors import UnknownUserError
+from labd.lab.machine import LabState, Trigger
+from labd.lab.records import Actor, LabRecord
 from tests.core.conftest import LabdFactory, spec
 from tests.core.test_lifecycle import wait_state
 from tests.support.waiting import eventually

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from labd.api import hash_token
-from labd.dev import sample_config
+from labd.daemon.dev import sample_config
 from tests.daemon.conftest import free_port
 from tests.support.dev import running_labd_dev, write_dev_config
 from tests.support.usernames import LOOKALIKES

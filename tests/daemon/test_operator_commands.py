@@ -16,11 +16,12 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from labd.cli import main
-from labd.database import Database
-from labd.machine import Trigger
-from labd.migrate import downgrade, head_revision
-from labd.store import Actor, LabStore
+from labd.cli.main import main
+from labd.db.database import Database
+from labd.db.migrate import downgrade, head_revision
+from labd.db.store import LabStore
+from labd.lab.machine import Trigger
+from labd.lab.records import Actor
 
 IMAGE = "registry.example/sciplat/lab:w_2026_47"
 LONG_ERROR = "Kubernetes said: " + "quota exceeded for resource requests.memory " * 4

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from labd.api.service import LabService
 from labd.config import load_config
-from labd.database import Database
-from labd.images import ImageCatalog
-from labd.machine import LabState
-from labd.service import LabService
-from labd.signals import LabSignals
-from labd.store import Actor, LabRecord, LabStore
+from labd.db.database import Database
+from labd.db.store import LabStore
+from labd.images.catalog import ImageCatalog
+from labd.lab.machine import LabState
+from labd.lab.records import Actor, LabRecord
+from labd.lab.signals import LabSignals
 from tests.core.conftest import spec
 from tests.daemon.conftest import SHUTDOWN_BOUND, Daemon, write_config
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from labd.dev import sample_config
+from labd.daemon.dev import sample_config
 from tests.support.dev import running_labd_dev, write_dev_config
 from tests.support.hub import Hub, missing_proxy, proxy_command, running_hub, wait_until
 from tests.support.processes import free_port

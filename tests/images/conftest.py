@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from labd.config import ImagesConfig
-from labd.images import ImageCatalog
-from labd.metrics import Metrics
-from labd.registry import RegistryClient
+from labd.images.catalog import ImageCatalog
+from labd.images.registry import RegistryClient
+from labd.lab.metrics import Metrics
 from tests.images.registry import REGISTRY_BINARY, REPOSITORY, LocalRegistry, TokenServer
 
 USERS = {"alice": "correct horse battery staple"}

@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from labd.api import Authenticator, create_app
+from labd.api.service import LabService
 from labd.config import Config
-from labd.database import Database
-from labd.service import LabService
-from labd.signals import LabSignals
-from labd.store import LabStore
+from labd.db.database import Database
+from labd.db.store import LabStore
+from labd.lab.signals import LabSignals
 from tests.api.conftest import HUB, HUB_TOKEN
 from tests.images.conftest import CatalogFactory, images_config, pinned, push_all
 from tests.images.registry import LocalRegistry

@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from labd.config import Config, ImagesConfig
-from labd.errors import UnknownImageError
-from labd.images import ImageCatalog, build_image_list, select_tags
+from labd.images.catalog import ImageCatalog, build_image_list, select_tags
+from labd.lab.errors import UnknownImageError
 
 BASE = "registry.example:5000/sciplat/lab"
 

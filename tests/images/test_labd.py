@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labd.factory import Labd
+from labd.daemon.factory import Labd
 from labd.sim import SimCluster
 from tests.core.conftest import make_config
 from tests.images.conftest import push_all, sample

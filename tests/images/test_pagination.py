@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from labd.config import RegistryConfig
-from labd.registry import RegistryClient, RegistryError
+from labd.images.registry import RegistryClient, RegistryError
 from tests.support.processes import free_port
 
 TAGS = [f"w_2026_{week:02d}" for week in range(1, 8)]

@@ -14,10 +14,10 @@ from structlog.testing import capture_logs
 
 from labd import tasks
 from labd.api.form import render_form
+from labd.api.service import FormChoices
 from labd.config import ImageConfig, Resources, SizeConfig
-from labd.errors import UnknownImageError
-from labd.metrics import Metrics
-from labd.service import FormChoices
+from labd.lab.errors import UnknownImageError
+from labd.lab.metrics import Metrics
 from tests.images.conftest import (
     TAGS,
     USERS,

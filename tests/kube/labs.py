@@ -6,7 +6,7 @@ import json
 import uuid
 
 from labd.kube.builder import LabBuild
-from labd.naming import lab_namespace
+from labd.lab.naming import lab_namespace
 
 __all__ = ["lab_build"]
 

@@ -17,15 +17,7 @@ from typing import Any
 
 import pytest
 
-from labd.config import (
-    Config,
-    EgressConfig,
-    EgressRuleConfig,
-    LabConfig,
-    Resources,
-    SizeConfig,
-    VolumeConfig,
-)
+from labd.config import Config, EgressConfig, EgressRuleConfig, LabConfig, Resources, SizeConfig, VolumeConfig
 from labd.kube.builder import (
     LAB_ID_LABEL,
     MANAGED_BY,

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
-from labd.config import KubernetesConfig, parse_quantity
+from labd.config import KubernetesConfig
 from labd.kube.builder import build_lab_objects
 from labd.kube.client import RetryPolicy, create_api_client
 from labd.kube.storage import LabKube
+from labd.lab.quantity import parse_quantity
 from tests.kube.test_builder import CASES
 from tests.realk8s.cluster import RealCluster
 

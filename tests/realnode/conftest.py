@@ -37,7 +37,7 @@ import yaml
 
 from labd.api import Authenticator, create_app, hash_token
 from labd.config import Config
-from labd.factory import Labd
+from labd.daemon.factory import Labd
 from tests.api.conftest import HUB_TOKEN, serve
 from tests.core.conftest import make_config
 from tests.images.registry import REGISTRY_BINARY, REPOSITORY, LocalRegistry

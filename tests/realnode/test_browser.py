@@ -31,7 +31,7 @@ pytest.importorskip(
 )
 pytest.importorskip("selenium", reason="Selenium is not installed: pip install -e '.[dev]'")
 
-from labd.naming import lab_namespace
+from labd.lab.naming import lab_namespace
 from tests.realnode.checks import nothing_left
 from tests.realnode.conftest import LabdProcess, LabdProcessFactory, LabRegistry
 from tests.realnode.node import BRIDGE_IP, POD_SUBNET, Node

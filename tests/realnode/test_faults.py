@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from labd.naming import lab_namespace
+from labd.lab.naming import lab_namespace
 from tests.api.conftest import HUB, read_events
 from tests.realnode.checks import first_ok, nothing_left, until
 from tests.realnode.conftest import POD_DELETE_GRACE, LabdProcessFactory

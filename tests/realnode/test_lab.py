@@ -26,7 +26,7 @@ import time
 
 import httpx
 
-from labd.naming import lab_namespace
+from labd.lab.naming import lab_namespace
 from tests.api.conftest import HUB, read_events
 from tests.realnode.checks import LAB_PORT, first_ok, nothing_left, pod_url
 from tests.realnode.conftest import LabRegistry

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from labd.naming import lab_namespace
+from labd.lab.naming import lab_namespace
 from tests.api.conftest import HUB, read_events
 from tests.images.registry import REPOSITORY
 from tests.realnode.checks import first_ok, nothing_left, pod_url

@@ -20,7 +20,7 @@ import time
 import httpx
 import pytest
 
-from labd.naming import lab_namespace
+from labd.lab.naming import lab_namespace
 from tests.api.conftest import HUB
 from tests.realnode.checks import first_ok, nothing_left, pod_url, until
 from tests.realnode.conftest import LabRegistry

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
 from kubernetes_asyncio.config import load_kube_config
 
-from labd.cli import main
+from labd.cli.main import main
 from labd.sim import SimCluster
 from tests.sim.waiting import manifest, pod
 from tests.support.waiting import eventually

@@ -53,7 +53,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
-from labd.models import DROPDOWN_SENTINEL
+from labd.lab.protocol import DROPDOWN_SENTINEL
 
 __all__ = [
     "CHROMEDRIVER",

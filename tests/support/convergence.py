@@ -9,10 +9,10 @@ import time
 from kubernetes_asyncio.client import CoreV1Api
 
 from labd.config import Config
+from labd.db.store import LabStore
 from labd.kube.builder import MANAGED_SELECTOR
 from labd.kube.client import create_api_client
-from labd.machine import LabState
-from labd.store import LabStore
+from labd.lab.machine import LabState
 
 __all__ = ["converged", "history_complete", "no_orphans"]
 

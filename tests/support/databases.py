@@ -10,8 +10,8 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from labd.database import Database
-from labd.migrate import upgrade
+from labd.db.database import Database
+from labd.db.migrate import upgrade
 
 __all__ = ["POSTGRES_ADMIN_URL", "scratch_database"]
 

@@ -1,0 +1,1 @@
+"""The ``labd`` command line: `labd.cli.main` and the operator commands."""

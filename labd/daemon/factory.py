@@ -1,0 +1,238 @@
+"""The composition root: builds labd's parts and runs them together.
+
+`Labd` is the one place where the database, the store, the service, the
+Kubernetes client, the watches, the scheduler and the reconciler are wired
+to each other.  ``labd serve``, ``labd dev``, the tests and the benchmarks
+all build labd through it, so they all run the same thing.
+
+Start-up order matters for readiness: the schema is checked first (labd
+refuses a database that is not at head), then the first reconcile runs, and
+only then do the scheduler and the watches start and labd reports ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from typing import Any
+
+import structlog
+from kubernetes_asyncio.client import ApiClient
+
+from labd import tasks
+from labd.alerts import Alerts
+from labd.api.service import LabService
+from labd.config import Config
+from labd.control.reconciler import Reconciler, ReconcileReport
+from labd.control.scheduler import LabLocks, Scheduler
+from labd.db.changes import ChangeListener, warm_status
+from labd.db.database import Database
+from labd.db.revision import check_schema
+from labd.db.status import StatusCache
+from labd.db.store import LabStore
+from labd.images.catalog import ImageCatalog
+from labd.images.registry import RegistryClient
+from labd.kube.client import create_api_client
+from labd.kube.storage import LabKube
+from labd.kube.watching import PodEventWatcher, PodWatcher
+from labd.lab.metrics import Metrics
+from labd.lab.signals import LabSignals
+
+__all__ = ["Labd"]
+
+_logger = structlog.get_logger()
+
+_STOP_GRACE = 10.0
+"""Seconds in-flight steps get to finish on shutdown before they are cancelled."""
+
+
+class Labd:
+    """All of labd's parts, wired together.
+
+    Build with `Labd.create`; then `start` and, at the end, `stop`.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        database: Database,
+        api_client: ApiClient,
+        alerts: Alerts | None = None,
+    ) -> None:
+        self.config = config
+        self.database = database
+        self.api_client = api_client
+        self.metrics = Metrics()
+        self.alerts = alerts or Alerts.from_config(config.alerts, metrics=self.metrics)
+        self.store = LabStore(database)
+        # On PostgreSQL other replicas write too: the cache waits for the
+        # change listener.  On SQLite labd is the only writer.
+        self.status = StatusCache(self.store, enabled=database.is_sqlite, metrics=self.metrics)
+        self.store.on_write.append(self.status.invalidate)
+        # Likewise every change is heard on SQLite; on PostgreSQL while the
+        # change listener listens.
+        self.signals = LabSignals(complete=database.is_sqlite)
+        self.store.on_change.append(self.signals.notify)
+        self.change_listener = (
+            None
+            if database.is_sqlite
+            else ChangeListener(database.url, status=self.status, signals=self.signals)
+        )
+        registry = config.images.registry
+        self.images = ImageCatalog(
+            config.images,
+            registry=RegistryClient(registry) if registry is not None else None,
+            metrics=self.metrics,
+        )
+        self.service = LabService(
+            config=config,
+            store=self.store,
+            signals=self.signals,
+            images=self.images,
+            metrics=self.metrics,
+            status=self.status,
+        )
+        self.locks = LabLocks()
+        self.kube = LabKube(api_client, config, on_call=self.metrics.kube_call)
+        self.scheduler = Scheduler(
+            config=config,
+            store=self.store,
+            signals=self.signals,
+            kube=self.kube,
+            locks=self.locks,
+            metrics=self.metrics,
+            alerts=self.alerts,
+        )
+        self.reconciler = Reconciler(
+            config=config,
+            store=self.store,
+            kube=self.kube,
+            scheduler=self.scheduler,
+            locks=self.locks,
+            signals=self.signals,
+            alerts=self.alerts,
+        )
+        self.pod_watcher = PodWatcher(api_client, config, on_call=self.metrics.kube_call)
+        self.event_watcher = PodEventWatcher(api_client, config, on_call=self.metrics.kube_call)
+        self.last_reconcile: ReconcileReport | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._not_ready = "starting"
+        self._stopped = False
+        self._stopping = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def create(cls, config: Config) -> Labd:
+        """Connect to the database and Kubernetes; refuse a stale schema.
+
+        Raises
+        ------
+        SchemaError
+            If the database is not at the head revision.
+        """
+        database = Database(config.database_url)
+        try:
+            await check_schema(database)
+            api_client = await create_api_client(config.kubernetes)
+        except BaseException:
+            await database.dispose()
+            raise
+        return cls(config=config, database=database, api_client=api_client)
+
+    async def start(self) -> None:
+        """Read the image registry and reconcile once, then start the loops.
+
+        A registry that cannot be read does not stop the start: labd serves
+        the configured images until a later refresh succeeds.
+        """
+        self.alerts.start()
+        if self.change_listener is not None:
+            self._tasks.append(tasks.spawn(self.change_listener.run(), name="change-listener"))
+        await self.images.refresh()
+        report = await self._reconcile()
+        if report.pod_version:
+            # The watch follows on from the reconcile's LIST: no second LIST
+            # of every pod, no replay of them all.
+            self.pod_watcher.start_from(report.pod_version, report.pods)
+        self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
+        self._tasks += [
+            tasks.spawn(self.scheduler.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
+            tasks.spawn(
+                self.scheduler.watch_pod_events(self.event_watcher.events()), name="event-watch"
+            ),
+            tasks.spawn(self._reconcile_periodically(), name="reconcile"),
+            tasks.spawn(self.images.refresh_periodically(self._stopping), name="image-refresh"),
+            tasks.spawn(self._warm_status(), name="status-warm"),
+        ]
+        self._not_ready = ""
+        _logger.info("labd started")
+
+    async def _warm_status(self) -> None:
+        """Preload every user's status once ready (PostgreSQL: once listening)."""
+        if self.change_listener is not None:
+            await self.change_listener.listening.wait()
+        await warm_status(self.status)
+
+    async def stop(self) -> None:
+        """Stop the loops, give in-flight steps a moment, close connections.
+
+        Nothing is cancelled in the middle of a database write if it can be
+        helped: the scheduler loop is asked to stop and awaited, the watch
+        loops (which only wait on their watches) are cancelled, and the steps
+        and changes already started get `_STOP_GRACE` seconds to finish.
+        Labs keep running; unfinished steps resume from their rows on the
+        next start.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self._not_ready = "stopping"
+        self._stopping.set()
+        self.scheduler.request_stop()
+        if self._loop is not None:
+            _, pending = await asyncio.wait({self._loop}, timeout=_STOP_GRACE)
+            await tasks.cancel_and_wait(list(pending))
+        await tasks.cancel_and_wait(self._tasks)
+        await self.scheduler.drain(grace=_STOP_GRACE)
+        await self.alerts.stop()
+        await self.images.aclose()
+        await self.api_client.close()
+        await self.database.dispose()
+
+    async def readiness(self) -> str | None:
+        """Return why labd is not ready, or `None` when it is."""
+        if self._not_ready:
+            return self._not_ready
+        try:
+            await check_schema(self.database)
+        except Exception as exc:
+            return f"database not usable: {exc}"
+        return None
+
+    async def _reconcile(self) -> ReconcileReport:
+        report = await self.reconciler.reconcile()
+        self.metrics.reconcile_duration.observe(report.seconds)
+        for action, items in (
+            ("adopted", report.adopted),
+            ("orphan", report.orphans),
+            ("vanished", report.vanished),
+            ("updated", report.updated),
+        ):
+            if items:
+                self.metrics.reconcile_actions.labels(action).inc(len(items))
+        self.last_reconcile = dataclasses.replace(report, pods=[])
+        return report
+
+    async def _reconcile_periodically(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.reconcile_interval)
+            if self._stopping.is_set():
+                return
+            try:
+                await self._reconcile()
+            except Exception as exc:
+                _logger.exception("reconcile failed; will try again")
+                self.alerts.unexpected("the periodic reconcile", exc)

@@ -1,0 +1,705 @@
+"""Persistence of labs, their audit history and their progress events.
+
+Every change of a lab's state goes through `LabStore.transition`, which in
+one write transaction:
+
+1. reads the lab row under a row lock (``SELECT ... FOR UPDATE`` on
+   PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` already holds the write lock),
+2. asks the state machine whether the trigger is legal and where it leads,
+3. updates the row with ``WHERE id = :id AND version = :version`` and bumps
+   the version,
+4. appends one ``lab_transitions`` row carrying that new version, and any
+   progress events.
+
+So a trigger either happens with its audit row or not at all, and because
+``(lab_id, version)`` is unique in ``lab_transitions``, the history of a lab
+has exactly one row per version: no gap, no duplicate.
+
+Optimistic concurrency: a caller that decided what to do from an earlier read
+passes ``expected_version``.  If another writer got there first, the versions
+differ and `StaleLabError` is raised with nothing written; the caller re-reads
+and decides again.  Two writers racing on one lab cannot both win: the second
+one either finds a new version (stale) or a new state (the trigger may now be
+illegal).
+
+Bookkeeping that is not a state change (retry counters, the last pod phase
+seen, deadlines) goes through `LabStore.update`, which leaves the version
+alone: the version counts transitions, so it always equals the length of the
+lab's history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, bindparam, func, insert, null, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from labd.db.database import Database
+from labd.db.schema import lab_events, lab_transitions, labs
+from labd.lab.machine import (
+    LIVE_STATES,
+    SECRET_STATES,
+    LabState,
+    Trigger,
+    next_state,
+)
+from labd.lab.records import (
+    Actor,
+    EventRecord,
+    EventType,
+    LabChanges,
+    LabRecord,
+    LabSummary,
+    NewEvent,
+    TransitionRecord,
+    utcnow,
+)
+
+__all__ = [
+    "LabExistsError",
+    "LabNotFoundError",
+    "LabStore",
+    "StaleLabError",
+]
+
+
+class LabExistsError(Exception):
+    """The user already has a current lab."""
+
+    def __init__(self, username: str) -> None:
+        super().__init__(f"User {username} already has a lab")
+        self.username = username
+
+
+class LabNotFoundError(Exception):
+    """No lab with that id."""
+
+    def __init__(self, lab_id: str) -> None:
+        super().__init__(f"No lab with id {lab_id}")
+        self.lab_id = lab_id
+
+
+class StaleLabError(Exception):
+    """Another writer changed the lab since the caller read it."""
+
+    def __init__(self, lab_id: str, expected: int, actual: int) -> None:
+        super().__init__(f"Lab {lab_id} is at version {actual}, not {expected}")
+        self.lab_id = lab_id
+        self.expected = expected
+        self.actual = actual
+
+
+_LIVE = [state.value for state in LIVE_STATES]
+
+_CURRENT_FIRST = (labs.c.state.in_(_LIVE).desc(), labs.c.created_at.desc())
+"""Of one user's labs not deleted, the current one first: live, then newest."""
+
+# Statements of the hot paths, built once: SQLAlchemy then skips building
+# and hashing them again on every call (its compiled cache still applies).
+_SELECT_LAB = select(labs).where(labs.c.id == bindparam("lab_id"))
+_LOCK_LAB = _SELECT_LAB.with_for_update()
+_INSERT_TRANSITION = insert(lab_transitions)
+_INSERT_EVENT = insert(lab_events).returning(lab_events)
+
+
+class LabStore:
+    """Queries and transactional writes on the lab tables.
+
+    Parameters
+    ----------
+    database
+        Where the tables live.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self.on_write: list[Callable[[str], None]] = []
+        """Called with the username after every write of a lab row (commit
+        or not: a write whose outcome is unknown counts as a change)."""
+        self.on_change: list[Callable[[str], None]] = []
+        """Called with the lab id after every write of a lab row or of its
+        events, likewise: what wakes the readers that follow a lab."""
+
+    def _written(self, username: str, lab_id: str) -> None:
+        for callback in self.on_write:
+            callback(username)
+        self._changed(lab_id)
+
+    def _changed(self, lab_id: str) -> None:
+        for callback in self.on_change:
+            callback(lab_id)
+
+    async def create_lab(
+        self,
+        *,
+        username: str,
+        slug: str,
+        namespace: str,
+        spec: dict[str, Any],
+        actor: Actor,
+        trigger: Trigger = Trigger.REQUEST,
+        lab_id: str | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        changes: LabChanges | None = None,
+        events: Sequence[NewEvent] = (),
+    ) -> LabRecord:
+        """Create a lab row with its first transition out of ``new``.
+
+        Parameters
+        ----------
+        username, slug, namespace, spec
+            The lab's identity and what was asked.
+        actor
+            Who asked.
+        trigger
+            ``request`` for a create, ``adopt`` for objects found in the
+            cluster without a row (then ``changes["pod_phase"]`` decides the
+            state).
+        lab_id
+            The id to use; a new UUID if not given (adoption keeps the id from
+            the objects' labels).
+        reason, details
+            Recorded in the audit row.
+        changes
+            Other columns to set.
+        events
+            Progress events of the first operation.
+
+        Raises
+        ------
+        LabExistsError
+            If the user already has a current lab.
+        """
+        changes = changes or {}
+        state = next_state(LabState.NEW, trigger, pod_phase=changes.get("pod_phase"))
+        now = utcnow()
+        lab_id = lab_id or str(uuid.uuid4())
+        values: dict[str, Any] = {
+            "id": lab_id,
+            "username": username,
+            "slug": slug,
+            "namespace": namespace,
+            "state": state.value,
+            "spec": spec,
+            "operation": 1,
+            "attempts": 0,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+            **changes,
+        }
+        if state not in SECRET_STATES:
+            values["secret_env"] = null()
+
+        def work(conn: Connection) -> Row[Any]:
+            row = conn.execute(insert(labs).values(values).returning(labs)).one()
+            self._record(
+                conn,
+                row,
+                from_state=LabState.NEW,
+                trigger=trigger,
+                actor=actor,
+                reason=reason,
+                details=details,
+                events=events,
+            )
+            return row
+
+        try:
+            row = await self._db.run_write(work)
+        except IntegrityError as exc:
+            if _is_live_username_violation(exc):
+                raise LabExistsError(username) from exc
+            raise
+        finally:
+            self._written(username, lab_id)
+        return _lab(row)
+
+    async def transition(
+        self,
+        lab_id: str,
+        trigger: Trigger,
+        *,
+        actor: Actor,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        expected_version: int | None = None,
+        changes: LabChanges | None = None,
+        events: Sequence[NewEvent] = (),
+        new_operation: bool = False,
+        final_events: Sequence[NewEvent] = (),
+    ) -> LabRecord:
+        """Apply ``trigger`` to a lab, atomically with its audit row.
+
+        Parameters
+        ----------
+        lab_id
+            The lab.
+        trigger
+            What happened.
+        actor, reason, details
+            Recorded in the audit row.
+        expected_version
+            The version the caller based its decision on; `StaleLabError` if
+            the lab has moved on since.
+        changes
+            Other columns to set in the same transaction.
+        events
+            Progress events to append, to the new operation if one starts.
+        new_operation
+            Whether the transition starts a new operation (a delete, or a
+            cleanup), whose events form a new stream.
+        final_events
+            Events that end the operation being replaced (e.g. "Operation
+            cancelled" when a delete interrupts a spawn).
+
+        Returns
+        -------
+        LabRecord
+            The lab after the transition.
+
+        Raises
+        ------
+        InvalidTransitionError
+            If the trigger is not legal from the lab's state; nothing is
+            written.
+        LabNotFoundError
+            If there is no such lab.
+        StaleLabError
+            If ``expected_version`` is given and not current.
+        LabExistsError
+            If the transition would give the user two current labs.
+        """
+        changes = changes or {}
+        current: LabRecord | None = None
+
+        def work(conn: Connection) -> Row[Any]:
+            nonlocal current
+            current = self._lock(conn, lab_id, expected_version)
+            state = next_state(
+                current.state,
+                trigger,
+                pod_phase=changes.get("pod_phase", current.pod_phase),
+            )
+            now = utcnow()
+            values: dict[str, Any] = {
+                "state": state.value,
+                "version": current.version + 1,
+                "updated_at": now,
+                **changes,
+            }
+            if state not in SECRET_STATES:
+                # SQL NULL, not JSON null: `secret_env IS NULL` finds them all.
+                values["secret_env"] = null()
+            if state is LabState.DELETED:
+                values["deleted_at"] = now
+            if new_operation:
+                values["operation"] = current.operation + 1
+            self._insert_events(conn, current, final_events)
+            statement = (
+                update(labs)
+                .where(labs.c.id == lab_id, labs.c.version == current.version)
+                .values(values)
+                .returning(labs)
+            )
+            row = conn.execute(statement).one_or_none()
+            if row is None:
+                # Unreachable while the row lock holds; kept so that a
+                # change of isolation can never let two writers win.
+                raise StaleLabError(lab_id, current.version, current.version + 1)
+            self._record(
+                conn,
+                row,
+                from_state=current.state,
+                trigger=trigger,
+                actor=actor,
+                reason=reason,
+                details=details,
+                events=events,
+            )
+            return row
+
+        try:
+            row = await self._db.run_write(work)
+        except IntegrityError as exc:
+            if current is not None and _is_live_username_violation(exc):
+                raise LabExistsError(current.username) from exc
+            raise
+        finally:
+            if current is not None:
+                self._written(current.username, lab_id)
+        return _lab(row)
+
+    async def update(
+        self,
+        lab_id: str,
+        changes: LabChanges,
+        *,
+        expected_version: int | None = None,
+        events: Sequence[NewEvent] = (),
+    ) -> LabRecord:
+        """Change bookkeeping columns without a state change.
+
+        Raises
+        ------
+        LabNotFoundError
+            If there is no such lab.
+        StaleLabError
+            If ``expected_version`` is given and not current.
+        """
+        current: LabRecord | None = None
+
+        def work(conn: Connection) -> Row[Any]:
+            nonlocal current
+            current = self._lock(conn, lab_id, expected_version)
+            statement = (
+                update(labs)
+                .where(labs.c.id == lab_id)
+                .values({**changes, "updated_at": utcnow()})
+                .returning(labs)
+            )
+            row = conn.execute(statement).one()
+            self._insert_events(conn, row, events)
+            return row
+
+        try:
+            row = await self._db.run_write(work)
+        finally:
+            if current is not None:
+                self._written(current.username, lab_id)
+        return _lab(row)
+
+    async def add_events(
+        self, lab_id: str, events: Sequence[NewEvent], *, in_state: LabState | None = None
+    ) -> list[EventRecord]:
+        """Append progress events to the lab's current operation.
+
+        The lab row is locked while the events are inserted, so the events of
+        one lab are committed in id order and a reader that follows ids never
+        skips one.
+
+        Parameters
+        ----------
+        lab_id
+            The lab.
+        events
+            What to append.
+        in_state
+            Append only if the lab is in this state (checked under the lock);
+            otherwise append nothing and return an empty list.
+        """
+
+        def work(conn: Connection) -> list[EventRecord]:
+            current = self._lock(conn, lab_id)
+            if in_state is not None and current.state is not in_state:
+                return []
+            return self._insert_events(conn, current, events)
+
+        try:
+            return await self._db.run_write(work)
+        finally:
+            self._changed(lab_id)
+
+    async def claim_due(
+        self, *, limit: int, lease: float, exclude: Collection[str] = ()
+    ) -> list[LabRecord]:
+        """Claim labs whose ``next_attempt_at`` has come, for one step each.
+
+        Claiming pushes ``next_attempt_at`` one lease into the future, so
+        another replica (or this one after a crash) retries the lab only if
+        the step neither finishes nor reschedules within the lease.  On
+        PostgreSQL, ``FOR UPDATE SKIP LOCKED`` lets replicas claim side by
+        side without waiting on each other's rows.
+
+        Parameters
+        ----------
+        limit
+            Claim at most this many labs.
+        lease
+            Seconds the claim holds.
+        exclude
+            Ids of labs this process is stepping already.
+        """
+        now = utcnow()
+        statement = (
+            select(labs)
+            .where(labs.c.next_attempt_at <= now)
+            .order_by(labs.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if exclude:
+            statement = statement.where(labs.c.id.not_in(list(exclude)))
+
+        def work(conn: Connection) -> list[Row[Any]]:
+            rows = conn.execute(statement).all()
+            if rows:
+                conn.execute(
+                    update(labs)
+                    .where(labs.c.id.in_([row.id for row in rows]))
+                    .values(next_attempt_at=now + timedelta(seconds=lease))
+                )
+            return list(rows)
+
+        return [_lab(row) for row in await self._db.run_write(work)]
+
+    async def due_summary(self) -> tuple[int, datetime | None]:
+        """Return how many labs are due now and the oldest due time."""
+        statement = select(func.count(), func.min(labs.c.next_attempt_at)).where(
+            labs.c.next_attempt_at <= utcnow()
+        )
+        async with self._db.read() as conn:
+            count, oldest = (await conn.execute(statement)).one()
+        return int(count), oldest
+
+    async def next_due_time(self) -> datetime | None:
+        """Return the earliest ``next_attempt_at`` of any lab, if one is set."""
+        async with self._db.read() as conn:
+            value: datetime | None = await conn.scalar(select(func.min(labs.c.next_attempt_at)))
+        return value
+
+    async def get_lab(self, lab_id: str) -> LabRecord:
+        """Return one lab by id.
+
+        Raises
+        ------
+        LabNotFoundError
+            If there is no such lab.
+        """
+        async with self._db.read() as conn:
+            row = (await conn.execute(_SELECT_LAB, {"lab_id": lab_id})).one_or_none()
+        if row is None:
+            raise LabNotFoundError(lab_id)
+        return _lab(row)
+
+    async def find_lab(self, lab_id: str) -> LabRecord | None:
+        """Return one lab by id, or `None` if there is no such lab."""
+        try:
+            return await self.get_lab(lab_id)
+        except LabNotFoundError:
+            return None
+
+    async def get_current_lab(self, username: str) -> LabRecord | None:
+        """Return the user's current lab, or the one being deleted, if any.
+
+        A live lab wins over a deleting one (a new spawn may wait for the
+        previous lab's cleanup).
+        """
+        statement = (
+            select(labs)
+            .where(labs.c.username == username, labs.c.state != LabState.DELETED.value)
+            .order_by(*_CURRENT_FIRST)
+            .limit(1)
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        return None if row is None else _lab(row)
+
+    async def list_current_labs(self) -> list[LabRecord]:
+        """Return every user's current lab (as `get_current_lab`), in one query."""
+        statement = (
+            select(labs)
+            .where(labs.c.state != LabState.DELETED.value)
+            .order_by(labs.c.username, *_CURRENT_FIRST)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        current: dict[str, LabRecord] = {}
+        for row in rows:
+            if row.username not in current:
+                current[row.username] = _lab(row)
+        return list(current.values())
+
+    async def get_latest_lab(self, username: str) -> LabRecord | None:
+        """Return the user's most recent lab, deleted or not."""
+        statement = (
+            select(labs)
+            .where(labs.c.username == username)
+            .order_by(labs.c.created_at.desc(), labs.c.id.desc())
+            .limit(1)
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        return None if row is None else _lab(row)
+
+    async def list_labs(self, states: Iterable[LabState] | None = None) -> list[LabRecord]:
+        """Return labs, optionally only those in some states, by username."""
+        statement = select(labs).order_by(labs.c.username, labs.c.created_at)
+        if states is not None:
+            statement = statement.where(labs.c.state.in_([s.value for s in states]))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_lab(row) for row in rows]
+
+    async def list_lab_summaries(self, states: Iterable[LabState]) -> list[LabSummary]:
+        """Return where the labs in ``states`` stand, without their specs."""
+        statement = select(
+            labs.c.id,
+            labs.c.username,
+            labs.c.slug,
+            labs.c.namespace,
+            labs.c.state,
+            labs.c.pod_phase,
+            labs.c.version,
+        ).where(labs.c.state.in_([s.value for s in states]))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [LabSummary(**{**row._mapping, "state": LabState(row.state)}) for row in rows]
+
+    async def count_by_state(self) -> dict[LabState, int]:
+        """Return how many labs are in each state (deleted ones included)."""
+        statement = select(labs.c.state, func.count()).group_by(labs.c.state)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return {LabState(state): count for state, count in rows}
+
+    async def history(
+        self, username: str, *, limit: int = 100, before: int | None = None
+    ) -> list[TransitionRecord]:
+        """Return a user's audit trail over all their labs, newest first.
+
+        Parameters
+        ----------
+        username
+            Whose history.
+        limit
+            At most this many rows.
+        before
+            Only rows with a smaller id (for paging).
+        """
+        statement = (
+            select(lab_transitions)
+            .where(lab_transitions.c.username == username)
+            .order_by(lab_transitions.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            statement = statement.where(lab_transitions.c.id < before)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_transition(row) for row in rows]
+
+    async def lab_history(self, lab_id: str) -> list[TransitionRecord]:
+        """Return every transition of one lab, oldest first."""
+        statement = (
+            select(lab_transitions)
+            .where(lab_transitions.c.lab_id == lab_id)
+            .order_by(lab_transitions.c.version)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_transition(row) for row in rows]
+
+    async def events(
+        self, lab_id: str, operation: int, *, after: int | None = None
+    ) -> list[EventRecord]:
+        """Return the events of one operation of a lab, in order.
+
+        Parameters
+        ----------
+        lab_id
+            The lab.
+        operation
+            Which of its operations.
+        after
+            Only events with a larger id (``Last-Event-ID`` resume).
+        """
+        statement = (
+            select(lab_events)
+            .where(lab_events.c.lab_id == lab_id, lab_events.c.operation == operation)
+            .order_by(lab_events.c.id)
+        )
+        if after is not None:
+            statement = statement.where(lab_events.c.id > after)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [_event(row) for row in rows]
+
+    def _lock(
+        self, conn: Connection, lab_id: str, expected_version: int | None = None
+    ) -> LabRecord:
+        """Lock the lab's row; `StaleLabError` if it is not at ``expected_version``."""
+        row = conn.execute(_LOCK_LAB, {"lab_id": lab_id}).one_or_none()
+        if row is None:
+            raise LabNotFoundError(lab_id)
+        current = _lab(row)
+        if expected_version is not None and current.version != expected_version:
+            raise StaleLabError(lab_id, expected_version, current.version)
+        return current
+
+    def _record(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        *,
+        from_state: LabState,
+        trigger: Trigger,
+        actor: Actor,
+        reason: str | None,
+        details: dict[str, Any] | None,
+        events: Sequence[NewEvent],
+    ) -> None:
+        conn.execute(
+            _INSERT_TRANSITION,
+            {
+                "lab_id": row.id,
+                "username": row.username,
+                "version": row.version,
+                "from_state": from_state.value,
+                "to_state": row.state,
+                "trigger": trigger.value,
+                "actor": actor.value,
+                "reason": reason,
+                "details": details,
+                "created_at": row.updated_at,
+            },
+        )
+        self._insert_events(conn, _lab(row), events)
+
+    def _insert_events(
+        self, conn: Connection, lab: LabRecord | Row[Any], events: Sequence[NewEvent]
+    ) -> list[EventRecord]:
+        if not events:
+            return []
+        now = utcnow()
+        values = [
+            {
+                "lab_id": lab.id,
+                "operation": lab.operation,
+                "type": event.type.value,
+                "message": event.message,
+                "progress": event.progress,
+                "terminal": event.terminal,
+                "created_at": now,
+            }
+            for event in events
+        ]
+        # One INSERT per event keeps ids in list order on every database.
+        records = []
+        for value in values:
+            row = conn.execute(_INSERT_EVENT, value).one()
+            records.append(_event(row))
+        return records
+
+
+def _is_live_username_violation(exc: IntegrityError) -> bool:
+    text = str(exc.orig)
+    return "uq_labs_username_live" in text or "labs.username" in text
+
+
+def _lab(row: Row[Any]) -> LabRecord:
+    return LabRecord(**{**row._mapping, "state": LabState(row.state)})
+
+
+def _transition(row: Row[Any]) -> TransitionRecord:
+    return TransitionRecord(**row._mapping)
+
+
+def _event(row: Row[Any]) -> EventRecord:
+    return EventRecord(**{**row._mapping, "type": EventType(row.type)})
