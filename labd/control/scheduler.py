@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import random
 import time
 from collections import defaultdict
@@ -48,11 +47,11 @@ from labd.alerts import AlertKind, Alerts
 from labd.config import Config
 from labd.db.store import LabExistsError, LabStore, StaleLabError
 from labd.kube.builder import (
-    LabBuild,
     LabBuildError,
     LabObjects,
     build_lab_objects,
     internal_url,
+    lab_build,
     pod_name,
 )
 from labd.kube.client import KubeError
@@ -64,7 +63,7 @@ from labd.lab.metrics import Metrics
 from labd.lab.records import Actor, EventType, LabChanges, LabRecord, NewEvent, utcnow
 from labd.lab.signals import LabSignals
 
-__all__ = ["LabLocks", "Scheduler", "lab_build", "next_progress"]
+__all__ = ["LabLocks", "Scheduler", "next_progress"]
 
 _logger = structlog.get_logger()
 
@@ -808,34 +807,3 @@ def _pod_problem(pod: PodUpdate) -> str:
     detail = ": ".join(part for part in (pod.reason, pod.message) if part)
     text = f"Lab pod {pod.phase.lower()}"
     return f"{text}: {detail}" if detail else text
-
-
-def lab_build(lab: LabRecord) -> LabBuild:
-    """Return what the object builder needs to build a lab, from its row."""
-    spec = lab.spec
-    options, user, resources = spec["options"], spec["user"], spec["resources"]
-    return LabBuild(
-        lab_id=lab.id,
-        username=lab.username,
-        slug=lab.slug,
-        namespace=lab.namespace,
-        image=options["image"],
-        size=options["size"],
-        limits_cpu=resources["limits"]["cpu"],
-        limits_memory=resources["limits"]["memory"],
-        requests_cpu=resources["requests"]["cpu"],
-        requests_memory=resources["requests"]["memory"],
-        uid=user["uid"],
-        gid=user["gid"],
-        groups=[(g["name"], g.get("id")) for g in user.get("groups", [])],
-        env=spec.get("env", {}),
-        secret_env=lab.secret_env or {},
-        enable_debug=options["enable_debug"],
-        reset_user_env=options["reset_user_env"],
-        spec_annotation=_spec_annotation(lab),
-    )
-
-
-def _spec_annotation(lab: LabRecord) -> str:
-    spec = {k: v for k, v in lab.spec.items() if k not in ("env", "previous_lab")}
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))

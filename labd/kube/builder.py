@@ -42,11 +42,18 @@ Kubernetes at spawn time by the scheduler and handed in through
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from labd.config import DEFAULT_EPHEMERAL_STORAGE_LIMIT, DEFAULT_EPHEMERAL_STORAGE_REQUEST, Config, EgressRuleConfig
+from labd.config import (
+    DEFAULT_EPHEMERAL_STORAGE_LIMIT,
+    DEFAULT_EPHEMERAL_STORAGE_REQUEST,
+    Config,
+    EgressRuleConfig,
+)
+from labd.lab.records import LabRecord
 
 __all__ = [
     "CONTAINER_NAME",
@@ -71,6 +78,7 @@ __all__ = [
     "build_lab_objects",
     "config_map_name",
     "internal_url",
+    "lab_build",
     "parse_lab_labels",
     "pod_name",
     "pull_secret_name",
@@ -790,3 +798,34 @@ class _Builder:
                 "volumes": volumes,
             },
         }
+
+
+def lab_build(lab: LabRecord) -> LabBuild:
+    """Return what the object builder needs to build a lab, from its row."""
+    spec = lab.spec
+    options, user, resources = spec["options"], spec["user"], spec["resources"]
+    return LabBuild(
+        lab_id=lab.id,
+        username=lab.username,
+        slug=lab.slug,
+        namespace=lab.namespace,
+        image=options["image"],
+        size=options["size"],
+        limits_cpu=resources["limits"]["cpu"],
+        limits_memory=resources["limits"]["memory"],
+        requests_cpu=resources["requests"]["cpu"],
+        requests_memory=resources["requests"]["memory"],
+        uid=user["uid"],
+        gid=user["gid"],
+        groups=[(g["name"], g.get("id")) for g in user.get("groups", [])],
+        env=spec.get("env", {}),
+        secret_env=lab.secret_env or {},
+        enable_debug=options["enable_debug"],
+        reset_user_env=options["reset_user_env"],
+        spec_annotation=_spec_annotation(lab),
+    )
+
+
+def _spec_annotation(lab: LabRecord) -> str:
+    spec = {k: v for k, v in lab.spec.items() if k not in ("env", "previous_lab")}
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
