@@ -62,7 +62,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from labd.config import Config
 from labd.kube.builder import LAB_ID_LABEL, MANAGED_SELECTOR, USER_LABEL
 from labd.kube.client import CallHook, KubeApi, KubeError, RetryPolicy
-from labd.kube.storage import LabPod, list_objects, pod_status
+from labd.kube.listing import list_objects
+from labd.kube.storage import LabPod, pod_status
 
 __all__ = [
     "PodEvent",

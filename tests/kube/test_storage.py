@@ -17,7 +17,8 @@ from kubernetes_asyncio.client import (
 from labd.config import Config, LabConfig, VolumeConfig
 from labd.kube.builder import LAB_ID_LABEL, LabObjects, build_lab_objects
 from labd.kube.client import KubeError
-from labd.kube.storage import LabKube, NamespaceTerminatingError, _parse_page, pod_status
+from labd.kube.listing import _parse_page
+from labd.kube.storage import LabKube, NamespaceTerminatingError, pod_status
 from labd.sim import SimCluster
 from tests.kube.labs import lab_build
 from tests.support.waiting import eventually
