@@ -18,7 +18,20 @@ from pydantic.fields import FieldInfo
 
 from labd.cli.config_command import check_config
 from labd.cli.main import main
-from labd.config import MAX_BYTES, MAX_CPU, MAX_DURATION, Config, ConfigError, ImageConfig, ImagesConfig, LabConfig, SizeConfig, TimeoutsConfig, load_config
+from labd.config import (
+    MAX_BYTES,
+    MAX_CPU,
+    MAX_DURATION,
+    Config,
+    ConfigError,
+    ImageConfig,
+    ImagesConfig,
+    LabConfig,
+    SizeConfig,
+    TimeoutsConfig,
+    load_config,
+)
+from labd.images.catalog import build_image_list
 from labd.lab.quantity import format_bytes, parse_quantity
 from labd.lab.reference import ImageReference
 
@@ -36,6 +49,13 @@ def problems_of(path: Path | None, environ: dict[str, str] | None = None) -> lis
     lines = str(info.value).splitlines()
     assert lines == [str(problem) for problem in info.value.problems]
     return lines
+
+
+def recommended_of(images: ImagesConfig) -> ImageConfig:
+    """The image the catalog recommends for a configuration, before any registry read."""
+    recommended = build_image_list(images, {}).recommended
+    assert recommended is not None, f"{images.recommended!r} names no available image"
+    return recommended
 
 
 # Loading valid configurations
@@ -58,7 +78,7 @@ def test_defaults_without_file() -> None:
     assert config.sizes["medium"].limits.memory == 8 * GiB
     assert config.sizes["small"].requests.cpu == 0.25
     assert config.default_size == "medium"
-    recommended = config.images.recommended_image()
+    recommended = recommended_of(config.images)
     assert recommended.reference == "ghcr.io/labd/sciplat-lab:w_2026_47"
     assert recommended.image_class == "weekly"
     assert config.timeouts.spawn == 600
@@ -135,23 +155,24 @@ def test_full_file_images() -> None:
         "registry.example/lab:custom": "experimental",
         "localhost:5000/lab": "other",
     }
-    recommended = images.recommended_image()
+    listed = build_image_list(images, {})
+    recommended = recommended_of(images)
     assert recommended.reference == f"registry.example/lab:w_2026_47@{DIGEST_A}"
     assert recommended.display_name == "Weekly 2026_47"
-    assert images.by_tag("r9_1") is images.available[2]
-    assert images.by_tag("nope") is None
-    latest_release = images.latest("release")
+    assert listed.by_tag("r9_1") is images.available[2]
+    assert listed.by_tag("nope") is None
+    latest_release = listed.latest("release")
     assert latest_release is not None
     assert latest_release.tag == "r10_0"
-    latest_weekly = images.latest("weekly")
+    latest_weekly = listed.latest("weekly")
     assert latest_weekly is not None
     assert latest_weekly.tag == "w_2026_47"
-    assert images.latest("other") is None
+    assert listed.latest("other") is None
 
 
 def test_example_file_validates() -> None:
     config = load_config(EXAMPLE, environ={})
-    assert config.images.recommended_image().image_class == "weekly"
+    assert recommended_of(config.images).image_class == "weekly"
 
 
 def test_models_are_frozen() -> None:
@@ -194,7 +215,7 @@ def test_env_json_value() -> None:
     }
     config = load_config(None, environ=environ)
     assert config.lab.env == {"EXTERNAL_URL": "https://x.example"}
-    assert config.images.recommended_image().image_class == "release"
+    assert recommended_of(config.images).image_class == "release"
 
 
 def test_env_defaults_to_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -738,7 +759,7 @@ def test_recommended_by_reference_without_digest() -> None:
         available=[ImageConfig(reference=f"registry.example/lab:w_2026_47@{DIGEST_A}")],
         recommended="registry.example/lab:w_2026_47",
     )
-    assert images.recommended_image() is images.available[0]
+    assert recommended_of(images) is images.available[0]
 
 
 def test_models_validate_directly() -> None:

@@ -49,7 +49,7 @@ from sqlalchemy.exc import ArgumentError
 from labd.lab.naming import username_problem
 from labd.lab.protocol import MAX_ID
 from labd.lab.quantity import format_bytes, parse_bytes, parse_cpu
-from labd.lab.reference import PATH_SYNTAX, TAG_SYNTAX, ImageReference, natural_key
+from labd.lab.reference import PATH_SYNTAX, TAG_SYNTAX, ImageReference
 
 __all__ = [
     "DEFAULT_EPHEMERAL_STORAGE_LIMIT",
@@ -461,61 +461,6 @@ class ImagesConfig(_Model):
     def classify(self, tag: str | None) -> ImageClass:
         """Return the class `class_patterns` gives a tag (``other`` if none)."""
         return _classify_tag(tag, self.class_patterns)
-
-    def by_tag(self, tag: str) -> ImageConfig | None:
-        """Return the first available image with this tag, if any.
-
-        Parameters
-        ----------
-        tag
-            An image tag, such as ``w_2026_47``.
-
-        Returns
-        -------
-        ImageConfig or None
-            The image, or `None` if no available image has that tag.
-        """
-        return next((image for image in self.available if image.tag == tag), None)
-
-    def recommended_image(self) -> ImageConfig:
-        """Return the image named by `recommended`.
-
-        Returns
-        -------
-        ImageConfig
-            The recommended image (validated to exist when loading).
-
-        Raises
-        ------
-        ValueError
-            If `recommended` names a registry tag rather than an available
-            image (only possible with `registry`; see `labd.images.catalog`).
-        """
-        return _find_image(self.available, self.recommended)
-
-    def latest(self, image_class: ImageClass) -> ImageConfig | None:
-        """Return the latest image of a class, by natural order of the tags.
-
-        Parameters
-        ----------
-        image_class
-            The class, such as ``weekly``.
-
-        Returns
-        -------
-        ImageConfig or None
-            The image of that class with the greatest tag (digits compare
-            as numbers, so ``r10`` is after ``r9``), or `None` if there is
-            no tagged image of that class.
-        """
-        candidates = [
-            image
-            for image in self.available
-            if image.image_class == image_class and image.tag is not None
-        ]
-        if not candidates:
-            return None
-        return max(candidates, key=lambda image: natural_key(image.tag or ""))
 
 
 def _classify_tag(tag: str | None, patterns: Mapping[str, str]) -> ImageClass:
