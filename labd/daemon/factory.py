@@ -24,8 +24,11 @@ from labd import tasks
 from labd.alerts import Alerts
 from labd.api.service import LabService
 from labd.config import Config
+from labd.control.intake import WatchIntake
 from labd.control.reconciler import Reconciler, ReconcileReport
-from labd.control.scheduler import LabLocks, Scheduler
+from labd.control.scheduler import Scheduler
+from labd.control.state import ControlState, LabLocks
+from labd.control.steps import LabSteps
 from labd.db.changes import ChangeListener, warm_status
 from labd.db.database import Database
 from labd.db.revision import check_schema
@@ -94,23 +97,34 @@ class Labd:
             metrics=self.metrics,
             status=self.status,
         )
-        self.locks = LabLocks()
         self.kube = LabKube(api_client, config, on_call=self.metrics.kube_call)
-        self.scheduler = Scheduler(
+        self.control = ControlState(locks=LabLocks(), alerts=self.alerts)
+        steps = LabSteps(
             config=config,
             store=self.store,
             signals=self.signals,
             kube=self.kube,
-            locks=self.locks,
+            state=self.control,
             metrics=self.metrics,
+            alerts=self.alerts,
+        )
+        self.intake = WatchIntake(
+            store=self.store, signals=self.signals, state=self.control, steps=steps
+        )
+        self.scheduler = Scheduler(
+            config=config,
+            store=self.store,
+            signals=self.signals,
+            state=self.control,
+            steps=steps,
             alerts=self.alerts,
         )
         self.reconciler = Reconciler(
             config=config,
             store=self.store,
             kube=self.kube,
-            scheduler=self.scheduler,
-            locks=self.locks,
+            intake=self.intake,
+            locks=self.control.locks,
             signals=self.signals,
             alerts=self.alerts,
         )
@@ -158,9 +172,9 @@ class Labd:
             self.pod_watcher.start_from(report.pod_version, report.pods)
         self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
         self._tasks += [
-            tasks.spawn(self.scheduler.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
+            tasks.spawn(self.intake.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
             tasks.spawn(
-                self.scheduler.watch_pod_events(self.event_watcher.events()), name="event-watch"
+                self.intake.watch_pod_events(self.event_watcher.events()), name="event-watch"
             ),
             tasks.spawn(self._reconcile_periodically(), name="reconcile"),
             tasks.spawn(self.images.refresh_periodically(self._stopping), name="image-refresh"),

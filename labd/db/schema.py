@@ -166,6 +166,7 @@ lab_events = Table(
     Column("progress", SmallInteger),
     Column("terminal", Boolean, nullable=False, comment="Last event of its operation"),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("step", String(32), comment="Named step it marks (labd.lab.progress.Step)"),
     CheckConstraint("type IN ('info', 'error', 'failed', 'complete')", name="type"),
     CheckConstraint("progress IS NULL OR progress BETWEEN 1 AND 100", name="progress"),
     Index("ix_lab_events_lab_id_operation_id", "lab_id", "operation", "id"),

@@ -78,18 +78,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from labd.api import hash_token
 from labd.config import Config
-from labd.control.scheduler import lab_build as scheduler_lab_build
 from labd.daemon.factory import Labd
 from labd.daemon.logs import configure_logging
 from labd.db.database import Database
 from labd.db.schema import labs as labs_table
 from labd.kube.builder import LabBuild, build_lab_objects, internal_url
+from labd.kube.builder import lab_build as scheduler_lab_build
 from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
 from labd.lab.machine import LabState, Trigger
 from labd.lab.naming import lab_namespace
 from labd.lab.protocol import LabSpecification
 from labd.lab.records import Actor, LabRecord
+from labd.lab.spec import LabSpec
 from tests.bench.remote_sim import RemoteSim, until
 from tests.support.databases import scratch_database
 from tests.support.processes import Daemon, free_port, vm_status
@@ -150,20 +151,18 @@ def fake_build(config: Config, index: int) -> LabBuild:
         username=username,
         slug=slug,
         namespace=namespace,
-        image=IMAGE,
-        size="small",
-        limits_cpu=1.0,
-        limits_memory=3 * 2**30,
-        requests_cpu=0.25,
-        requests_memory=768 * 2**20,
-        uid=1000,
-        gid=1000,
-        groups=[],
-        env=dict(SPEC.env),
+        spec=LabSpec.from_row(
+            {
+                "options": {"image": IMAGE, "size": "small"},
+                "resources": {
+                    "limits": {"cpu": 1.0, "memory": 3 * 2**30},
+                    "requests": {"cpu": 0.25, "memory": 768 * 2**20},
+                },
+                "user": {"uid": 1000, "gid": 1000, "groups": []},
+                "env": dict(SPEC.env),
+            }
+        ),
         secret_env={"JUPYTERHUB_API_TOKEN": "t"},
-        enable_debug=False,
-        reset_user_env=False,
-        spec_annotation="{}",
     )
 
 
@@ -334,7 +333,8 @@ async def fill(
     async def one(index: int) -> list[tuple[str, str, dict[str, Any]]]:
         username = f"user{index}"
         slug, namespace = lab_namespace(config.namespace_prefix, username)
-        spec = {**template.spec, "user": {**template.spec["user"], "username": username}}
+        user = template.spec.user.model_copy(update={"username": username})
+        spec = template.spec.model_copy(update={"user": user})
         lab = await labd.store.create_lab(
             username=username,
             slug=slug,
@@ -345,7 +345,7 @@ async def fill(
             reason="benchmark fill",
             changes={
                 "pod_phase": "Running",
-                "internal_url": internal_url(namespace, spec.get("env", {}), config),
+                "internal_url": internal_url(namespace, spec.env, config),
             },
         )
         namespaces.add(namespace)
