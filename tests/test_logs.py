@@ -13,6 +13,7 @@ from labd.daemon.logs import configure_logging
 from labd.db.database import Database
 from labd.db.store import LabStore
 from labd.lab.records import Actor
+from labd.lab.spec import LabSpec
 
 
 def lines(text: str) -> list[dict[str, object]]:
@@ -75,7 +76,7 @@ async def test_debug_logs_carry_no_sql_parameters(
         username="alice",
         slug="alice",
         namespace="labd-alice",
-        spec={},
+        spec=LabSpec(),
         actor=Actor.HUB,
         changes={"secret_env": {"JUPYTERHUB_API_TOKEN": "tok-4f9a1c"}},
     )

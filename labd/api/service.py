@@ -40,6 +40,7 @@ from labd.lab.errors import (
 from labd.lab.machine import SPAWNING_STATES, InvalidTransitionError, LabState, Trigger
 from labd.lab.metrics import Metrics
 from labd.lab.naming import lab_namespace, username_problem
+from labd.lab.progress import Step
 from labd.lab.protocol import LabSpecification, LabStateModel, UserInfo, UserQuota
 from labd.lab.records import (
     Actor,
@@ -52,6 +53,7 @@ from labd.lab.records import (
 )
 from labd.lab.secrecy import is_secret_name
 from labd.lab.signals import LabSignals
+from labd.lab.spec import LabSpec, SpecGroup, SpecUser
 
 __all__ = ["FormChoices", "LabService", "spawn_cancelled_event"]
 
@@ -154,15 +156,18 @@ class LabService:
         size = self._size(spec.options.size)
         _check_quota(spec.options.size, size, quota)
         env = self._lab_env(username, spec.env)
-        field, value = spec.options.image_choice()
-        image = self._images.resolve(field, value)
-        lab_spec = self._lab_spec(spec, size, image.reference, user, quota)
-        lab_spec["image_request"] = {"field": field, "value": value}
+        image = self._images.resolve(*spec.options.image_choice())
         secret_env = {k: v for k, v in env.items() if is_secret_name(k)}
-        lab_spec["env"] = {k: v for k, v in env.items() if k not in secret_env}
         previous = await self._make_room(username, actor)
-        if previous is not None:
-            lab_spec["previous_lab"] = previous
+        lab_spec = LabSpec.new(
+            spec,
+            image=image.reference,
+            size=size,
+            user=user,
+            quota=quota,
+            env=env,
+            previous_lab=previous,
+        )
         slug, namespace = lab_namespace(self._config.namespace_prefix, username)
         try:
             lab = await self._store.create_lab(
@@ -177,7 +182,7 @@ class LabService:
                     "deadline_at": utcnow() + timedelta(seconds=self._config.timeouts.spawn),
                     "next_attempt_at": utcnow(),
                 },
-                events=[NewEvent(EventType.INFO, f"Starting lab creation for {username}", 1)],
+                events=[NewEvent.at(Step.REQUESTED, username)],
             )
         except LabExistsError as exc:
             raise LabExistsConflictError(f"Lab already exists for {username}") from exc
@@ -307,10 +312,10 @@ class LabService:
         """
         check_username(username)
         latest = await self._store.get_latest_lab(username)
-        quota_data = latest.spec.get("quota") if latest else None
+        recorded = latest.spec.user_quota() if latest else None
         quota = (
-            UserQuota.model_validate(quota_data)
-            if quota_data
+            recorded
+            if recorded is not None
             else _configured_quota(self._config.users.identity(username))
         )
         sizes = {name: size for name, size in self._config.sizes.items() if _fits(size, quota)}
@@ -333,7 +338,7 @@ class LabService:
             )
         return size
 
-    def _identity(self, username: str, sent: UserInfo | None) -> tuple[dict[str, Any], UserQuota]:
+    def _identity(self, username: str, sent: UserInfo | None) -> tuple[SpecUser, UserQuota]:
         """Return who the lab runs as and the quota it is checked against.
 
         The hub's word (``sent``, which only the hub may send) wins field by
@@ -344,18 +349,14 @@ class LabService:
         """
         configured = self._config.users.identity(username)
         lab = self._config.lab
-        groups = (
-            [group.model_dump() for group in sent.groups]
-            if sent is not None and sent.groups
-            else [group.model_dump() for group in configured.groups or []]
+        groups = sent.groups if sent is not None and sent.groups else configured.groups or []
+        user = SpecUser(
+            username=username,
+            name=_first(sent.name if sent else None, configured.name),
+            uid=_first(sent.uid if sent else None, configured.uid, lab.uid),
+            gid=_first(sent.gid if sent else None, configured.gid, lab.gid),
+            groups=tuple(SpecGroup.model_validate(group.model_dump()) for group in groups),
         )
-        user = {
-            "username": username,
-            "name": _first(sent.name if sent else None, configured.name),
-            "uid": _first(sent.uid if sent else None, configured.uid, lab.uid),
-            "gid": _first(sent.gid if sent else None, configured.gid, lab.gid),
-            "groups": groups,
-        }
         quota = sent.quota if sent is not None else None
         return user, quota if quota is not None else _configured_quota(configured)
 
@@ -384,29 +385,6 @@ class LabService:
             name: value
             for name, value in env.items()
             if name not in _HUB_PROCESS_ENV and name != _USER_VAR
-        }
-
-    def _lab_spec(
-        self,
-        spec: LabSpecification,
-        size: SizeConfig,
-        image: str,
-        user: dict[str, Any],
-        quota: UserQuota,
-    ) -> dict[str, Any]:
-        return {
-            "options": {
-                "image": image,
-                "size": spec.options.size,
-                "enable_debug": spec.options.enable_debug,
-                "reset_user_env": spec.options.reset_user_env,
-            },
-            "resources": {
-                "limits": {"cpu": size.limits.cpu, "memory": size.limits.memory},
-                "requests": {"cpu": size.requests.cpu, "memory": size.requests.memory},
-            },
-            "user": user,
-            "quota": quota.model_dump(),
         }
 
     async def _make_room(self, username: str, actor: Actor) -> str | None:

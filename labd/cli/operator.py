@@ -244,4 +244,4 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _lab_image(lab: LabRecord) -> str:
-    return str(lab.spec.get("options", {}).get("image", "-"))
+    return lab.spec.options.image or "-"

@@ -25,16 +25,15 @@ outright.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
 from labd.alerts import AlertKind, Alerts
 from labd.config import Config
-from labd.control.scheduler import LabLocks, Scheduler
+from labd.control.intake import WatchIntake
+from labd.control.state import LabLocks
 from labd.db.store import LabExistsError, LabStore
 from labd.kube.builder import SERVICE_PREFIX_VAR, LabIdentity, internal_url
 from labd.kube.storage import LabKube, LabNamespace
@@ -42,6 +41,7 @@ from labd.kube.watching import PodUpdate, listed_pod_update
 from labd.lab.machine import LabState, Trigger
 from labd.lab.records import Actor, LabSummary
 from labd.lab.signals import LabSignals
+from labd.lab.spec import LabSpec, LabSpecError
 
 __all__ = ["ReconcileReport", "Reconciler"]
 
@@ -90,7 +90,7 @@ class Reconciler:
         Lab persistence.
     kube
         LISTs and deletes of lab objects.
-    scheduler
+    intake
         Applies pod phases the way the watch does.
     locks
         Shared with the scheduler: labs in flight are skipped.
@@ -106,7 +106,7 @@ class Reconciler:
         config: Config,
         store: LabStore,
         kube: LabKube,
-        scheduler: Scheduler,
+        intake: WatchIntake,
         locks: LabLocks,
         signals: LabSignals,
         alerts: Alerts | None = None,
@@ -114,7 +114,7 @@ class Reconciler:
         self._config = config
         self._store = store
         self._kube = kube
-        self._scheduler = scheduler
+        self._intake = intake
         self._locks = locks
         self._signals = signals
         self._alerts = alerts or Alerts()
@@ -170,7 +170,7 @@ class Reconciler:
             else:
                 # Nothing to do: the watch need not look at this pod again
                 # when it starts by replaying every pod.
-                self._scheduler.remember_pod(listed_pod)
+                self._intake.remember_pod(listed_pod)
 
         report.seconds = time.monotonic() - start
         log = _logger.bind(
@@ -190,7 +190,7 @@ class Reconciler:
 
     async def _apply(self, lab: LabSummary, update: PodUpdate) -> bool:
         """Apply a pod state the watch missed, unless the lab moved since."""
-        return await self._scheduler.apply_pod_update(update, expected_version=lab.version)
+        return await self._intake.apply_pod_update(update, expected_version=lab.version)
 
     async def _unknown_lab(
         self,
@@ -210,12 +210,13 @@ class Reconciler:
             await self._delete_orphan(namespace, "it has no labd annotations", report)
             return
         try:
-            spec: dict[str, Any] = json.loads(ident.spec)
-        except ValueError:
-            await self._delete_orphan(namespace, "its spec annotation is not JSON", report)
+            annotated = LabSpec.from_annotation(ident.spec)
+        except LabSpecError:
+            why = "its spec annotation is not JSON, or not a lab spec"
+            await self._delete_orphan(namespace, why, report)
             return
         env = await self._kube.read_lab_environment(namespace.name, ident.slug) or {}
-        spec["env"] = env
+        spec = annotated.with_env(env)
         pod_phase = pod.phase if pod is not None else None
         try:
             lab = await self._store.create_lab(

@@ -34,10 +34,8 @@ from labd.lab.protocol import (
     LabStateModel,
     ResolvedOptions,
     Resources,
-    ResourceValues,
     StateUser,
     UserGroup,
-    UserQuota,
 )
 from labd.lab.records import LabRecord
 
@@ -209,30 +207,20 @@ class StatusCache:
 def lab_state_model(lab: LabRecord) -> LabStateModel:
     """Build the API's view of a lab from its row."""
     spec = lab.spec
-    user = spec.get("user", {})
-    options = spec.get("options", {})
-    resources = spec.get("resources", {})
+    user = spec.user
     status = lab.status
     assert status is not None, "deleted labs are not reported"
     return LabStateModel(
         user=StateUser(
             username=lab.username,
-            name=user.get("name"),
-            uid=user.get("uid"),
-            gid=user.get("gid"),
-            groups=[UserGroup.model_validate(g) for g in user.get("groups", [])],
+            name=user.name,
+            uid=user.uid,
+            gid=user.gid,
+            groups=[UserGroup.model_validate(g.model_dump()) for g in user.groups],
         ),
-        options=ResolvedOptions(
-            image=options.get("image", ""),
-            size=options.get("size", ""),
-            enable_debug=options.get("enable_debug", False),
-            reset_user_env=options.get("reset_user_env", False),
-        ),
+        options=ResolvedOptions.model_validate(spec.options.model_dump()),
         status=status.value,
         internal_url=lab.internal_url,
-        resources=Resources(
-            limits=ResourceValues(**resources.get("limits", {"cpu": 0, "memory": 0})),
-            requests=ResourceValues(**resources.get("requests", {"cpu": 0, "memory": 0})),
-        ),
-        quota=UserQuota.model_validate(spec["quota"]) if spec.get("quota") else None,
+        resources=Resources.model_validate(spec.resources.model_dump()),
+        quota=spec.user_quota(),
     )

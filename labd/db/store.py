@@ -48,6 +48,7 @@ from labd.lab.machine import (
     Trigger,
     next_state,
 )
+from labd.lab.progress import Step
 from labd.lab.records import (
     Actor,
     EventRecord,
@@ -59,6 +60,7 @@ from labd.lab.records import (
     TransitionRecord,
     utcnow,
 )
+from labd.lab.spec import LabSpec
 
 __all__ = [
     "LabExistsError",
@@ -140,7 +142,7 @@ class LabStore:
         username: str,
         slug: str,
         namespace: str,
-        spec: dict[str, Any],
+        spec: LabSpec,
         actor: Actor,
         trigger: Trigger = Trigger.REQUEST,
         lab_id: str | None = None,
@@ -186,7 +188,7 @@ class LabStore:
             "slug": slug,
             "namespace": namespace,
             "state": state.value,
-            "spec": spec,
+            "spec": spec.to_row(),
             "operation": 1,
             "attempts": 0,
             "version": 1,
@@ -676,6 +678,7 @@ class LabStore:
                 "message": event.message,
                 "progress": event.progress,
                 "terminal": event.terminal,
+                "step": event.step,
                 "created_at": now,
             }
             for event in events
@@ -694,7 +697,9 @@ def _is_live_username_violation(exc: IntegrityError) -> bool:
 
 
 def _lab(row: Row[Any]) -> LabRecord:
-    return LabRecord(**{**row._mapping, "state": LabState(row.state)})
+    return LabRecord(
+        **{**row._mapping, "state": LabState(row.state), "spec": LabSpec.from_row(row.spec)}
+    )
 
 
 def _transition(row: Row[Any]) -> TransitionRecord:
@@ -702,4 +707,12 @@ def _transition(row: Row[Any]) -> TransitionRecord:
 
 
 def _event(row: Row[Any]) -> EventRecord:
-    return EventRecord(**{**row._mapping, "type": EventType(row.type)})
+    return EventRecord(**{**row._mapping, "type": EventType(row.type), "step": _step(row.step)})
+
+
+def _step(name: str | None) -> Step | None:
+    """The step of an event; one a newer labd wrote and this one does not know is none."""
+    try:
+        return None if name is None else Step(name)
+    except ValueError:
+        return None

@@ -11,8 +11,9 @@ object belongs to (`LAB_ID_LABEL`): a create that meets an existing object
 of the same name checks that label before treating the object as its own.
 The original username does not fit in a label (``@``, ``+``, upper case,
 255 characters), so it travels in an annotation; so does the lab's spec
-(`SPEC_ANNOTATION`), from which the reconciler can rebuild a lost database
-row.  `parse_lab_labels` reads all of this back.
+(`SPEC_ANNOTATION`, written and read by `labd.lab.spec.LabSpec` alone), from
+which the reconciler can rebuild a lost database row.  `parse_lab_labels`
+reads all of this back.
 
 The pod is locked down the way a multi-user platform needs: a non-root user
 with the user's own UID and groups, no privilege escalation, no Linux
@@ -42,7 +43,6 @@ Kubernetes at spawn time by the scheduler and handed in through
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -54,6 +54,7 @@ from labd.config import (
     EgressRuleConfig,
 )
 from labd.lab.records import LabRecord
+from labd.lab.spec import LabSpec
 
 __all__ = [
     "CONTAINER_NAME",
@@ -109,7 +110,7 @@ USERNAME_ANNOTATION: Final = "labd.io/username"
 """Annotation holding the original JupyterHub username."""
 
 SPEC_ANNOTATION: Final = "labd.io/spec"
-"""Annotation holding the lab's spec as JSON (namespace and pod)."""
+"""Annotation holding the lab's spec as JSON (namespace and pod): `LabSpec.annotation`."""
 
 CONTAINER_NAME: Final = "notebook"
 """Name of the lab container."""
@@ -177,50 +178,14 @@ class LabBuild:
     namespace: str
     """The lab's namespace (`labd.lab.naming.lab_namespace`)."""
 
-    image: str
-    """Image reference to run."""
-
-    size: str
-    """Name of the lab size; CPU and memory come below, fixed when the lab
-    was requested, and ephemeral storage from the size's configuration."""
-
-    limits_cpu: float
-    """CPU limit in cores."""
-
-    limits_memory: int
-    """Memory limit in bytes."""
-
-    requests_cpu: float
-    """CPU request in cores."""
-
-    requests_memory: int
-    """Memory request in bytes."""
-
-    uid: int
-    """UID the lab runs as; never 0."""
-
-    gid: int
-    """Primary GID of the lab process."""
-
-    groups: list[tuple[str, int | None]]
-    """The user's groups as ``(name, gid)``; groups without a GID are
-    named in the environment only."""
-
-    env: dict[str, str]
-    """Non-secret environment from the hub, including
-    ``JUPYTERHUB_SERVICE_PREFIX``."""
+    spec: LabSpec
+    """What was asked: image, size, CPU and memory (fixed when the lab was
+    requested; ephemeral storage comes from the size's configuration), the
+    user's ids and groups, options, the hub's non-secret environment
+    (including ``JUPYTERHUB_SERVICE_PREFIX``); also the `SPEC_ANNOTATION`."""
 
     secret_env: dict[str, str]
     """Secret environment (``JUPYTERHUB_API_TOKEN``), kept in the Secret."""
-
-    enable_debug: bool
-    """Whether the lab starts with debugging on."""
-
-    reset_user_env: bool
-    """Whether the lab resets the user's environment at start."""
-
-    spec_annotation: str
-    """JSON text of the lab's spec, stored as `SPEC_ANNOTATION`."""
 
     copied_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Values of ``lab.secrets`` by ``secret_key``, base64-encoded as read
@@ -390,11 +355,10 @@ def build_lab_objects(lab: LabBuild, config: Config) -> LabObjects:
     Raises
     ------
     LabBuildError
-        If the lab would run as root (``uid`` 0), or a value of
-        ``lab.secrets`` or ``lab.pull_secret`` is missing from ``lab``.
+        If the lab's spec has no uid or gid, the lab would run as root
+        (``uid`` 0), or a value of ``lab.secrets`` or ``lab.pull_secret``
+        is missing from ``lab``.
     """
-    if lab.uid == 0:
-        raise LabBuildError(f"lab {lab.lab_id} would run as root (uid 0)")
     builder = _Builder(lab, config)
     return LabObjects(
         namespace=builder.namespace(),
@@ -447,16 +411,27 @@ class _Builder:
     """Builds one lab's manifests; one method per object."""
 
     def __init__(self, lab: LabBuild, config: Config) -> None:
+        user = lab.spec.user
+        if user.uid is None or user.gid is None:
+            raise LabBuildError(f"the spec of lab {lab.lab_id} has no uid or gid")
+        if user.uid == 0:
+            raise LabBuildError(f"lab {lab.lab_id} would run as root (uid 0)")
         self.lab = lab
         self.config = config
         self.pod_name = pod_name(lab.slug)
+        self.options = lab.spec.options
+        self.limits = lab.spec.resources.limits
+        self.requests = lab.spec.resources.requests
+        self.env = lab.spec.env
+        self.uid, self.gid = user.uid, user.gid
+        self.groups = [(group.name, group.id) for group in user.groups]
 
     def metadata(
         self, name: str, *, namespaced: bool = True, spec: bool = False
     ) -> dict[str, Any]:
         annotations = {USERNAME_ANNOTATION: self.lab.username}
         if spec:
-            annotations[SPEC_ANNOTATION] = self.lab.spec_annotation
+            annotations[SPEC_ANNOTATION] = self.lab.spec.annotation()
         metadata: dict[str, Any] = {"name": name}
         if namespaced:
             metadata["namespace"] = self.lab.namespace
@@ -482,29 +457,29 @@ class _Builder:
         Later sources win, so the hub cannot override what labd sets about
         the user; secret keys are left out (they come from the Secret).
         """
-        lab = self.lab
-        env = {**self.config.lab.env, **lab.env}
+        options = self.options
+        env = {**self.config.lab.env, **self.env}
         env.update(
             {
-                "JUPYTERHUB_USER": lab.username,
-                "EXTERNAL_UID": str(lab.uid),
-                "EXTERNAL_GID": str(lab.gid),
+                "JUPYTERHUB_USER": self.lab.username,
+                "EXTERNAL_UID": str(self.uid),
+                "EXTERNAL_GID": str(self.gid),
                 "EXTERNAL_GROUPS": ",".join(
-                    f"{name}:{gid}" for name, gid in lab.groups if gid is not None
+                    f"{name}:{gid}" for name, gid in self.groups if gid is not None
                 ),
-                "JUPYTER_IMAGE_SPEC": lab.image,
-                "LAB_SIZE": lab.size,
-                "CPU_LIMIT": _cpu(lab.limits_cpu),
-                "CPU_GUARANTEE": _cpu(lab.requests_cpu),
-                "MEM_LIMIT": str(lab.limits_memory),
-                "MEM_GUARANTEE": str(lab.requests_memory),
+                "JUPYTER_IMAGE_SPEC": options.image,
+                "LAB_SIZE": options.size,
+                "CPU_LIMIT": _cpu(self.limits.cpu),
+                "CPU_GUARANTEE": _cpu(self.requests.cpu),
+                "MEM_LIMIT": str(self.limits.memory),
+                "MEM_GUARANTEE": str(self.requests.memory),
             }
         )
-        if lab.enable_debug:
+        if options.enable_debug:
             env["ENABLE_DEBUG"] = "TRUE"
-        if lab.reset_user_env:
+        if options.reset_user_env:
             env["RESET_USER_ENV"] = "TRUE"
-        return {key: env[key] for key in sorted(env) if key not in lab.secret_env}
+        return {key: env[key] for key in sorted(env) if key not in self.lab.secret_env}
 
     def config_map(self) -> dict[str, Any]:
         return {
@@ -608,8 +583,8 @@ class _Builder:
             "metadata": self.metadata(self.pod_name),
             "spec": {
                 "hard": {
-                    "limits.cpu": _cpu(self.lab.limits_cpu),
-                    "limits.memory": str(self.lab.limits_memory),
+                    "limits.cpu": _cpu(self.limits.cpu),
+                    "limits.memory": str(self.limits.memory),
                 }
             },
         }
@@ -653,7 +628,7 @@ class _Builder:
         A size removed from the configuration since the lab was requested
         falls back to the defaults, so that its objects can still be rebuilt.
         """
-        size = self.config.sizes.get(self.lab.size)
+        size = self.config.sizes.get(self.options.size)
         if size is None:
             return DEFAULT_EPHEMERAL_STORAGE_LIMIT, DEFAULT_EPHEMERAL_STORAGE_REQUEST
         return size.ephemeral_storage_limit, size.ephemeral_storage_request
@@ -726,7 +701,7 @@ class _Builder:
         path = self.config.lab.readiness_path
         if path is None:
             return {}
-        prefix = self.lab.env.get(SERVICE_PREFIX_VAR, "/")
+        prefix = self.env.get(SERVICE_PREFIX_VAR, "/")
         return {
             "readinessProbe": {
                 "httpGet": {"path": path.format(service_prefix=prefix), "port": _PORT_NAME},
@@ -742,7 +717,7 @@ class _Builder:
         storage_limit, storage_request = self.ephemeral_storage()
         container = {
             "name": CONTAINER_NAME,
-            "image": lab.image,
+            "image": self.options.image,
             "imagePullPolicy": self.config.lab.pull_policy,
             "envFrom": [{"configMapRef": {"name": config_map_name(lab.slug)}}],
             "env": self.secret_env(),
@@ -751,13 +726,13 @@ class _Builder:
             ],
             "resources": {
                 "limits": {
-                    "cpu": _cpu(lab.limits_cpu),
-                    "memory": str(lab.limits_memory),
+                    "cpu": _cpu(self.limits.cpu),
+                    "memory": str(self.limits.memory),
                     "ephemeral-storage": str(storage_limit),
                 },
                 "requests": {
-                    "cpu": _cpu(lab.requests_cpu),
-                    "memory": str(lab.requests_memory),
+                    "cpu": _cpu(self.requests.cpu),
+                    "memory": str(self.requests.memory),
                     "ephemeral-storage": str(storage_request),
                 },
             },
@@ -770,7 +745,7 @@ class _Builder:
             "volumeMounts": mounts,
             **self.readiness_probe(),
         }
-        supplemental = sorted({gid for _, gid in lab.groups if gid is not None})
+        supplemental = sorted({gid for _, gid in self.groups if gid is not None})
         pull_secrets = (
             {"imagePullSecrets": [{"name": pull_secret_name(lab.slug)}]}
             if self.config.lab.pull_secret is not None
@@ -787,9 +762,9 @@ class _Builder:
                 "restartPolicy": "Never",
                 "securityContext": {
                     "runAsNonRoot": True,
-                    "runAsUser": lab.uid,
-                    "runAsGroup": lab.gid,
-                    "fsGroup": lab.gid,
+                    "runAsUser": self.uid,
+                    "runAsGroup": self.gid,
+                    "fsGroup": self.gid,
                     "fsGroupChangePolicy": "OnRootMismatch",
                     "supplementalGroups": supplemental,
                     "seccompProfile": {"type": "RuntimeDefault"},
@@ -802,30 +777,11 @@ class _Builder:
 
 def lab_build(lab: LabRecord) -> LabBuild:
     """Return what the object builder needs to build a lab, from its row."""
-    spec = lab.spec
-    options, user, resources = spec["options"], spec["user"], spec["resources"]
     return LabBuild(
         lab_id=lab.id,
         username=lab.username,
         slug=lab.slug,
         namespace=lab.namespace,
-        image=options["image"],
-        size=options["size"],
-        limits_cpu=resources["limits"]["cpu"],
-        limits_memory=resources["limits"]["memory"],
-        requests_cpu=resources["requests"]["cpu"],
-        requests_memory=resources["requests"]["memory"],
-        uid=user["uid"],
-        gid=user["gid"],
-        groups=[(g["name"], g.get("id")) for g in user.get("groups", [])],
-        env=spec.get("env", {}),
+        spec=lab.spec,
         secret_env=lab.secret_env or {},
-        enable_debug=options["enable_debug"],
-        reset_user_env=options["reset_user_env"],
-        spec_annotation=_spec_annotation(lab),
     )
-
-
-def _spec_annotation(lab: LabRecord) -> str:
-    spec = {k: v for k, v in lab.spec.items() if k not in ("env", "previous_lab")}
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"))

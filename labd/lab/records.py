@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from labd.lab.machine import API_STATUS, LIVE_STATES, ApiStatus, LabState
+from labd.lab.progress import Step
+from labd.lab.spec import LabSpec
 
 __all__ = [
     "Actor",
@@ -53,9 +55,11 @@ class EventType(enum.StrEnum):
 
 
 class LabChanges(TypedDict, total=False):
-    """Columns that may change along with, or apart from, a transition."""
+    """Columns that may change along with, or apart from, a transition.
 
-    spec: dict[str, Any]
+    The spec is not one of them: it is fixed when the row is created.
+    """
+
     secret_env: dict[str, str] | None
     internal_url: str | None
     pod_phase: str | None
@@ -80,6 +84,21 @@ class NewEvent:
 
     terminal: bool = False
     """Whether this event ends its operation (streams end after it)."""
+
+    step: Step | None = None
+    """The named step this event marks, if any (`labd.lab.progress`)."""
+
+    @classmethod
+    def at(
+        cls,
+        step: Step,
+        username: str,
+        *,
+        type: EventType = EventType.INFO,
+        terminal: bool = False,
+    ) -> NewEvent:
+        """The event of ``step``, with its message and progress."""
+        return cls(type, step.message(username), step.progress, terminal=terminal, step=step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +126,9 @@ class EventRecord:
     terminal: bool
     """Whether this event ended its operation."""
 
+    step: Step | None
+    """The named step it marks, if any."""
+
     created_at: datetime
     """When it was recorded."""
 
@@ -130,8 +152,8 @@ class LabRecord:
     state: LabState
     """State machine state."""
 
-    spec: dict[str, Any]
-    """What was asked: options, image, size, resources, user, quota."""
+    spec: LabSpec
+    """What was asked: options, image, size, resources, user, quota, env."""
 
     secret_env: dict[str, str] | None = field(repr=False)
     """Secret environment values, kept only until the lab's Secret exists."""

@@ -35,6 +35,7 @@ from labd.db.migrate import upgrade
 from labd.db.store import LabStore
 from labd.lab.machine import Trigger
 from labd.lab.records import Actor
+from labd.lab.spec import LabSpec
 
 LIFE = [Trigger.START, Trigger.OBJECTS_READY, Trigger.POD_RUNNING, Trigger.DELETE, Trigger.DELETED]
 ADMIN_URL = os.environ.get(
@@ -57,7 +58,7 @@ async def run_one(url: str, labs: int, workers: int) -> dict[str, Any]:
             i = queue.get_nowait()
             name = f"{prefix}{i}"
             lab = await store.create_lab(
-                username=name, slug=name, namespace=f"labd-{name}", spec={}, actor=Actor.HUB
+                username=name, slug=name, namespace=f"labd-{name}", spec=LabSpec(), actor=Actor.HUB
             )
             for trigger in LIFE:
                 lab = await store.transition(

@@ -22,6 +22,7 @@ from labd.db.migrate import downgrade, head_revision
 from labd.db.store import LabStore
 from labd.lab.machine import Trigger
 from labd.lab.records import Actor
+from labd.lab.spec import LabSpec
 
 IMAGE = "registry.example/sciplat/lab:w_2026_47"
 LONG_ERROR = "Kubernetes said: " + "quota exceeded for resource requests.memory " * 4
@@ -54,7 +55,7 @@ async def _fill(url: str) -> Labs:
                 username=username,
                 slug=username,
                 namespace=f"labd-{username}",
-                spec={"options": {"image": IMAGE, "size": "small"}},
+                spec=LabSpec.from_row({"options": {"image": IMAGE, "size": "small"}}),
                 actor=Actor.HUB,
             )
             return lab.id
