@@ -22,6 +22,8 @@ from labd.db.database import Database
 from labd.db.migrate import alembic_config, downgrade, head_revision, upgrade
 from labd.db.revision import SCHEMA_REVISION, SchemaError, check_schema, current_revision
 from labd.db.schema import labs
+from labd.db.store import LabStore
+from labd.lab.progress import Step
 from tests.conftest import PostgresDatabases
 
 _counter = itertools.count()
@@ -182,3 +184,56 @@ async def test_0003_scrubs_secrets_left_by_older_versions(empty_database: Databa
     assert spec == {"env": {"LANG": "C"}}
     assert json.loads(secret) == {"JUPYTERHUB_API_TOKEN": "t2", "api_key": "k2"}
     assert found["lab-2"] == ({"env": {"LANG": "C"}}, None)
+
+
+async def test_0005_names_the_steps_of_events_written_before_it(empty_database: Database) -> None:
+    """A delete in flight during the upgrade goes on from the steps its events mark."""
+    await upgrade(empty_database, "0004")
+    now = datetime.now(UTC)
+    events = [
+        ("info", "Starting lab creation for alice", 1),
+        ("info", "Created Kubernetes objects for user lab", 30),
+        ("info", "Pulling image", 35),
+        ("info", "Started container", 48),
+        ("complete", "Lab Kubernetes pod started for alice", None),
+        ("info", "Shutting down Kubernetes pod", 25),
+        ("info", "Deleting user namespace", 62),
+        ("error", "Lab delete timed out after 60 s", None),
+    ]
+    async with empty_database.write() as conn:
+        await conn.execute(
+            insert(labs).values(
+                id="lab-0",
+                username="alice",
+                slug="alice",
+                namespace="labd-alice",
+                state="deleting",
+                spec={},
+                operation=1,
+                version=5,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        for kind, message, progress in events:
+            await conn.execute(
+                text(
+                    "INSERT INTO lab_events"
+                    " (lab_id, operation, type, message, progress, terminal, created_at)"
+                    " VALUES ('lab-0', 1, :type, :message, :progress, false, :now)"
+                ),
+                {"type": kind, "message": message, "progress": progress, "now": now},
+            )
+    await upgrade(empty_database)
+    store = LabStore(empty_database)
+    steps = [event.step for event in await store.events("lab-0", 1)]
+    assert steps == [
+        Step.REQUESTED,
+        Step.OBJECTS_CREATED,
+        Step.POD_EVENT,
+        Step.POD_EVENT,
+        Step.STARTED,
+        Step.POD_STOPPING,
+        Step.NAMESPACE_DELETING,
+        None,
+    ]

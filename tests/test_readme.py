@@ -11,7 +11,9 @@ from sqlalchemy import text
 from labd.db.database import Database
 from labd.db.store import LabStore
 from labd.lab.machine import LabState, Trigger, mermaid_diagram
-from labd.lab.records import Actor
+from labd.lab.progress import Step
+from labd.lab.records import Actor, NewEvent
+from labd.lab.spec import LabSpec
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -57,14 +59,18 @@ async def _history(store: LabStore) -> None:
         ("carol", [Trigger.START, Trigger.OBJECTS_READY, Trigger.POD_RUNNING]),
     ]:
         lab = await store.create_lab(
-            username=name, slug=name, namespace=f"labd-{name}", spec={}, actor=Actor.HUB
+            username=name, slug=name, namespace=f"labd-{name}", spec=LabSpec(), actor=Actor.HUB
         )
         for trigger in path:
             lab = await store.transition(lab.id, trigger, actor=Actor.SCHEDULER, reason="test")
     dave = await store.create_lab(
-        username="dave", slug="dave", namespace="labd-dave", spec={}, actor=Actor.HUB
+        username="dave", slug="dave", namespace="labd-dave", spec=LabSpec(), actor=Actor.HUB
     )
     await store.update(dave.id, {"attempts": 2, "last_error": "create Pod: 500"})
+    # alice's delete has asked her pod to stop, and waits for it.
+    alice = await store.get_current_lab("alice")
+    assert alice is not None
+    await store.add_events(alice.id, [NewEvent.at(Step.POD_STOPPING, "alice")])
 
 
 @pytest.mark.parametrize(("index", "example"), list(enumerate(sql_examples())))

@@ -9,8 +9,8 @@ This is an expand-only change: the column is nullable and nothing older
 reads it, so a labd of the previous release keeps running beside it while
 replicas are upgraded one by one.  Events already written get their step
 from their progress, which was unique to each step (Kubernetes Events of a
-spawn take 35 to 74, no other step does), so deletes and spawns in flight
-during the upgrade carry on where they were.
+spawn take 35 to 74 but never 62, which is a delete's), so deletes and
+spawns in flight during the upgrade carry on where they were.
 
 Revision ID: 0005
 Revises: 0004
@@ -63,7 +63,7 @@ def upgrade() -> None:
         )
     op.execute(
         events.update()
-        .where(info, events.c.progress.between(35, 74))
+        .where(info, events.c.step.is_(None), events.c.progress.between(35, 74))
         .values(step="pod_event")
     )
     op.execute(events.update().where(events.c.type == "complete").values(step="started"))
