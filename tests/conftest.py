@@ -5,6 +5,10 @@ when it is down).  Each test session creates its own database, named after
 the process, migrates it once and empties its tables before each test, so
 concurrent test runs on one server do not see each other.  SQLite tests copy
 a database file migrated once per session.
+
+Fixtures that more than one directory of tests uses live in `tests.support`
+modules registered below; helpers are imported from `tests.support`, whose
+assertions pytest rewrites as it does the tests' own.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from sqlalchemy.engine import make_url
 from labd.db.database import Database
 from labd.db.migrate import upgrade
 from labd.db.schema import metadata
+
+pytest.register_assert_rewrite("tests.support")
+
+pytest_plugins = ["tests.support.core"]
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LABD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from labd.daemon.dev import PRIVATE_FILES, dev, prepare
-from tests.daemon.conftest import free_port
+from tests.support.processes import free_port
 
 
 @contextlib.contextmanager

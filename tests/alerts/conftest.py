@@ -101,7 +101,3 @@ def refused_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}{SECRET_PATH}"
-
-
-# labd on the simulated cluster, as the core tests build it.
-from tests.core.conftest import labd_factory, sim  # noqa: E402, F401

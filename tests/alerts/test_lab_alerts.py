@@ -32,8 +32,7 @@ from labd.lab.records import Actor, EventType
 from labd.sim import SimCluster
 from labd.sim.kinds import resource_named
 from tests.alerts.conftest import SECRET_PATH, Post, Receiver, refused_url
-from tests.core.conftest import LabdFactory, spec
-from tests.core.test_lifecycle import stream, wait_state
+from tests.support.core import LabdFactory, spec, stream, wait_state
 
 FAKE_TOKEN = "FAKE-t0ken-9d8e7f6a5b"
 

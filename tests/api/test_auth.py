@@ -13,7 +13,7 @@ import structlog
 from labd.api import Authenticator, Caller, TokenFileError, hash_token
 from labd.api.auth import RECHECK_INTERVAL
 from labd.lab.errors import InvalidTokenError
-from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, HUB, HUB_TOKEN, spawn_body
+from tests.support.api import ALICE, ALICE_TOKEN, BOB, HUB, HUB_TOKEN, spawn_body
 
 ROUTES = [
     ("GET", "/spawner/v1/labs"),

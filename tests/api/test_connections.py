@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from labd.api.connections import H11_BACKSTOP, bounded_protocol
 from labd.api.limits import MAX_HEADER_SIZE, HeaderSizeLimit, header_size
 from labd.config import HttpConfig
-from tests.api.conftest import HUB, Stack, serve
+from tests.support.api import HUB, Stack, serve
 
 PROTOCOLS = {
     "h11": "uvicorn.protocols.http.h11_impl:H11Protocol",

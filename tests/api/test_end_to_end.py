@@ -16,8 +16,8 @@ import pytest
 from labd.api import Authenticator, create_app
 from labd.daemon.factory import Labd
 from labd.sim import SimCluster
-from tests.api.conftest import HUB, HUB_TOKEN, read_events, serve, spawn_body
-from tests.core.conftest import make_config
+from tests.support.api import HUB, HUB_TOKEN, read_events, serve, spawn_body
+from tests.support.core import make_config
 
 
 @pytest.fixture

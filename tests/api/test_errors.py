@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from labd.db.database import Database
-from tests.api.conftest import HUB, Stack, build_stack, make_config, serve, spawn_body
+from tests.support.api import HUB, Stack, build_stack, make_config, serve, spawn_body
 
 CREATE = "/spawner/v1/labs/alice/create"
 

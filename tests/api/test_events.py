@@ -12,7 +12,7 @@ import pytest
 from labd.api.sse import EventStreams, parse_last_event_id
 from labd.db.database import Database
 from labd.lab.machine import LabState
-from tests.api.conftest import (
+from tests.support.api import (
     ALICE,
     BOB,
     HUB,

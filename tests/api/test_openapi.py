@@ -33,7 +33,7 @@ from labd.api.routes import OPERATIONS
 from labd.db.database import Database
 from labd.db.store import LabExistsError, StaleLabError
 from labd.lab.machine import LabState
-from tests.api.conftest import ALICE, HUB, Stack, build_stack, make_config
+from tests.support.api import ALICE, HUB, Stack, build_stack, make_config
 
 FUZZ_EXAMPLES = 30
 """Examples per operation and generation mode."""

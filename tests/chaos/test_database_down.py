@@ -23,7 +23,7 @@ from labd.db.database import Database
 from labd.db.store import LabStore
 from labd.images.catalog import ImageCatalog
 from labd.lab.signals import LabSignals
-from tests.core.conftest import IMAGE
+from tests.support.core import IMAGE
 from tests.support.processes import free_port
 
 TOKEN = "hub-token"

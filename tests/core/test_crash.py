@@ -27,8 +27,8 @@ from labd.images.catalog import ImageCatalog
 from labd.lab.errors import LabdError
 from labd.lab.records import Actor
 from labd.lab.signals import LabSignals
-from tests.core.conftest import IMAGE, spec
 from tests.support.convergence import converged, history_complete, no_orphans
+from tests.support.core import IMAGE, spec
 from tests.support.processes import Daemon, SimProcess, free_port
 
 USERS = [f"crash{i}" for i in range(12)]

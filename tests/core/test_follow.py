@@ -23,7 +23,7 @@ from labd.db.store import LabStore
 from labd.lab.machine import LabState
 from labd.lab.records import Actor, EventRecord, EventType, NewEvent
 from labd.sim import SimCluster
-from tests.core.conftest import make_config, spec
+from tests.support.core import make_config, spec
 from tests.support.waiting import eventually
 
 STREAMS = 50

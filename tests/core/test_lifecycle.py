@@ -13,8 +13,7 @@ from labd.lab.errors import LabExistsConflictError, OperationInProgressError, Un
 from labd.lab.machine import LabState
 from labd.lab.records import Actor, EventRecord, EventType, LabRecord
 from labd.sim import SimCluster
-from tests.core.conftest import LabdFactory, make_config, spec
-from tests.support.waiting import eventually
+from tests.support.core import LabdFactory, make_config, spec, stream, wait_state
 
 OBJECT_KINDS = ["configmaps", "secrets", "networkpolicies", "services", "pods"]
 
@@ -23,24 +22,6 @@ async def current(labd: Labd, username: str) -> LabRecord:
     lab = await labd.store.get_current_lab(username)
     assert lab is not None
     return lab
-
-
-async def wait_state(
-    labd: Labd, username: str, *states: LabState, within: float = 10
-) -> LabRecord:
-    async def reached() -> bool:
-        lab = await labd.store.get_latest_lab(username)
-        return lab is not None and lab.state in states
-
-    await eventually(reached, within=within, what=f"{username} in {states}")
-    lab = await labd.store.get_latest_lab(username)
-    assert lab is not None
-    return lab
-
-
-async def stream(labd: Labd, username: str, after: int | None = None) -> list[EventRecord]:
-    events = await labd.service.open_events(username, after=after)
-    return [event async for event in events]
 
 
 def messages(events: list[EventRecord]) -> list[tuple[str, int | None, str]]:

@@ -11,8 +11,7 @@ from labd.daemon.factory import Labd
 from labd.lab.machine import LabState
 from labd.lab.records import Actor
 from labd.sim import SimCluster
-from tests.core.conftest import spec
-from tests.core.test_lifecycle import stream, wait_state
+from tests.support.core import spec, stream, wait_state
 
 
 def sample(text: str, name: str) -> float:

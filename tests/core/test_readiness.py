@@ -16,8 +16,7 @@ from labd.daemon.factory import Labd
 from labd.lab.machine import LabState
 from labd.lab.records import Actor
 from labd.sim import SimCluster
-from tests.core.conftest import LabdFactory, spec
-from tests.core.test_lifecycle import wait_state
+from tests.support.core import LabdFactory, spec, wait_state
 
 
 async def pod_is_running_unready(sim: SimCluster, namespace: str) -> bool:

@@ -34,8 +34,7 @@ from labd.db.schema import lab_events, lab_transitions, labs
 from labd.lab.machine import LabState
 from labd.lab.records import Actor, EventType
 from labd.sim import SimCluster
-from tests.core.conftest import LabdFactory, spec
-from tests.core.test_lifecycle import stream, wait_state
+from tests.support.core import LabdFactory, spec, stream, wait_state
 
 SOURCE_NAMESPACE = "lab-sources"
 BUTLER = "butler-value-5b1c9e"

@@ -26,20 +26,14 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.processes import free_port
+
 IMAGE = "registry.example/sciplat/lab:w_2026_47"
 
 SHUTDOWN_BOUND = 25.0
 """Seconds labd may take to exit after SIGTERM: 5 s of HTTP graceful shutdown,
 up to 10 s for the scheduler loop's last pass and 10 s for in-flight steps.
 ``systemd/labd.service`` must give it more (``TimeoutStopSec``)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import pytest
 
 from labd.api import hash_token
 from labd.api.connections import RESERVED_FILES
-from tests.api.conftest import HUB, HUB_TOKEN, spawn_body
 from tests.daemon.conftest import Daemon, write_config
+from tests.support.api import HUB, HUB_TOKEN, spawn_body
 
 STALLED = 600
 """Connections that stall, as many as in the issue's report."""

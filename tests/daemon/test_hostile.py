@@ -22,8 +22,8 @@ import pytest
 
 from labd.api import hash_token
 from labd.daemon.dev import sample_config
-from tests.daemon.conftest import free_port
 from tests.support.dev import running_labd_dev, write_dev_config
+from tests.support.processes import free_port
 from tests.support.usernames import LOOKALIKES
 
 HUB_TOKEN = "hostile-test-hub-token-7f3a"

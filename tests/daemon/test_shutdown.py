@@ -25,8 +25,8 @@ from labd.images.catalog import ImageCatalog
 from labd.lab.machine import LabState
 from labd.lab.records import Actor, LabRecord
 from labd.lab.signals import LabSignals
-from tests.core.conftest import spec
 from tests.daemon.conftest import SHUTDOWN_BOUND, Daemon, write_config
+from tests.support.core import spec
 
 USERS = [f"term{i}" for i in range(8)]
 

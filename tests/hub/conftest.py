@@ -15,63 +15,16 @@ a loaded machine, and every test uses its own user.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from labd.daemon.dev import sample_config
-from tests.support.dev import running_labd_dev, write_dev_config
-from tests.support.hub import Hub, missing_proxy, proxy_command, running_hub, wait_until
+from tests.support.dev import LabdDev, running_labd_dev, write_dev_config
+from tests.support.hub import Hub, missing_proxy, proxy_command, running_hub
 from tests.support.processes import free_port
 
-__all__ = ["Hub", "LabdDev", "free_port", "hub", "labd_dev", "proxy", "wait_until"]
-
-
-@dataclass(frozen=True)
-class LabdDev:
-    """``labd dev`` running as a process."""
-
-    url: str
-    """labd's base URL."""
-    token: str
-    """The hub token."""
-    sim_url: str
-    """The simulated cluster's API server."""
-    sim_token: str
-    """Its bearer token (the control API takes it too)."""
-    log: Path
-    """labd's output."""
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def lab(self, username: str) -> httpx.Response:
-        """labd's ``GET /spawner/v1/labs/{username}``."""
-        return httpx.get(f"{self.url}/spawner/v1/labs/{username}", headers=self.headers)
-
-    def namespace_exists(self, namespace: str) -> bool:
-        """Whether the simulated cluster still has a namespace (terminating counts)."""
-        response = httpx.get(
-            f"{self.sim_url}/api/v1/namespaces/{namespace}",
-            headers={"Authorization": f"Bearer {self.sim_token}"},
-        )
-        if response.status_code == 404:
-            return False
-        response.raise_for_status()
-        return True
-
-    def add_rule(self, namespace: str, outcome: str) -> None:
-        """Give the pods of a namespace an outcome, through the sim's control API."""
-        response = httpx.post(
-            f"{self.sim_url}/sim/v1/rules",
-            json={"namespace": namespace, "name": "*", "outcome": outcome},
-            headers={"Authorization": f"Bearer {self.sim_token}"},
-        )
-        response.raise_for_status()
+__all__ = ["hub", "labd_dev", "proxy"]
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ pytest.importorskip("selenium", reason="Selenium is not installed: pip install -
 
 from selenium.webdriver.common.by import By
 
-from tests.hub.conftest import Hub, LabdDev, wait_until
 from tests.support.browser import HubBrowser, hub_browser, missing_browser
+from tests.support.dev import LabdDev
+from tests.support.hub import Hub, wait_until
 
 MISSING = missing_browser()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]

@@ -19,7 +19,8 @@ pytest.importorskip(
     "jupyterhub", reason="JupyterHub is not installed: pip install -e '.[jupyterhub]'"
 )
 
-from tests.hub.conftest import Hub, LabdDev, wait_until
+from tests.support.dev import LabdDev
+from tests.support.hub import Hub, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,8 @@ pytest.importorskip(
 )
 
 from labd.spawner import LabdSpawner, LabEvent, LabSpawnError, read_events
-from tests.hub.conftest import LabdDev, free_port
+from tests.support.dev import LabdDev
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from labd.config import ImagesConfig
 from labd.images.catalog import ImageCatalog
 from labd.images.registry import RegistryClient
 from labd.lab.metrics import Metrics
-from tests.images.registry import REGISTRY_BINARY, REPOSITORY, LocalRegistry, TokenServer
+from tests.support.registry import REGISTRY_BINARY, REPOSITORY, LocalRegistry, TokenServer
 
 USERS = {"alice": "correct horse battery staple"}
 

@@ -9,9 +9,9 @@ import pytest
 
 from labd.daemon.factory import Labd
 from labd.sim import SimCluster
-from tests.core.conftest import make_config
 from tests.images.conftest import push_all, sample
-from tests.images.registry import REPOSITORY, LocalRegistry
+from tests.support.core import make_config
+from tests.support.registry import REPOSITORY, LocalRegistry
 from tests.support.waiting import eventually
 
 

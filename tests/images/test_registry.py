@@ -27,7 +27,7 @@ from tests.images.conftest import (
     push_all,
     sample,
 )
-from tests.images.registry import LocalRegistry, TokenServer
+from tests.support.registry import LocalRegistry, TokenServer
 from tests.support.waiting import eventually
 
 SMALL = SizeConfig(limits=Resources(cpu=1, memory=2**30), requests=Resources(cpu=1, memory=2**30))

@@ -24,7 +24,7 @@ from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
 from labd.sim import SimCluster
 from labd.sim.kinds import RESOURCES
-from tests.kube.labs import lab_build
+from tests.support.labs import lab_build
 
 PODS = 2000
 ROUNDS = 5

@@ -16,7 +16,7 @@ from labd.kube.builder import (
     LabBuildError,
     build_lab_objects,
 )
-from tests.kube.labs import lab_build
+from tests.support.labs import lab_build
 
 DOCKER_CONFIG = base64.b64encode(b'{"auths": {}}').decode()
 

@@ -23,7 +23,7 @@ from labd.kube.client import (
 from labd.kube.storage import LabKube
 from labd.sim import SimCluster
 from tests.kube.conftest import FAST_RETRY
-from tests.kube.labs import lab_build
+from tests.support.labs import lab_build
 
 
 def test_error_text_names_the_call() -> None:

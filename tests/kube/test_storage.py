@@ -20,7 +20,7 @@ from labd.kube.client import KubeError
 from labd.kube.listing import _parse_page
 from labd.kube.storage import LabKube, NamespaceTerminatingError, pod_status
 from labd.sim import SimCluster
-from tests.kube.labs import lab_build
+from tests.support.labs import lab_build
 from tests.support.waiting import eventually
 
 

@@ -7,7 +7,7 @@ test of the tier is skipped with the reason; it never passes without them.
 The ``sim`` fixture here is a `RealCluster`, not a `SimCluster`: the test
 functions of tests/core that do not inject faults are imported into this
 package and run unchanged on the real API server, with labd's own fixtures
-(``labd``, ``labd_factory``) from tests/core.  After each test the
+(``labd``, ``labd_factory``) from `tests.support.core`.  After each test the
 namespaces it made are deleted, and waited for, so the next test starts
 from an empty cluster.
 """
@@ -19,11 +19,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.core.conftest import labd, labd_factory
-from tests.realk8s.cluster import RealCluster
-from tests.realk8s.controlplane import ControlPlane, missing_binaries
+from tests.support.controlplane import ControlPlane, missing_binaries
+from tests.support.realcluster import RealCluster
 
-__all__ = ["labd", "labd_factory", "real_cluster", "sim"]
+__all__ = ["real_cluster", "sim"]
 
 _TLS_CLOSE = 0.25
 """Seconds closed TLS connections get to finish closing (aiohttp's advice)."""

@@ -15,7 +15,6 @@ import functools
 import pytest
 
 from tests.core import test_convergence
-from tests.core.conftest import LabdFactory
 from tests.core.test_lifecycle import (
     test_concurrent_creates_one_wins,
     test_concurrent_deletes_share_one_operation,
@@ -26,7 +25,8 @@ from tests.core.test_lifecycle import (
     test_spawn_timeout,
     test_spawn_to_running,
 )
-from tests.realk8s.cluster import RealCluster
+from tests.support.core import LabdFactory
+from tests.support.realcluster import RealCluster
 from tests.support.waiting import eventually
 
 __all__ = [

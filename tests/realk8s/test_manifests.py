@@ -22,8 +22,8 @@ from labd.kube.builder import build_lab_objects
 from labd.kube.client import RetryPolicy, create_api_client
 from labd.kube.storage import LabKube
 from labd.lab.quantity import parse_quantity
-from tests.kube.test_builder import CASES
-from tests.realk8s.cluster import RealCluster
+from tests.support.labs import CASES
+from tests.support.realcluster import RealCluster
 
 
 def _quantities(resources: dict[str, dict[str, str]]) -> dict[str, dict[str, float]]:

@@ -26,8 +26,8 @@ from labd.config import Config
 from labd.kube.builder import MANAGED_SELECTOR, build_lab_objects
 from labd.kube.client import KubeError, RetryPolicy, create_api_client
 from labd.kube.storage import LabKube
-from tests.kube.labs import lab_build
-from tests.realk8s.cluster import RBAC_FILE, RealCluster
+from tests.support.labs import lab_build
+from tests.support.realcluster import RBAC_FILE, RealCluster
 
 Probe = Callable[["Probes"], Awaitable[None]]
 

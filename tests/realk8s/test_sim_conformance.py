@@ -40,9 +40,7 @@ from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api, Netwo
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import load_kube_config
 
-from tests.realk8s.cluster import RealCluster
 from tests.sim import test_crud, test_selectors
-from tests.sim.conftest import make_namespace
 from tests.sim.test_crud import (
     test_create_twice_is_already_exists,
     test_delete_collection,
@@ -99,6 +97,8 @@ from tests.sim.test_watch import (
     test_watch_resumes_after_a_version,
     test_watch_without_a_version_starts_with_the_current_state,
 )
+from tests.support.kubeapi import make_namespace
+from tests.support.realcluster import RealCluster
 from tests.support.waiting import eventually
 
 __all__ = [

@@ -38,13 +38,13 @@ import yaml
 from labd.api import Authenticator, create_app, hash_token
 from labd.config import Config
 from labd.daemon.factory import Labd
-from tests.api.conftest import HUB_TOKEN, serve
-from tests.core.conftest import make_config
-from tests.images.registry import REGISTRY_BINARY, REPOSITORY, LocalRegistry
-from tests.realk8s.cluster import RBAC_FILE, resource_path
-from tests.realk8s.controlplane import LABD_TOKEN
 from tests.realnode.node import Node, missing_requirements
+from tests.support.api import HUB_TOKEN, serve
+from tests.support.controlplane import LABD_TOKEN
+from tests.support.core import make_config
 from tests.support.processes import Daemon, free_port
+from tests.support.realcluster import RBAC_FILE, resource_path
+from tests.support.registry import REGISTRY_BINARY, REPOSITORY, LocalRegistry
 
 __all__ = [
     "INTERNAL_URL",

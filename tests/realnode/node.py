@@ -42,7 +42,7 @@ from typing import Any, Final
 
 import yaml
 
-from tests.realk8s.controlplane import VERSION, ControlPlane, binaries
+from tests.support.controlplane import VERSION, ControlPlane, binaries
 
 __all__ = [
     "BRIDGE",

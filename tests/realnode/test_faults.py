@@ -26,10 +26,10 @@ import httpx
 import pytest
 
 from labd.lab.naming import lab_namespace
-from tests.api.conftest import HUB, read_events
 from tests.realnode.checks import first_ok, nothing_left, until
 from tests.realnode.conftest import POD_DELETE_GRACE, LabdProcessFactory
 from tests.realnode.node import Node
+from tests.support.api import HUB, read_events
 
 USER = "alice"
 PREFIX = f"/user/{USER}/"

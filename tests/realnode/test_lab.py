@@ -27,10 +27,10 @@ import time
 import httpx
 
 from labd.lab.naming import lab_namespace
-from tests.api.conftest import HUB, read_events
 from tests.realnode.checks import LAB_PORT, first_ok, nothing_left, pod_url
 from tests.realnode.conftest import LabRegistry
 from tests.realnode.node import Node
+from tests.support.api import HUB, read_events
 
 USER = "alice"
 PREFIX = f"/user/{USER}/"

@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from labd.lab.naming import lab_namespace
-from tests.api.conftest import HUB, read_events
-from tests.images.registry import REPOSITORY
 from tests.realnode.checks import first_ok, nothing_left, pod_url
 from tests.realnode.conftest import AuthRegistry, LabdFactory, LabRegistry
 from tests.realnode.node import Node
+from tests.support.api import HUB, read_events
+from tests.support.registry import REPOSITORY
 
 USER = "alice"
 PREFIX = f"/user/{USER}/"

@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from labd.lab.naming import lab_namespace
-from tests.api.conftest import HUB
 from tests.realnode.checks import first_ok, nothing_left, pod_url, until
 from tests.realnode.conftest import LabRegistry
 from tests.realnode.node import Node
+from tests.support.api import HUB
 
 ROUNDS = 10
 USER = "alice"

@@ -23,8 +23,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.config import load_kube_config
 
 from labd.sim import SimCluster
-from tests.sim.waiting import manifest
-from tests.support.waiting import eventually
+from tests.support.kubeapi import make_namespace
 
 #: Small delays keep the suite fast while keeping every step asynchronous.
 DEFAULTS: dict[str, Any] = {
@@ -72,18 +71,6 @@ async def control(sim: SimCluster) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {sim.token}"}
     async with httpx.AsyncClient(base_url=sim.url, headers=headers) as client:
         yield client
-
-
-async def make_namespace(core: CoreV1Api, name: str) -> str:
-    """Create a namespace and wait until pods may be created in it."""
-    await core.create_namespace(manifest({"metadata": {"name": name}}))
-
-    async def has_account() -> bool:
-        accounts = await core.list_namespaced_service_account(name)
-        return any(a.metadata.name == "default" for a in accounts.items)
-
-    await eventually(has_account)
-    return name
 
 
 @pytest.fixture

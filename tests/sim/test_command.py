@@ -15,7 +15,7 @@ from kubernetes_asyncio.config import load_kube_config
 
 from labd.cli.main import main
 from labd.sim import SimCluster
-from tests.sim.waiting import manifest, pod
+from tests.support.kubeapi import manifest, pod
 from tests.support.waiting import eventually
 
 

@@ -8,7 +8,7 @@ from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from labd.sim import SimCluster
-from tests.sim.waiting import pod
+from tests.support.kubeapi import pod
 from tests.support.waiting import eventually
 
 

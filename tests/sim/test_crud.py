@@ -11,7 +11,7 @@ from kubernetes_asyncio.client import CoreV1Api, NetworkingV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from labd.sim import SimCluster
-from tests.sim.waiting import manifest, pod, status_of
+from tests.support.kubeapi import manifest, pod, status_of
 
 
 async def test_create_get_and_list_report_versions(core: CoreV1Api, namespace: str) -> None:

@@ -11,7 +11,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
 from labd.sim import SimCluster
-from tests.sim.waiting import manifest, pod, status_of
+from tests.support.kubeapi import manifest, pod, status_of
 from tests.support.waiting import eventually
 
 

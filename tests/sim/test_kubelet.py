@@ -12,7 +12,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from labd.sim import Kubelet, SimCluster
 from labd.tasks import cancel_and_wait, spawn
-from tests.sim.waiting import manifest, pod, raw, status_of
+from tests.support.kubeapi import manifest, pod, raw, status_of
 from tests.support.waiting import eventually
 
 

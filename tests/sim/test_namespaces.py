@@ -9,7 +9,7 @@ from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from labd.sim import SimCluster
-from tests.sim.waiting import manifest, pod, raw, status_of
+from tests.support.kubeapi import manifest, pod, raw, status_of
 from tests.support.waiting import eventually
 
 

@@ -6,8 +6,7 @@ import pytest
 from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.sim.conftest import make_namespace
-from tests.sim.waiting import manifest
+from tests.support.kubeapi import make_namespace, manifest
 
 _MAPS = {
     "a": {"app": "lab", "tier": "web"},

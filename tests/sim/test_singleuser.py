@@ -9,7 +9,7 @@ import pytest
 from kubernetes_asyncio.client import CoreV1Api
 
 from labd.sim import SimCluster
-from tests.sim.waiting import manifest, pod
+from tests.support.kubeapi import manifest, pod
 from tests.support.waiting import eventually
 
 

@@ -14,16 +14,61 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-__all__ = ["START_TIMEOUT", "running_labd_dev", "tail", "write_dev_config"]
+__all__ = ["START_TIMEOUT", "LabdDev", "running_labd_dev", "tail", "write_dev_config"]
 
 START_TIMEOUT = 90.0
 """Seconds a daemon may take to start on a loaded 2-core machine."""
+
+
+@dataclass(frozen=True)
+class LabdDev:
+    """``labd dev`` running as a process."""
+
+    url: str
+    """labd's base URL."""
+    token: str
+    """The hub token."""
+    sim_url: str
+    """The simulated cluster's API server."""
+    sim_token: str
+    """Its bearer token (the control API takes it too)."""
+    log: Path
+    """labd's output."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def lab(self, username: str) -> httpx.Response:
+        """labd's ``GET /spawner/v1/labs/{username}``."""
+        return httpx.get(f"{self.url}/spawner/v1/labs/{username}", headers=self.headers)
+
+    def namespace_exists(self, namespace: str) -> bool:
+        """Whether the simulated cluster still has a namespace (terminating counts)."""
+        response = httpx.get(
+            f"{self.sim_url}/api/v1/namespaces/{namespace}",
+            headers={"Authorization": f"Bearer {self.sim_token}"},
+        )
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return True
+
+    def add_rule(self, namespace: str, outcome: str) -> None:
+        """Give the pods of a namespace an outcome, through the sim's control API."""
+        response = httpx.post(
+            f"{self.sim_url}/sim/v1/rules",
+            json={"namespace": namespace, "name": "*", "outcome": outcome},
+            headers={"Authorization": f"Bearer {self.sim_token}"},
+        )
+        response.raise_for_status()
 
 
 def tail(log: Path, lines: int = 60) -> str:

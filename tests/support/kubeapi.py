@@ -1,4 +1,8 @@
-"""Waiting for the simulated cluster to reach a state, without fixed sleeps."""
+"""Manifests, raw answers and namespaces for tests that talk to a Kubernetes API.
+
+The tests of tests/sim use them against the simulated cluster, and tests/realk8s
+runs some of those tests unchanged against a real API server.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ from collections.abc import Awaitable
 from typing import Any, cast
 
 import aiohttp
+from kubernetes_asyncio.client import CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-__all__ = ["manifest", "pod", "raw", "status_of"]
+from tests.support.waiting import eventually
+
+__all__ = ["make_namespace", "manifest", "pod", "raw", "status_of"]
 
 
 def pod(
@@ -60,3 +67,15 @@ async def raw(call: Awaitable[object]) -> tuple[int, Any]:
         return response.status, await response.json()
     finally:
         response.release()
+
+
+async def make_namespace(core: CoreV1Api, name: str) -> str:
+    """Create a namespace and wait until pods may be created in it."""
+    await core.create_namespace(manifest({"metadata": {"name": name}}))
+
+    async def has_account() -> bool:
+        accounts = await core.list_namespaced_service_account(name)
+        return any(a.metadata.name == "default" for a in accounts.items)
+
+    await eventually(has_account)
+    return name

@@ -25,7 +25,7 @@ from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import load_kube_config
 
 from labd.sim import Kubelet, NodeImages, Rules
-from tests.realk8s.controlplane import ADMIN_TOKEN, LABD_TOKEN, ControlPlane
+from tests.support.controlplane import ADMIN_TOKEN, LABD_TOKEN, ControlPlane
 
 __all__ = ["RBAC_FILE", "RealCluster"]
 

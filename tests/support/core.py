@@ -1,8 +1,12 @@
-"""Fixtures for the core loop: labd wired to a simulated cluster.
+"""labd in process on the simulated cluster: configuration, spawn bodies, fixtures, waits.
 
 labd is built through `Labd` exactly as ``labd serve`` builds it, and talks
 to the simulated cluster through the real kubernetes-asyncio client over
 HTTP.  Every test runs on SQLite and on PostgreSQL.
+
+The fixtures (``sim``, ``labd_factory``, ``labd``) are registered for the
+whole suite by ``tests/conftest.py``; tests/realk8s runs the same tests on
+a real API server by overriding ``sim``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,23 @@ import pytest
 
 from labd.config import Config
 from labd.daemon.factory import Labd
+from labd.lab.machine import LabState
 from labd.lab.protocol import LabSpecification
+from labd.lab.records import EventRecord, LabRecord
 from labd.sim import SimCluster
+from tests.support.waiting import eventually
+
+__all__ = [
+    "IMAGE",
+    "LabdFactory",
+    "labd",
+    "labd_factory",
+    "make_config",
+    "sim",
+    "spec",
+    "stream",
+    "wait_state",
+]
 
 IMAGE = "registry.example/sciplat/lab:w_2026_47"
 
@@ -94,3 +113,21 @@ async def labd(labd_factory: LabdFactory) -> Labd:
     """A started labd on the simulated cluster."""
     result: Labd = await labd_factory()
     return result
+
+
+async def wait_state(
+    labd: Labd, username: str, *states: LabState, within: float = 10
+) -> LabRecord:
+    async def reached() -> bool:
+        lab = await labd.store.get_latest_lab(username)
+        return lab is not None and lab.state in states
+
+    await eventually(reached, within=within, what=f"{username} in {states}")
+    lab = await labd.store.get_latest_lab(username)
+    assert lab is not None
+    return lab
+
+
+async def stream(labd: Labd, username: str, after: int | None = None) -> list[EventRecord]:
+    events = await labd.service.open_events(username, after=after)
+    return [event async for event in events]
