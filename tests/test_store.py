@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Connection
 
 from labd.db.database import Database
-from labd.db.schema import lab_events, lab_transitions, labs
+from labd.db.schema import UTCDateTime, lab_events, lab_transitions, labs
+from labd.db.status import lab_state_model
 from labd.db.store import LabExistsError, LabNotFoundError, LabStore, StaleLabError
 from labd.lab.machine import InvalidTransitionError, LabState, Trigger
 from labd.lab.records import Actor, EventType, LabRecord, NewEvent
-from tests.test_machine import LEGAL
+from labd.lab.spec import LabSpec, SpecOptions
+from tests.lab.test_spec import ROWS
+from tests.support.transitions import LEGAL
 
 S = LabState
 T = Trigger
@@ -46,7 +50,7 @@ async def new_lab(store: LabStore, username: str | None = None) -> LabRecord:
         username=username,
         slug=username.lower(),
         namespace=f"labd-{username.lower()}",
-        spec={"size": "small"},
+        spec=LabSpec(options=SpecOptions(size="small")),
         actor=Actor.HUB,
         reason="create",
         events=[NewEvent(EventType.INFO, f"Starting lab creation for {username}", 1)],
@@ -266,7 +270,7 @@ async def test_adoption_rebuilds_a_row_with_the_given_id(database: Database) -> 
         username="carol",
         slug="carol",
         namespace="labd-carol",
-        spec={},
+        spec=LabSpec(),
         actor=Actor.RECONCILER,
         trigger=T.ADOPT,
         changes={
@@ -451,7 +455,7 @@ async def test_the_secret_environment_leaves_sql_on_every_path(
         username="alice",
         slug="alice",
         namespace="labd-alice",
-        spec={},
+        spec=LabSpec(),
         actor=Actor.HUB,
         changes={"secret_env": SECRET},
     )
@@ -473,3 +477,62 @@ async def test_writes_wake_the_readers_of_their_lab(database: Database) -> None:
     await store.update(lab.id, {"attempts": 1})
     await store.transition(lab.id, T.START, actor=Actor.SCHEDULER)
     assert changed == [lab.id] * 4
+
+
+# The spec column: rows older labd versions wrote keep loading, and the rows
+# written now are the layout they wrote (tests/lab/test_spec.py has the text).
+
+
+@pytest.mark.parametrize("name", ["first", "bare", "hub"])
+async def test_a_spec_row_written_by_an_older_labd_reads_through_the_store(
+    database: Database, name: str
+) -> None:
+    stored = ROWS[name]
+    spec_sql = "CAST(:spec AS JSONB)" if database.dialect == "postgresql" else ":spec"
+    now = datetime.now(UTC)
+    async with database.write() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO labs (id, username, slug, namespace, state, spec, operation,"
+                " attempts, version, created_at, updated_at, internal_url, pod_phase)"
+                f" VALUES (:id, 'bob', 'bob', 'labd-bob', 'running', {spec_sql}, 1, 0, 3,"
+                " :now, :now, 'http://lab.labd-bob:8888/user/bob/', 'Running')"
+            ).bindparams(bindparam("now", type_=UTCDateTime())),
+            {"id": f"old-{name}", "spec": stored, "now": now},
+        )
+    store = LabStore(database)
+    lab = await store.get_lab(f"old-{name}")
+    assert lab.spec == LabSpec.from_row(json.loads(stored))
+    assert lab.spec.options.image == "registry.example/sciplat/lab:w_2026_47"
+    assert lab.spec.env["JUPYTERHUB_SERVICE_PREFIX"].startswith("/user/")
+    assert lab.spec.user.uid in (1000, 2000)
+    expected_quota = None if name in ("first", "bare") else {"cpu": 4.0, "memory": 16 * 2**30}
+    state = lab_state_model(lab)
+    assert state.model_dump(include={"status", "internal_url"}) == {
+        "status": "running",
+        "internal_url": "http://lab.labd-bob:8888/user/bob/",
+    }
+    assert state.options.image == lab.spec.options.image
+    assert (state.user.uid, state.user.gid) == (lab.spec.user.uid, lab.spec.user.gid)
+    assert state.resources.limits.cpu == lab.spec.resources.limits.cpu
+    quota = None if state.quota is None else state.quota.model_dump(include={"cpu", "memory"})
+    assert quota == expected_quota
+    assert (await store.get_current_lab("bob")) == lab
+
+
+async def test_a_spec_row_written_now_is_the_layout_older_labd_reads(database: Database) -> None:
+    store = LabStore(database)
+    for name in ("today", "hub", "bare"):
+        lab = await store.create_lab(
+            username=f"user-{name}",
+            slug=f"user-{name}",
+            namespace=f"labd-user-{name}",
+            spec=LabSpec.from_row(json.loads(ROWS[name])),
+            actor=Actor.HUB,
+        )
+        async with database.read() as conn:
+            stored = await conn.scalar(
+                text("SELECT CAST(spec AS TEXT) FROM labs WHERE id = :id"), {"id": lab.id}
+            )
+        assert json.loads(stored) == json.loads(ROWS[name])
+        assert (await store.get_lab(lab.id)).spec == lab.spec

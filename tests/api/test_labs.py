@@ -12,7 +12,8 @@ from labd.config import Config
 from labd.db.database import Database
 from labd.lab.machine import LabState, Trigger
 from labd.lab.records import Actor
-from tests.api.conftest import (
+from labd.lab.spec import LabSpec
+from tests.support.api import (
     ALICE,
     BOB,
     DAILY,
@@ -310,7 +311,7 @@ async def test_lab_form_refuses_when_spawning_forbidden(database: Database) -> N
         username="alice",
         slug="alice",
         namespace="labd-alice",
-        spec={"quota": {"spawn": False}},
+        spec=LabSpec.from_row({"quota": {"spawn": False}}),
         actor=Actor.HUB,
     )
     transport = httpx.ASGITransport(app=stack.app)

@@ -15,7 +15,7 @@ import pytest
 
 from labd.db.database import Database
 from labd.lab.naming import lab_namespace
-from tests.api.conftest import ALICE, HUB, Stack, build_stack, make_config, spawn_body
+from tests.support.api import ALICE, HUB, Stack, build_stack, make_config, spawn_body
 from tests.support.usernames import LOOKALIKES
 
 USERS = {
@@ -87,7 +87,7 @@ async def test_a_user_token_gets_the_configured_identity(
     assert response.status_code == 201
     lab = await stack.store.get_current_lab("alice")
     assert lab is not None
-    assert lab.spec["user"] == {
+    assert lab.spec.to_row()["user"] == {
         "username": "alice",
         "name": "Alice",
         "uid": 1101,
@@ -95,7 +95,7 @@ async def test_a_user_token_gets_the_configured_identity(
         "groups": [{"name": "alice", "id": 1101}],
     }
     # alice's entry has no quota: the default entry's applies.
-    assert lab.spec["quota"] == {"cpu": 2.0, "memory": 8 * 2**30, "spawn": True}
+    assert lab.spec.to_row()["quota"] == {"cpu": 2.0, "memory": 8 * 2**30, "spawn": True}
 
 
 async def test_a_missing_quota_is_the_configured_default_never_no_limit(
@@ -130,8 +130,8 @@ async def test_the_hub_still_chooses_identity_and_quota(
     assert response.status_code == 201
     lab = await stack.store.get_current_lab("bob")
     assert lab is not None
-    assert lab.spec["user"]["uid"] == 1000
-    assert lab.spec["quota"]["cpu"] == 100
+    assert lab.spec.to_row()["user"]["uid"] == 1000
+    assert lab.spec.to_row()["quota"]["cpu"] == 100
 
 
 async def test_the_form_offers_the_configured_quota(client: httpx.AsyncClient) -> None:
@@ -227,7 +227,7 @@ async def test_what_the_hub_copies_from_its_own_process_is_dropped(
     assert response.status_code == 201
     lab = await stack.store.get_current_lab("alice")
     assert lab is not None
-    assert lab.spec["env"] == {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/", "LANG": "C"}
+    assert lab.spec.to_row()["env"] == {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/", "LANG": "C"}
 
 
 async def test_jupyterhub_user_must_be_the_user(client: httpx.AsyncClient) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
@@ -18,9 +17,9 @@ from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
 from labd.lab.machine import LabState, Trigger
 from labd.lab.records import Actor, LabRecord
+from labd.lab.spec import LabSpec
 from labd.sim import SimCluster
-from tests.core.conftest import IMAGE, LabdFactory, spec
-from tests.core.test_lifecycle import wait_state
+from tests.support.core import IMAGE, LabdFactory, spec, wait_state
 from tests.support.waiting import eventually
 
 
@@ -52,7 +51,7 @@ async def test_silent_watch_is_restarted(labd_factory: LabdFactory, sim: SimClus
 async def _create_behind_labds_back(sim: SimCluster, labd: Labd, username: str) -> str:
     """Create a lab's objects directly in the cluster, as another labd would."""
     lab_id = str(uuid.uuid4())
-    spec_annotation = {
+    spec_annotation: dict[str, Any] = {
         "options": {
             "image": IMAGE,
             "size": "small",
@@ -72,20 +71,10 @@ async def _create_behind_labds_back(sim: SimCluster, labd: Labd, username: str) 
             username=username,
             slug=username,
             namespace=f"labd-{username}",
-            image=IMAGE,
-            size="small",
-            limits_cpu=1.0,
-            limits_memory=4294967296,
-            requests_cpu=0.25,
-            requests_memory=1073741824,
-            uid=1000,
-            gid=1000,
-            groups=[],
-            env={"JUPYTERHUB_SERVICE_PREFIX": f"/user/{username}/"},
+            spec=LabSpec.from_row(
+                {**spec_annotation, "env": {"JUPYTERHUB_SERVICE_PREFIX": f"/user/{username}/"}}
+            ),
             secret_env={"JUPYTERHUB_API_TOKEN": "x"},
-            enable_debug=False,
-            reset_user_env=False,
-            spec_annotation=json.dumps(spec_annotation),
         ),
         labd.config,
     )

@@ -21,8 +21,8 @@ from labd.db.store import LabStore
 from labd.lab.errors import UnknownUserError
 from labd.lab.machine import LabState, Trigger
 from labd.lab.records import Actor, LabRecord
-from tests.core.conftest import LabdFactory, spec
-from tests.core.test_lifecycle import wait_state
+from labd.lab.spec import LabSpec
+from tests.support.core import LabdFactory, spec, wait_state
 from tests.support.waiting import eventually
 
 
@@ -185,7 +185,7 @@ async def create(store: LabStore, username: str) -> LabRecord:
         username=username,
         slug=username,
         namespace=f"labd-{username}",
-        spec={"options": {"image": "lab:1", "size": "small"}},
+        spec=LabSpec.from_row({"options": {"image": "lab:1", "size": "small"}}),
         actor=Actor.HUB,
     )
 

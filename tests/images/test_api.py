@@ -15,9 +15,9 @@ from labd.config import Config
 from labd.db.database import Database
 from labd.db.store import LabStore
 from labd.lab.signals import LabSignals
-from tests.api.conftest import HUB, HUB_TOKEN
 from tests.images.conftest import CatalogFactory, images_config, pinned, push_all
-from tests.images.registry import LocalRegistry
+from tests.support.api import HUB, HUB_TOKEN
+from tests.support.registry import LocalRegistry
 
 
 def spawn_body(**image: str) -> dict[str, Any]:
@@ -90,7 +90,7 @@ async def test_spawn_uses_the_pinned_reference(api: Api, registry: LocalRegistry
     lab = await api.store.get_current_lab("alice")
     assert lab is not None
     expected = pinned(registry, "w_2026_47", api.digests["w_2026_47"])
-    assert lab.spec["options"]["image"] == expected
+    assert lab.spec.options.image == expected
 
 
 async def test_form_offers_registry_images(api: Api, registry: LocalRegistry) -> None:

@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from labd.config import Config, EgressConfig, EgressRuleConfig, LabConfig, Resources, SizeConfig, VolumeConfig
+from labd.config import (
+    Config,
+    EgressConfig,
+    LabConfig,
+    Resources,
+    SizeConfig,
+)
 from labd.kube.builder import (
     LAB_ID_LABEL,
     MANAGED_BY,
@@ -27,13 +33,12 @@ from labd.kube.builder import (
     SPEC_ANNOTATION,
     USER_LABEL,
     USERNAME_ANNOTATION,
-    LabBuild,
     LabObjects,
     build_lab_objects,
     internal_url,
     parse_lab_labels,
 )
-from tests.kube.labs import lab_build
+from tests.support.labs import CASES, full_egress, plain_config, with_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -41,86 +46,6 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 GiB = 2**30
 MiB = 2**20
-
-
-def plain_config() -> Config:
-    return Config(namespace_prefix="labd")
-
-
-def full_egress() -> EgressConfig:
-    """DNS to the cluster DNS pods, the hub, the internet but the cluster, a mirror."""
-    return EgressConfig(
-        dns_namespace="kube-system",
-        dns_pod_labels={"k8s-app": "kube-dns"},
-        allow=[
-            EgressRuleConfig.model_validate(
-                {
-                    "cidr": "0.0.0.0/0",
-                    "except": ["10.0.0.0/8", "169.254.169.254/32"],
-                    "ports": [80, 443],
-                }
-            ),
-            EgressRuleConfig(namespace="mirrors", pod_labels={"app": "devpi"}, ports=[3141]),
-            EgressRuleConfig(cidr="2001:db8::/32"),
-            EgressRuleConfig(cidr="192.0.2.7", ports=[123], protocol="UDP"),
-        ],
-    )
-
-
-def full_sizes() -> dict[str, SizeConfig]:
-    """The lab's ``medium`` size with its own ephemeral storage."""
-    return {
-        "medium": SizeConfig(
-            limits=Resources(cpu=2.5, memory=8 * GiB, ephemeral_storage=20 * GiB),
-            requests=Resources(cpu=0.5, memory=2 * GiB, ephemeral_storage=2 * GiB),
-        )
-    }
-
-
-def full_config() -> Config:
-    return Config(
-        namespace_prefix="labd",
-        sizes=full_sizes(),
-        lab=LabConfig(
-            port=8890,
-            env={"SITE": "example", "JUPYTERHUB_USER": "spoofed"},
-            hub_namespace="hub",
-            egress=full_egress(),
-            pull_policy="Always",
-            resource_quota=True,
-            volumes=[
-                VolumeConfig(name="home", mount_path="/home", storage=10 * 2**30),
-                VolumeConfig(
-                    name="datasets",
-                    mount_path="/datasets",
-                    storage=2**40,
-                    storage_class="shared",
-                    access_mode="ReadOnlyMany",
-                    read_only=True,
-                ),
-            ],
-        ),
-    )
-
-
-def full_lab() -> LabBuild:
-    lab = lab_build("Bob.Smith+test@example.org", lab_id="0b9e8a3c-6d1f-4f53-9c8e-2a7d5b4c3e21")
-    return dataclasses.replace(
-        lab,
-        size="medium",
-        limits_cpu=2.5,
-        limits_memory=8 * 2**30,
-        requests_cpu=0.5,
-        requests_memory=2 * 2**30,
-        enable_debug=True,
-        reset_user_env=True,
-    )
-
-
-CASES: dict[str, tuple[LabBuild, Config]] = {
-    "plain": (lab_build("alice", lab_id="5d1f9a52-3c4e-4b7a-8f21-6e0c9d8b7a65"), plain_config()),
-    "full": (full_lab(), full_config()),
-}
 
 
 def as_json(objects: LabObjects) -> str:
@@ -191,7 +116,7 @@ def test_spec_annotation_on_namespace_and_pod_only() -> None:
     for obj in objects.in_creation_order():
         annotations = obj["metadata"]["annotations"]
         if obj["kind"] in ("Namespace", "Pod"):
-            assert annotations[SPEC_ANNOTATION] == lab.spec_annotation
+            assert annotations[SPEC_ANNOTATION] == lab.spec.annotation()
         else:
             assert SPEC_ANNOTATION not in annotations
 
@@ -205,12 +130,15 @@ def test_pod_is_locked_down() -> None:
     assert spec["restartPolicy"] == "Never"
     security = spec["securityContext"]
     assert security["runAsNonRoot"] is True
-    assert (security["runAsUser"], security["runAsGroup"]) == (lab.uid, lab.gid)
+    assert (security["runAsUser"], security["runAsGroup"]) == (
+        lab.spec.user.uid,
+        lab.spec.user.gid,
+    )
     assert security["supplementalGroups"] == [1101, 2000]
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = spec["containers"]
     assert container["name"] == "notebook"
-    assert container["image"] == lab.image
+    assert container["image"] == lab.spec.options.image
     assert container["imagePullPolicy"] == "Always"
     assert container["securityContext"] == {
         "runAsNonRoot": True,
@@ -248,7 +176,7 @@ def test_environment_split_between_config_map_and_secret() -> None:
     data = objects.config_map["data"]
     assert data["JUPYTERHUB_USER"] == lab.username, "the configured env must not override it"
     assert data["SITE"] == "example"
-    assert data["JUPYTERHUB_SERVICE_PREFIX"] == lab.env["JUPYTERHUB_SERVICE_PREFIX"]
+    assert data["JUPYTERHUB_SERVICE_PREFIX"] == lab.spec.env["JUPYTERHUB_SERVICE_PREFIX"]
     assert data["EXTERNAL_UID"] == "1101"
     assert data["EXTERNAL_GROUPS"] == f"{lab.username}:1101,science:2000"
     assert data["ENABLE_DEBUG"] == "TRUE"
@@ -397,7 +325,7 @@ def test_ephemeral_storage_and_tmp_size_limit_follow_the_size() -> None:
         "gone": (str(8 * GiB), str(512 * MiB)),  # a size no longer configured
     }
     for size, (limit, request) in expected.items():
-        objects = build_lab_objects(dataclasses.replace(lab, size=size), config)
+        objects = build_lab_objects(with_spec(lab, options={"size": size}), config)
         assert storage_of(objects) == (limit, request, limit), size
 
 
@@ -418,7 +346,7 @@ def test_service_and_quota() -> None:
 def test_root_is_refused() -> None:
     lab, config = CASES["plain"]
     with pytest.raises(ValueError, match="root"):
-        build_lab_objects(dataclasses.replace(lab, uid=0), config)
+        build_lab_objects(with_spec(lab, user={"uid": 0}), config)
 
 
 def test_internal_url() -> None:
@@ -456,7 +384,7 @@ def test_parse_lab_labels_without_annotations() -> None:
 def test_the_lab_answers_its_readiness_probe_under_its_prefix() -> None:
     lab, config = CASES["full"]
     (container,) = build_lab_objects(lab, config).pod["spec"]["containers"]
-    prefix = lab.env["JUPYTERHUB_SERVICE_PREFIX"]
+    prefix = lab.spec.env["JUPYTERHUB_SERVICE_PREFIX"]
     assert container["readinessProbe"] == {
         "httpGet": {"path": f"{prefix}api", "port": "http"},
         "periodSeconds": 2,

@@ -20,8 +20,8 @@ from labd.kube.client import RetryPolicy
 from labd.kube.storage import LabKube
 from labd.kube.watching import PodEventWatcher, PodUpdate, PodWatcher
 from labd.sim import SimCluster
-from tests.kube.labs import lab_build
-from tests.kube.streams import collecting, wait_for
+from tests.support.labs import lab_build
+from tests.support.streams import collecting, wait_for
 from tests.support.waiting import eventually
 
 FAST_BACKOFF = RetryPolicy(attempts=1, initial=0.01, maximum=0.05)
@@ -210,7 +210,7 @@ async def test_event_watch_reports_a_new_pod_from_now_on(
     # bob's pod pulled the image (pull policy IfNotPresent): alice's finds it on the node.
     assert [e.reason for e in seen] == ["Scheduled", "Pulled", "Created", "Started"]
     assert "alice-nb" in seen[0].message
-    image = lab_build("alice").image
+    image = lab_build("alice").spec.options.image
     assert seen[1].message == f'Container image "{image}" already present on machine'
 
 
