@@ -58,9 +58,7 @@ def upgrade() -> None:
     )
     info = events.c.type == "info"
     for progress, step in _BY_PROGRESS.items():
-        op.execute(
-            events.update().where(info, events.c.progress == progress).values(step=step)
-        )
+        op.execute(events.update().where(info, events.c.progress == progress).values(step=step))
     op.execute(
         events.update()
         .where(info, events.c.step.is_(None), events.c.progress.between(35, 74))
