@@ -23,7 +23,7 @@ from labd.db.store import LabExistsError, LabNotFoundError, LabStore, StaleLabEr
 from labd.lab.machine import InvalidTransitionError, LabState, Trigger
 from labd.lab.records import Actor, EventType, LabRecord, NewEvent
 from labd.lab.spec import LabSpec, SpecOptions
-from tests.lab.test_spec import ROWS
+from tests.support.specs import ROWS
 from tests.support.transitions import LEGAL
 
 S = LabState

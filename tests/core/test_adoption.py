@@ -21,7 +21,7 @@ from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
 from labd.lab.spec import LabSpec
 from labd.sim import SimCluster
-from tests.lab.test_spec import ROWS, WEEKLY, old_spec_annotation
+from tests.support.specs import ROWS, WEEKLY, old_spec_annotation
 
 
 async def create_with_annotation(labd: Labd, username: str, annotation: str) -> str:
