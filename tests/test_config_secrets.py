@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labd import config as config_module
 from labd.config import ConfigError, CopiedSecretConfig, load_config
+from labd.config import settings as config_module
 
 
 def write(tmp_path: Path, text: str) -> Path:
