@@ -12,8 +12,10 @@ act for that user (403), then whether the username is legal at all (422).
 Paths match the username with a convertor that takes any character, so
 that a username holding an encoded slash (``a%2Fb``) or a control character
 reaches the username check and is refused as ``invalid_username`` instead of
-falling through to a 404.  Routes with a suffix after the username come
-first, so ``/labs/alice/events`` is never read as the user ``alice/events``.
+falling through to a 404; a literal slash (``/labs/alice/unknown``) is an
+unknown sub-path, and gets the 404 of any unknown route.  Routes with a
+suffix after the username come first, so ``/labs/alice/events`` is never
+read as the user ``alice/events``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pydantic import BaseModel
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from labd.api.auth import Access, Caller
 from labd.api.handlers import LabApi
@@ -283,6 +286,33 @@ def _endpoint(
     return endpoint
 
 
+class _LabRoute(Route):
+    """A route whose ``{username}`` may hold any character but a literal slash.
+
+    ``/labs/alice/unknown`` is a path labd does not have: it matches no route
+    and gets the 404 of any unknown path, whatever the method.  But
+    ``/labs/a%2Fb`` names the user ``a/b`` and reaches the username check
+    (422).  Starlette matches on the decoded path, so the raw one tells them
+    apart: a literal ``/`` is one more than the encoded ones.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        username = child.get("path_params", {}).get("username")
+        if match is not Match.NONE and username is not None and _literal_slash(scope, username):
+            return Match.NONE, {}
+        return match, child
+
+
+def _literal_slash(scope: Scope, username: str) -> bool:
+    if "/" not in username:
+        return False
+    raw_path: bytes | None = scope.get("raw_path")
+    if not raw_path:
+        return False  # A server that keeps no raw path: the username check decides.
+    return username.count("/") > raw_path.partition(b"?")[0].lower().count(b"%2f")
+
+
 def build_routes(api: LabApi, *, prefix: str) -> list[Route]:
     """Return the Starlette routes of `OPERATIONS` under ``prefix``.
 
@@ -294,7 +324,7 @@ def build_routes(api: LabApi, *, prefix: str) -> list[Route]:
     for operation in OPERATIONS:
         by_path.setdefault(operation.path, {})[operation.method] = operation
     return [
-        Route(
+        (_LabRoute if "{username}" in path else Route)(
             prefix + path.replace("{username}", "{username:labd_username}"),
             _endpoint(operations, api),
             methods=list(operations),

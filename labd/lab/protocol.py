@@ -72,11 +72,22 @@ def _single(value: Any) -> Any:
     return value
 
 
-def _boolean(value: Any) -> Any:
+def _boolean(value: Any) -> bool:
+    """A boolean, or the form's strings ``true`` and ``false``, and nothing else.
+
+    The reference protocol accepts exactly these; pydantic alone would also
+    take ``yes``, ``on``, ``1`` and ``0``.
+    """
     value = _single(value)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return value
+    if isinstance(value, bool):
+        return value
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise PydanticCustomError(
+        "bool_parsing", "Input should be true or false (a boolean, or the string)"
+    )
 
 
 def _reference(value: str | None) -> str | None:
@@ -90,17 +101,19 @@ def _reference(value: str | None) -> str | None:
 
 
 # Each option may come as a bare value or a one-element list (raw form data);
-# the input types tell the OpenAPI document so.
-_Text = BeforeValidator(
-    _single, json_schema_input_type=str | conlist(str, min_length=1, max_length=1) | None
-)
+# null and an empty list leave an optional option out.  The input types tell
+# the OpenAPI document so.
+_Text = BeforeValidator(_single, json_schema_input_type=str | conlist(str, max_length=1) | None)
 _OptionalText = Annotated[str | None, _Text]
 _Reference = Annotated[str | None, _Text, AfterValidator(_reference)]
 _Bool = Annotated[
     bool,
     BeforeValidator(
         _boolean,
-        json_schema_input_type=bool | str | conlist(bool | str, min_length=1, max_length=1),
+        json_schema_input_type=bool
+        | Literal["true", "false"]
+        | conlist(bool | Literal["true", "false"], max_length=1)
+        | None,
     ),
 ]
 
@@ -119,7 +132,7 @@ class LabOptions(BaseModel):
         BeforeValidator(
             _single,
             json_schema_input_type=ImageClassChoice
-            | conlist(ImageClassChoice, min_length=1, max_length=1)
+            | conlist(ImageClassChoice, max_length=1)
             | None,
         ),
     ] = Field(None, description="Class of image: the recommended one or the latest of a kind.")
@@ -136,9 +149,13 @@ class LabOptions(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _drop_sentinel(cls, data: Any) -> Any:
-        if isinstance(data, dict) and _single_or_none(data.get("image_list")) == DROPDOWN_SENTINEL:
-            data = {**data, "image_list": None}
+    def _drop_absent(cls, data: Any) -> Any:
+        """Take ``null`` and an empty list as the option left out, as the reference does."""
+        if not isinstance(data, dict):
+            return data
+        data = {key: value for key, value in data.items() if value is not None and value != []}
+        if _single_or_none(data.get("image_list")) == DROPDOWN_SENTINEL:
+            del data["image_list"]
         return data
 
     @model_validator(mode="after")
