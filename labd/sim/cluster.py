@@ -1,11 +1,12 @@
 """`SimCluster`: the simulated cluster as one async context manager.
 
 It composes the pieces the way a real control plane is composed: the API
-server (the registry behind Starlette, served by uvicorn on 127.0.0.1), the
-namespace controller (in process, like kube-controller-manager's), and the
-kubelet stand-in, which reaches the API server over HTTP like any client.
-Tests, benchmarks, ``labd sim`` and ``labd dev`` all start it through this
-class, so they all exercise the same thing.
+server (the registry behind Starlette, served by uvicorn on 127.0.0.1, over
+HTTPS with a CA generated at start, or plain HTTP), the namespace controller
+(in process, like kube-controller-manager's), and the kubelet stand-in,
+which reaches the API server over the network like any client. Tests,
+benchmarks, ``labd sim`` and ``labd dev`` all start it through this class,
+so they all exercise the same thing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import asyncio
 import contextlib
 import copy
 import secrets
+import shutil
+import ssl
+import tempfile
 from collections.abc import Generator
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +39,7 @@ from labd.sim.namespaces import NamespaceController
 from labd.sim.outcomes import Rules
 from labd.sim.registry import Obj, Registry
 from labd.sim.singleuser import SingleUserServers
+from labd.sim.tls import ServingCertificate, generate
 from labd.tasks import cancel_and_wait, spawn
 
 __all__ = ["SimCluster"]
@@ -52,7 +57,7 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class SimCluster:
-    """A simulated Kubernetes cluster served over HTTP on 127.0.0.1.
+    """A simulated Kubernetes cluster served on 127.0.0.1, over HTTPS or HTTP.
 
     Parameters
     ----------
@@ -87,6 +92,12 @@ class SimCluster:
     serve_labs
         Also answer HTTP for the single-user servers of Running pods, on one
         more port of 127.0.0.1 (see `labs_url` and `SingleUserServers`).
+    tls
+        Serve the API over HTTPS with a certificate signed by a CA made at
+        start (`ca_pem`), as kubectl and client-go need to send a token;
+        False serves plain HTTP (tests and benchmarks that talk raw HTTP).
+        The single-user servers of ``serve_labs`` answer plain HTTP either
+        way, as a lab's pod does inside a cluster.
     """
 
     def __init__(
@@ -105,6 +116,7 @@ class SimCluster:
         seed: int | None = None,
         service_account_admission: bool = True,
         serve_labs: bool = False,
+        tls: bool = False,
     ) -> None:
         self.registry = Registry(
             window=watch_window, service_account_admission=service_account_admission
@@ -152,16 +164,24 @@ class SimCluster:
         self._labs_url = ""
         self._tasks: list[asyncio.Task[Any]] = []
         self._url = ""
+        self._tls = tls
+        self._certificate: ServingCertificate | None = None
+        self._ca_dir: Path | None = None
 
     def _authorize(self, request: Request) -> None:
         self.api.authorize(request)
 
     @property
     def url(self) -> str:
-        """The API server URL, e.g. ``http://127.0.0.1:41234`` (once started)."""
+        """The API server URL, e.g. ``https://127.0.0.1:41234`` (once started)."""
         if not self._url:
             raise RuntimeError("the simulated cluster is not started")
         return self._url
+
+    @property
+    def labs_served(self) -> bool:
+        """Whether running pods answer HTTP as single-user servers (``serve_labs=True``)."""
+        return self._labs is not None
 
     @property
     def labs_url(self) -> str:
@@ -174,16 +194,42 @@ class SimCluster:
             raise RuntimeError("the simulated cluster serves no labs (serve_labs=False)")
         return self._labs_url
 
+    @property
+    def ca_pem(self) -> bytes | None:
+        """The certificate (PEM) of the CA clients must trust; None over plain HTTP.
+
+        A new CA is made at each start; its private key is not kept.
+        """
+        return self._certificate.ca_pem if self._certificate is not None else None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Return a client-side context trusting the cluster's CA; None over plain HTTP.
+
+        For HTTP clients other than kubernetes-asyncio, e.g.
+        ``httpx.AsyncClient(verify=cluster.ssl_context())``.
+        """
+        return self._certificate.client_context() if self._certificate is not None else None
+
     def configuration(self) -> Configuration:
-        """Return a kubernetes-asyncio `Configuration` for this cluster."""
+        """Return a kubernetes-asyncio `Configuration` for this cluster.
+
+        Over HTTPS it verifies the server against the cluster's CA (read from
+        a file the cluster keeps while it runs: kubernetes-asyncio takes CA
+        paths only).
+        """
         configuration = Configuration(host=self.url)
         if self.token:
             configuration.api_key = {"BearerToken": f"Bearer {self.token}"}
+        if self._ca_dir is not None:
+            configuration.ssl_ca_cert = str(self._ca_dir / "ca.crt")
         return configuration
 
     def write_kubeconfig(self, path: Path | str) -> Path:
-        """Write a kubeconfig for this cluster to ``path`` and return the path."""
-        return write_kubeconfig(path, self.url, self.token)
+        """Write a kubeconfig for this cluster to ``path`` (mode 0600) and return the path.
+
+        Over HTTPS it carries the CA's certificate (``certificate-authority-data``).
+        """
+        return write_kubeconfig(path, self.url, self.token, ca_pem=self.ca_pem)
 
     def objects(self, resource: str, namespace: str | None = None) -> list[Obj]:
         """Return copies of the stored objects of a resource, for assertions.
@@ -203,8 +249,14 @@ class SimCluster:
 
     async def start(self) -> None:
         """Start the API server, the namespace controller and (optionally) the kubelet."""
+        server_context = None
+        if self._tls:
+            self._certificate = generate()
+            server_context = self._certificate.server_context()
+            self._ca_dir = Path(tempfile.mkdtemp(prefix="labd-sim-ca-"))
+            (self._ca_dir / "ca.crt").write_bytes(self._certificate.ca_pem)
         self._server, self._server_task, self._url = await self._serve(
-            self.api.app, self._port, name="sim-apiserver"
+            self.api.app, self._port, name="sim-apiserver", tls=server_context
         )
         if self._labs is not None:
             self._labs_server, self._labs_server_task, self._labs_url = await self._serve(
@@ -229,7 +281,7 @@ class SimCluster:
             self._tasks.append(spawn(kubelet.run(), name="sim-kubelet"))
 
     async def _serve(
-        self, app: ASGIApp, port: int, *, name: str
+        self, app: ASGIApp, port: int, *, name: str, tls: ssl.SSLContext | None = None
     ) -> tuple[_EmbeddedServer, asyncio.Task[Any], str]:
         config = uvicorn.Config(
             app,
@@ -240,6 +292,11 @@ class SimCluster:
             lifespan="off",
             timeout_graceful_shutdown=2,
         )
+        if tls is not None:
+            # uvicorn reads keys from files only; the context holds the key
+            # in memory instead (see `labd.sim.tls`).
+            config.load()
+            config.ssl = tls
         server = _EmbeddedServer(config)
         task = spawn(server.serve(), name=name)
         while not server.started:
@@ -248,7 +305,8 @@ class SimCluster:
                 raise RuntimeError(f"{name} stopped while starting")
             await asyncio.sleep(0.01)
         bound = server.servers[0].sockets[0].getsockname()[1]
-        return server, task, f"http://127.0.0.1:{bound}"
+        scheme = "https" if tls is not None else "http"
+        return server, task, f"{scheme}://127.0.0.1:{bound}"
 
     async def stop(self) -> None:
         """Stop everything; open watch streams end."""
@@ -264,6 +322,9 @@ class SimCluster:
                 await asyncio.gather(task, return_exceptions=True)
         self._server = self._server_task = None
         self._labs_server = self._labs_server_task = None
+        if self._ca_dir is not None:
+            shutil.rmtree(self._ca_dir, ignore_errors=True)
+            self._ca_dir = None
 
     async def __aenter__(self) -> SimCluster:
         await self.start()

@@ -4,6 +4,12 @@ For a developer poking at labd by hand, for kubectl, and for benchmarks
 that must not share an event loop (or a GIL) with their client. It prints
 the URL and the kubeconfig path, then serves until SIGTERM or SIGINT; the
 control API (``/sim/v1``) steers it while it runs.
+
+It serves HTTPS by default, with a CA made at start and written into the
+kubeconfig, so kubectl sends it the bearer token as to any cluster;
+``--no-tls`` serves plain HTTP for clients that talk raw HTTP (benchmarks).
+``--serve-labs`` makes running pods answer HTTP as single-user servers, as
+in ``labd dev``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,17 @@ def _parse_rule(text: str) -> tuple[str, str, str]:
 )
 @click.option("--token", envvar="LABD_SIM_TOKEN", help="Bearer token (default: random).")
 @click.option("--no-auth", is_flag=True, help="Accept requests without a token.")
+@click.option(
+    "--tls/--no-tls",
+    default=True,
+    show_default=True,
+    help="HTTPS with a CA generated at start (in the kubeconfig), or plain HTTP.",
+)
+@click.option(
+    "--serve-labs",
+    is_flag=True,
+    help="Running pods answer HTTP as single-user servers, on one more port (printed).",
+)
 @click.option("--pod-start-delay", default=1.0, show_default=True, help="Seconds to Running.")
 @click.option("--pod-stop-delay", default=0.0, show_default=True, help="Seconds to stop a pod.")
 @click.option(
@@ -80,6 +97,8 @@ def sim(
     kubeconfig: Path,
     token: str | None,
     no_auth: bool,
+    tls: bool,
+    serve_labs: bool,
     pod_start_delay: float,
     pod_stop_delay: float,
     namespace_sa_delay: float,
@@ -114,6 +133,8 @@ def sim(
         watch_window=watch_window,
         bookmark_interval=bookmark_interval,
         seed=seed,
+        serve_labs=serve_labs,
+        tls=tls,
     )
     for namespace, name, outcome in parsed_rules:
         cluster.rules.add(outcome, namespace=namespace, name=name)
@@ -132,6 +153,8 @@ async def _serve(cluster: SimCluster, kubeconfig: Path) -> None:
     async with cluster:
         path = cluster.write_kubeconfig(kubeconfig)
         click.echo(f"sim API server: {cluster.url}")
+        if cluster.labs_served:
+            click.echo(f"labs: {cluster.labs_url} (+ a running pod's JUPYTERHUB_SERVICE_PREFIX)")
         click.echo(f"kubeconfig: {path.resolve()}")
         click.echo(f"control API: {cluster.url}/sim/v1 (faults, rules, stats, objects)")
         await stop.wait()

@@ -1,12 +1,15 @@
 """Kubeconfig files for the simulated cluster.
 
 Clients find a cluster through a kubeconfig, so the sim writes one: labd,
-kubernetes-asyncio and kubectl then connect to it exactly as to a real
-cluster (plain HTTP on the loopback interface, bearer token).
+kubernetes-asyncio, client-go and kubectl then connect to it exactly as to
+a real cluster: HTTPS on the loopback interface with the sim's generated CA
+in ``certificate-authority-data`` and a bearer token (or, for tests and
+benchmarks that ask for it, plain HTTP).
 """
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +21,36 @@ CONTEXT = "labd-sim"
 """Name of the cluster, user and context in the kubeconfig."""
 
 
-def kubeconfig(url: str, token: str | None, *, namespace: str = "default") -> dict[str, Any]:
+def kubeconfig(
+    url: str,
+    token: str | None,
+    *,
+    namespace: str = "default",
+    ca_pem: bytes | None = None,
+) -> dict[str, Any]:
     """Return a kubeconfig document for a server at ``url``.
 
     Parameters
     ----------
     url
-        The API server URL, e.g. ``http://127.0.0.1:6443``.
+        The API server URL, e.g. ``https://127.0.0.1:6443``.
     token
         The bearer token, or None when the server checks none.
     namespace
         The context's default namespace.
+    ca_pem
+        The certificate (PEM) of the CA that signed the server's
+        certificate, for an ``https://`` URL.
     """
     user: dict[str, Any] = {"token": token} if token else {}
+    cluster: dict[str, Any] = {"server": url}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode("ascii")
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "preferences": {},
-        "clusters": [{"name": CONTEXT, "cluster": {"server": url}}],
+        "clusters": [{"name": CONTEXT, "cluster": cluster}],
         "users": [{"name": CONTEXT, "user": user}],
         "contexts": [
             {
@@ -47,8 +62,13 @@ def kubeconfig(url: str, token: str | None, *, namespace: str = "default") -> di
     }
 
 
-def write_kubeconfig(path: Path | str, url: str, token: str | None) -> Path:
+def write_kubeconfig(
+    path: Path | str, url: str, token: str | None, *, ca_pem: bytes | None = None
+) -> Path:
     """Write a kubeconfig for the server at ``url`` to ``path`` (mode 0600).
+
+    It holds the bearer token, so it is created private; an existing file
+    is made private before the token is written into it.
 
     Returns
     -------
@@ -58,5 +78,6 @@ def write_kubeconfig(path: Path | str, url: str, token: str | None) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.touch(mode=0o600, exist_ok=True)
-    target.write_text(yaml.safe_dump(kubeconfig(url, token), sort_keys=False))
+    target.chmod(0o600)
+    target.write_text(yaml.safe_dump(kubeconfig(url, token, ca_pem=ca_pem), sort_keys=False))
     return target

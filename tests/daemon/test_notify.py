@@ -25,9 +25,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.daemon.conftest import Daemon, NotifySocket, write_config
+from tests.support.simaccess import sim_access
 
 WATCHDOG = 3.0
 """Seconds of ``WATCHDOG_USEC`` given to labd."""
@@ -209,19 +209,12 @@ async def test_sigterm_during_the_first_reconcile(
         assert not notify_socket.with_key("READY"), "READY=1 after SIGTERM"
 
 
-def _sim_access(kubeconfig: Path) -> tuple[str, str]:
-    """URL and bearer token of the simulated cluster."""
-    cluster = yaml.safe_load(kubeconfig.read_text())
-    return cluster["clusters"][0]["cluster"]["server"], cluster["users"][0]["user"]["token"]
-
-
 async def _wait_for_first_list(kubeconfig: Path, daemon: Daemon) -> None:
     """Wait until labd's first LIST reached the simulated cluster."""
-    server, token = _sim_access(kubeconfig)
     deadline = time.monotonic() + 60
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
+    async with sim_access(kubeconfig).async_client() as client:
         while True:
-            stats = (await client.get(f"{server}/sim/v1/stats")).json()
+            stats = (await client.get("/sim/v1/stats")).json()
             if any(key.startswith("list ") for key in stats["requests"]):
                 return
             assert daemon.returncode is None, daemon.tail()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import socket
+from pathlib import Path
 
 import pytest
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
@@ -21,7 +22,8 @@ from labd.kube.client import (
     create_api_client,
 )
 from labd.kube.storage import LabKube
-from labd.sim import SimCluster
+from labd.sim import SimCluster, write_kubeconfig
+from labd.sim.tls import generate
 from tests.kube.conftest import FAST_RETRY
 from tests.support.labs import lab_build
 
@@ -234,3 +236,30 @@ def test_collector_paused_leaves_a_paused_collector_paused() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.sim(tls=True)
+async def test_client_verifies_the_clusters_ca(
+    config: Config, sim: SimCluster, tmp_path: Path
+) -> None:
+    client = await create_api_client(config.kubernetes)
+    try:
+        assert client.configuration.host == sim.url
+        assert client.configuration.host.startswith("https://")
+        assert client.configuration.verify_ssl
+        kube = KubeApi(client, request_timeout=5, retry=RetryPolicy(attempts=1))
+        core = CoreV1Api(client)
+        reply = await kube.call("list", "Namespace", core.list_namespace)
+        assert "default" in {item["metadata"]["name"] for item in reply.body["items"]}
+    finally:
+        await client.close()
+    # The same cluster named with another CA's certificate is refused.
+    stranger = tmp_path / "stranger"
+    write_kubeconfig(stranger, sim.url, sim.token, ca_pem=generate().ca_pem)
+    client = await create_api_client(config.kubernetes.model_copy(update={"kubeconfig": stranger}))
+    try:
+        kube = KubeApi(client, request_timeout=5, retry=RetryPolicy(attempts=1))
+        with pytest.raises(KubeError, match="certificate verify failed"):
+            await kube.call("list", "Namespace", CoreV1Api(client).list_namespace)
+    finally:
+        await client.close()

@@ -250,3 +250,23 @@ async def test_cancelling_the_consumer_closes_the_watch(
     connector = api_client.rest_client.pool_manager.connector
     assert connector is not None
     await eventually(lambda: not connector._acquired)
+
+
+@pytest.mark.sim(tls=True)
+async def test_watches_stream_over_tls(
+    api_client: ApiClient, config: Config, kube: LabKube, sim: SimCluster
+) -> None:
+    # labd reaches the cluster over HTTPS, verifying the CA of its kubeconfig,
+    # and its watches stream changes as they happen, not when a response ends.
+    assert sim.url.startswith("https://")
+    assert api_client.configuration.verify_ssl
+    async with (
+        collecting(pod_watcher(api_client, config).updates()) as updates,
+        collecting(event_watcher(api_client, config).events()) as events,
+    ):
+        await eventually(lambda: sim.stats.requests["watch pods"] >= 1)
+        await eventually(lambda: sim.stats.requests["watch events"] >= 1)
+        await create_lab(kube, config, "alice")
+        await wait_for(updates, is_pod("alice", "Running"))
+        seen = await wait_for(events, lambda e: e.reason == "Started")
+    assert seen[0].reason == "Scheduled"

@@ -69,7 +69,8 @@ def networking(api: ApiClient) -> NetworkingV1Api:
 @pytest.fixture
 async def control(sim: SimCluster) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {sim.token}"}
-    async with httpx.AsyncClient(base_url=sim.url, headers=headers) as client:
+    verify = sim.ssl_context() or True  # Over HTTPS, the sim's own CA and nothing else.
+    async with httpx.AsyncClient(base_url=sim.url, headers=headers, verify=verify) as client:
         yield client
 
 

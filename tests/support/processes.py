@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 class SimProcess:
-    """``python -m labd.sim`` in a subprocess, with a known bearer token.
+    """``python -m labd.sim`` in a subprocess, with a known bearer token, over plain HTTP.
 
     Parameters
     ----------
@@ -56,6 +56,7 @@ class SimProcess:
             str(kubeconfig),
             "--token",
             token,
+            "--no-tls",  # Its control API is reached over raw HTTP (`url`).
             *args,
         ]
         self.process: subprocess.Popen[bytes] | None = None
