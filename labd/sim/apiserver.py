@@ -14,6 +14,10 @@ A watch is a chunked response of JSON lines. Its stream ends at the
 client's ``timeoutSeconds`` (or after a default like the real server's
 half hour), when a fault drops it, or at shutdown; a too-old version is an
 ``ERROR`` event carrying a 410 Status, sent with HTTP 200 as Kubernetes does.
+
+Gets, lists and watches of the kinds `labd.sim.tables` prints are answered
+as server-side ``Table`` objects when the client asks for them (kubectl
+does), otherwise as plain JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import base64
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +42,7 @@ from labd.sim.faults import Faults, Stats
 from labd.sim.kinds import Resource, find_resource
 from labd.sim.registry import Obj, Registry, Watcher
 from labd.sim.selectors import FieldSelector, LabelSelector
+from labd.sim.tables import TableFormat, negotiate, table
 
 __all__ = ["INTERNAL_USER_AGENT", "ApiServer", "json_response"]
 
@@ -305,7 +310,13 @@ class ApiServer:
     ) -> Response:
         registry, resource = self.registry, target.resource
         if verb == "get":
-            return json_response(registry.get(resource, target.scope, str(target.name)))
+            obj = registry.get(resource, target.scope, str(target.name))
+            fmt = self._table_format(request, target)
+            if fmt is not None:
+                version = obj["metadata"].get("resourceVersion", "")
+                meta = {"resourceVersion": version}
+                return json_response(table(fmt, resource.plural, [obj], list_meta=meta))
+            return json_response(obj)
         if verb == "list":
             return self._list(request, target)
         if verb == "watch":
@@ -386,6 +397,17 @@ class ApiServer:
         )
 
     @staticmethod
+    def _table_format(request: Request, target: _Target) -> TableFormat | None:
+        """The table the client asked for, or None for plain JSON."""
+        if target.subresource is not None:
+            return None
+        return negotiate(
+            request.headers.get("accept", ""),
+            request.query_params.get("includeObject"),
+            target.resource.plural,
+        )
+
+    @staticmethod
     def _selectors(request: Request, resource: Resource) -> tuple[LabelSelector, FieldSelector]:
         query = request.query_params
         labels = LabelSelector.parse(query.get("labelSelector"))
@@ -419,6 +441,9 @@ class ApiServer:
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
+        fmt = self._table_format(request, target)
+        if fmt is not None:
+            return json_response(table(fmt, resource.plural, items, list_meta=meta))
         head = json.dumps(
             {"kind": f"{resource.kind}List", "apiVersion": resource.api_version, "metadata": meta},
             separators=(",", ":"),
@@ -448,11 +473,24 @@ class ApiServer:
                 raise
             line = json.dumps({"type": "ERROR", "object": error.status()}) + "\n"
             return Response(line, media_type="application/json")
-        stream = self._stream(watcher, duration=timeout, bookmarks=bookmarks, faulty=not internal)
+        fmt = self._table_format(request, target)
+        stream = self._stream(
+            watcher,
+            duration=timeout,
+            bookmarks=bookmarks,
+            faulty=not internal,
+            transform=_table_events(fmt, resource.plural) if fmt is not None else None,
+        )
         return StreamingResponse(stream, media_type="application/json")
 
     async def _stream(
-        self, watcher: Watcher, *, duration: float, bookmarks: bool, faulty: bool
+        self,
+        watcher: Watcher,
+        *,
+        duration: float,
+        bookmarks: bool,
+        faulty: bool,
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + duration
@@ -485,7 +523,7 @@ class ApiServer:
                         continue
                     if faults.should_drop(sent):
                         return
-                yield line
+                yield line if transform is None else transform(line)
                 sent += 1
         finally:
             self.registry.unwatch(watcher)
@@ -497,3 +535,25 @@ class ApiServer:
             "metadata": {"resourceVersion": str(self.registry.resource_version)},
         }
         return (json.dumps({"type": "BOOKMARK", "object": obj}) + "\n").encode()
+
+
+def _table_events(fmt: TableFormat, resource: str) -> Callable[[bytes], bytes]:
+    """Turn watch event lines into events whose object is a one-row ``Table``.
+
+    Only the first table carries the column definitions: clients keep them
+    for the later rows, as with a real API server.
+    """
+    first = True
+
+    def transform(line: bytes) -> bytes:
+        nonlocal first
+        event = json.loads(line)
+        if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+            return line
+        obj = event["object"]
+        meta = {"resourceVersion": obj.get("metadata", {}).get("resourceVersion", "")}
+        event["object"] = table(fmt, resource, [obj], list_meta=meta, columns=first)
+        first = False
+        return (json.dumps(event, separators=(",", ":")) + "\n").encode()
+
+    return transform

@@ -129,6 +129,8 @@ RESOURCES: tuple[Resource, ...] = (
              singular="resourcequota", subresources=("status",), short_names=("quota",)),
     Resource("serviceaccounts", "ServiceAccount", "", "v1", namespaced=True,
              singular="serviceaccount", short_names=("sa",)),
+    Resource("limitranges", "LimitRange", "", "v1", namespaced=True, singular="limitrange",
+             short_names=("limits",)),
     Resource(
         "events",
         "Event",
