@@ -13,10 +13,19 @@ created 0700, its files created 0600 from the start rather than written and
 then restricted, and everything ``labd dev`` creates while it runs (SQLite's
 ``-wal`` and ``-shm`` files too) made under a umask of 077.
 
+The simulated cluster serves HTTPS with a CA made at each start
+(``SimCluster(tls=True)``), written into the kubeconfig with the token, so
+labd, kubectl and any other Kubernetes client reach it as a real cluster and
+verify it. Its keys stay in memory.
+
 The simulated cluster answers HTTP for its running lab pods on a local port
-(``SimCluster(serve_labs=True)``), and labs' internal URLs point there, so a
-real JupyterHub with `labd.spawner.LabdSpawner` can use ``labd dev`` end to
-end (see ``docs/jupyterhub.md``).
+(``SimCluster(serve_labs=True)``), and labs' internal URLs point there unless
+the configuration sets ``lab.internal_url_template``, so a real JupyterHub
+with `labd.spawner.LabdSpawner` can use ``labd dev`` end to end (see
+``docs/jupyterhub.md``).
+
+The commands it prints work as printed from any shell: they name the
+``labd`` being run and the state directory by their full paths.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
+import sys
 from pathlib import Path
 from typing import Final
 
@@ -39,7 +50,13 @@ from labd.db.database import Database
 from labd.db.migrate import upgrade
 from labd.sim import SimCluster
 
-__all__ = ["dev", "with_sim_lab_urls"]
+__all__ = [
+    "dev",
+    "instructions",
+    "labd_command",
+    "sets_internal_url_template",
+    "with_sim_lab_urls",
+]
 
 SAMPLE_IMAGES: Final = [
     "ghcr.io/labd/sciplat-lab:w_2026_47",
@@ -87,14 +104,39 @@ def sample_config(state_dir: Path, port: int) -> dict[str, object]:
 def with_sim_lab_urls(config: Config, labs_url: str) -> Config:
     """Point labs' internal URLs at the simulated cluster's single-user servers.
 
-    In ``labd dev`` no lab is reachable through cluster DNS, so whatever
-    ``lab.internal_url_template`` says is replaced by ``labs_url`` followed
-    by the lab's service prefix.
+    In ``labd dev`` no lab is reachable through cluster DNS, so unless the
+    operator set ``lab.internal_url_template`` (in the settings file or
+    ``LABD_LAB__INTERNAL_URL_TEMPLATE``), labs' URLs are ``labs_url``
+    followed by the lab's service prefix. A template the operator set is
+    kept as it is.
     """
+    if sets_internal_url_template(config):
+        return config
     template = labs_url + "{service_prefix}"
     return config.model_copy(
         update={"lab": config.lab.model_copy(update={"internal_url_template": template})}
     )
+
+
+def sets_internal_url_template(config: Config) -> bool:
+    """Whether the configuration sets ``lab.internal_url_template`` itself."""
+    return "internal_url_template" in config.lab.model_fields_set
+
+
+def labd_command() -> str:
+    """The command that runs this ``labd``, for a shell whose PATH may not know it.
+
+    The ``labd`` script this process was started as, else the one beside
+    this Python (a virtualenv's ``bin``), else ``python -m labd``; by full
+    path, quoted for the shell.
+    """
+    started_as = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if started_as is not None and started_as.name == "labd" and started_as.is_file():
+        return shlex.quote(str(started_as.absolute()))
+    beside = Path(sys.executable).parent / "labd"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return shlex.quote(str(beside))
+    return shlex.join([sys.executable, "-m", "labd"])
 
 
 PRIVATE_FILES: Final = (
@@ -148,12 +190,29 @@ def prepare(state_dir: Path, port: int) -> Path:
     return config_path
 
 
-def _instructions(state_dir: Path, url: str, labs_url: str) -> str:
-    token = f'"Authorization: Bearer $(cat {state_dir / "hub-token"})"'
+def instructions(state_dir: Path, url: str, labs_url: str, template: str | None) -> str:
+    """What ``labd dev`` prints once it is ready: commands to run as printed.
+
+    ``template`` is the ``lab.internal_url_template`` the operator set, if any.
+    """
+    token = f'"Authorization: Bearer $(cat {shlex.quote(str(state_dir / "hub-token"))})"'
     body = (
         '{"options": {"image_class": "recommended", "size": "medium"},'
         ' "env": {"JUPYTERHUB_SERVICE_PREFIX": "/user/alice/"}}'
     )
+    settings = shlex.quote(str(state_dir / "labd.yaml"))
+    kubeconfig = shlex.quote(str(state_dir / "kubeconfig"))
+    if template is not None:
+        labs = (
+            "Labs' URLs follow the configured lab.internal_url_template:\n"
+            f"  {template}\n"
+            f"Running labs answer as single-user servers at {labs_url}/user/<name>/."
+        )
+    else:
+        labs = (
+            f"Running labs answer as single-user servers at {labs_url}/user/<name>/, so a\n"
+            "real JupyterHub can use this labd: see docs/jupyterhub.md."
+        )
     return f"""
 labd dev is serving on {url} (simulated cluster, SQLite in {state_dir})
 
@@ -164,14 +223,19 @@ Spawn a lab for alice:
 Follow its progress (server-sent events):
   curl -N -H {token} {url}/spawner/v1/labs/alice/events
 
-Its state, then delete it:
+Its state:
   curl -H {token} {url}/spawner/v1/labs/alice
+
+Its pod in the simulated cluster (HTTPS; its CA and token are in the kubeconfig):
+  kubectl --kubeconfig {kubeconfig} get pods -A
+
+Its audit history:
+  {labd_command()} history alice --config {settings}
+
+Delete it:
   curl -X DELETE -H {token} {url}/spawner/v1/labs/alice
 
-Audit history:  labd history alice --config {state_dir / "labd.yaml"}
-
-Running labs answer as single-user servers at {labs_url}/user/<name>/, so a
-real JupyterHub can use this labd: see docs/jupyterhub.md.
+{labs}
 Stop with Ctrl-C.
 """
 
@@ -232,11 +296,13 @@ async def _run(config: Config, state_dir: Path, pod_start_delay: float) -> None:
         await upgrade(database)
     finally:
         await database.dispose()
-    async with SimCluster(pod_start_delay=pod_start_delay, serve_labs=True) as cluster:
+    cluster = SimCluster(pod_start_delay=pod_start_delay, serve_labs=True, tls=True)
+    async with cluster:
         cluster.write_kubeconfig(state_dir / "kubeconfig")
+        template = config.lab.internal_url_template if sets_internal_url_template(config) else None
         config = with_sim_lab_urls(config, cluster.labs_url)
 
         def ready(_labd: Labd, url: str) -> None:
-            click.echo(_instructions(state_dir, url, cluster.labs_url))
+            click.echo(instructions(state_dir, url, cluster.labs_url, template))
 
         await run_daemon(config, on_ready=ready)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
 from labd.daemon.dev import sample_config
 from tests.support.dev import LabdDev, running_labd_dev, write_dev_config
@@ -47,14 +46,7 @@ def labd_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabdDev]:
     write_dev_config(state_dir, config)
     log = state_dir / "labd.log"
     with running_labd_dev(state_dir, port=port, pod_start_delay=0.5, log=log) as url:
-        kubeconfig = yaml.safe_load((state_dir / "kubeconfig").read_text())
-        yield LabdDev(
-            url=url,
-            token=(state_dir / "hub-token").read_text().strip(),
-            sim_url=kubeconfig["clusters"][0]["cluster"]["server"],
-            sim_token=kubeconfig["users"][0]["user"].get("token", ""),
-            log=log,
-        )
+        yield LabdDev.of(url, state_dir, log=log)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.support.simaccess import SimAccess, sim_access
+
 __all__ = ["START_TIMEOUT", "LabdDev", "running_labd_dev", "tail", "write_dev_config"]
 
 START_TIMEOUT = 90.0
@@ -41,6 +43,26 @@ class LabdDev:
     """Its bearer token (the control API takes it too)."""
     log: Path
     """labd's output."""
+    sim_ca: bytes = b""
+    """The CA's certificate the simulated cluster's HTTPS is signed with."""
+
+    @classmethod
+    def of(cls, url: str, state_dir: Path, *, log: Path) -> LabdDev:
+        """``labd dev`` at ``url`` on ``state_dir``: tokens, URL and CA from its files."""
+        sim = sim_access(state_dir / "kubeconfig")
+        return cls(
+            url=url,
+            token=(state_dir / "hub-token").read_text().strip(),
+            sim_url=sim.url,
+            sim_token=sim.token,
+            log=log,
+            sim_ca=sim.ca_pem,
+        )
+
+    @property
+    def sim(self) -> SimAccess:
+        """How to reach the simulated cluster."""
+        return SimAccess(url=self.sim_url, token=self.sim_token, ca_pem=self.sim_ca)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -52,10 +74,8 @@ class LabdDev:
 
     def namespace_exists(self, namespace: str) -> bool:
         """Whether the simulated cluster still has a namespace (terminating counts)."""
-        response = httpx.get(
-            f"{self.sim_url}/api/v1/namespaces/{namespace}",
-            headers={"Authorization": f"Bearer {self.sim_token}"},
-        )
+        with self.sim.client() as client:
+            response = client.get(f"/api/v1/namespaces/{namespace}")
         if response.status_code == 404:
             return False
         response.raise_for_status()
@@ -63,11 +83,10 @@ class LabdDev:
 
     def add_rule(self, namespace: str, outcome: str) -> None:
         """Give the pods of a namespace an outcome, through the sim's control API."""
-        response = httpx.post(
-            f"{self.sim_url}/sim/v1/rules",
-            json={"namespace": namespace, "name": "*", "outcome": outcome},
-            headers={"Authorization": f"Bearer {self.sim_token}"},
-        )
+        with self.sim.client() as client:
+            response = client.post(
+                "/sim/v1/rules", json={"namespace": namespace, "name": "*", "outcome": outcome}
+            )
         response.raise_for_status()
 
 
