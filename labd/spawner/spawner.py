@@ -27,6 +27,15 @@ Why it looks the way it does:
   spawn is watched, so the client has no cap on connections (a cap would
   let many watchers starve status requests of the pool); streams have a
   read timeout well above labd's 15 s keep-alives instead of none.
+- The shared clients are closed when the hub shuts down. JupyterHub has no
+  shutdown hook for spawners, but its shutdown (SIGTERM, SIGINT,
+  ``JupyterHub.stop``) first runs its cleanup, which may stop servers
+  through their spawners, then cancels every other task of its event loop
+  and waits for them before it stops the loop
+  (``JupyterHub.shutdown_cancel_tasks``); ``asyncio.run`` and
+  ``asyncio.Runner`` cancel leftover tasks the same way. So a loop's
+  clients belong to a task that only waits: its cancellation closes them,
+  after the hub's last request and before the loop stops.
 - The hub token goes only into the ``Authorization`` header and is never
   logged (`labd_token` is not shown by ``repr``).
 """
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -52,10 +62,53 @@ __all__ = ["LabEvent", "LabSpawnError", "LabdSpawner", "read_events"]
 
 _TERMINAL: Final = frozenset({"complete", "failed"})
 _STOPPED: Final = frozenset({"terminating", "terminated"})
-_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = (
+
+
+class _Clients:
+    """The shared labd clients of one event loop, by labd URL; see the module's notes.
+
+    They stay open until the task that keeps them is cancelled (the hub's
+    shutdown, or `close`), which closes them and forgets them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: logging.Logger) -> None:
+        self.by_url: dict[str, httpx.AsyncClient] = {}
+        self._loop = loop
+        self._log = log
+        self._closing_on_request = False
+        self._keeper = loop.create_task(self._keep(), name="labd-spawner-clients")
+        """Strongly held here: the loop holds its tasks only weakly."""
+
+    async def _keep(self) -> None:
+        try:
+            await self._loop.create_future()
+        except asyncio.CancelledError:
+            if _CLIENTS.get(self._loop) is self:
+                del _CLIENTS[self._loop]
+            if not self._closing_on_request:
+                # The loop's owner is shutting down: a client opened after
+                # this would belong to no task and never be closed.
+                _SHUT_DOWN.add(self._loop)
+            clients, self.by_url = list(self.by_url.items()), {}
+            for url, client in clients:
+                await client.aclose()
+                self._log.debug("Closed the HTTP client for labd at %s", url)
+            raise
+
+    async def close(self) -> None:
+        """Close the clients now; a later request opens new ones."""
+        self._closing_on_request = True
+        self._keeper.cancel()
+        await asyncio.wait([self._keeper])
+
+
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients] = (
     weakref.WeakKeyDictionary()
 )
-"""The shared clients, per event loop (a client cannot outlive its loop) and labd URL."""
+"""The shared clients, per event loop: a client cannot outlive its loop."""
+
+_SHUT_DOWN: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+"""Loops whose clients were closed by their owner's shutdown."""
 
 
 class LabSpawnError(Exception):
@@ -223,16 +276,33 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
     def _client(self) -> httpx.AsyncClient:
         if not self.labd_url:
             raise RuntimeError("LabdSpawner needs labd_url")
-        clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
-        client = clients.get(self.labd_url)
+        loop = asyncio.get_running_loop()
+        if loop in _SHUT_DOWN:
+            raise RuntimeError("the hub is shutting down: its labd clients are closed")
+        clients = _CLIENTS.get(loop)
+        if clients is None:
+            clients = _CLIENTS[loop] = _Clients(loop, self.log)
+        client = clients.by_url.get(self.labd_url)
         if client is None or client.is_closed:
             client = httpx.AsyncClient(
                 base_url=self.labd_url.rstrip("/") + "/spawner/v1",
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
                 timeout=httpx.Timeout(self.request_timeout),
             )
-            clients[self.labd_url] = client
+            clients.by_url[self.labd_url] = client
         return client
+
+    @classmethod
+    async def close_clients(cls) -> None:
+        """Close the running loop's labd clients now.
+
+        The hub's shutdown closes them by itself; this is for a program
+        that runs spawners and ends otherwise. A later request opens new
+        clients.
+        """
+        clients = _CLIENTS.get(asyncio.get_running_loop())
+        if clients is not None:
+            await clients.close()
 
     def _headers(self, **extra: str) -> dict[str, str]:
         if not self.labd_token:
@@ -351,7 +421,7 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
                 return
             await asyncio.sleep(1.0)
 
-    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+    async def progress(self) -> AsyncGenerator[dict[str, Any], None]:
         """Yield labd's progress events of the spawn; never raises."""
         try:
             await self._created.wait()

@@ -7,10 +7,13 @@ that the hub's view matches what happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -20,7 +23,8 @@ pytest.importorskip(
 )
 
 from tests.support.dev import LabdDev
-from tests.support.hub import Hub, wait_until
+from tests.support.hub import Hub, connections_at_exit, running_hub, wait_until
+from tests.support.sockets import has_proc
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +166,47 @@ def test_a_lab_the_hub_did_not_know_is_replaced(hub: Hub, labd_dev: LabdDev) -> 
     assert events[-1].get("ready") is True, events
     assert "labd has a lab for frank the hub did not know about" in hub.log.read_text()
     assert labd_dev.lab("frank").json()["options"]["size"] == "medium"
+
+
+@pytest.mark.skipif(not has_proc(), reason="counting sockets needs Linux's /proc")
+def test_the_hub_exits_holding_no_connection_to_labd(
+    labd_dev: LabdDev, proxy: list[str], tmp_path: Path
+) -> None:
+    # A hub of its own, since the check is at its exit: it runs a lab, and
+    # a spawn that is still pending, watched by a progress page, when it
+    # gets SIGTERM. Its cleanup stops both through the spawner, then the
+    # spawner's clients must be closed: no socket to labd left, no
+    # unclosed-resource warning.
+    port = urlsplit(labd_dev.url).port
+    assert port is not None
+    labd_dev.add_rule("labd-henry", "pending:ErrImagePull")
+    with contextlib.ExitStack() as watching:
+        with running_hub(
+            tmp_path,
+            labd_url=labd_dev.url,
+            labd_token=labd_dev.token,
+            proxy=proxy,
+            extra=connections_at_exit(port),
+        ) as hub:
+            _start(hub, "grace")
+            assert _progress(hub, "grace")[-1].get("ready") is True
+            _start(hub, "henry")
+            page = watching.enter_context(
+                httpx.stream(
+                    "GET",
+                    f"{hub.api}/users/henry/server/progress",
+                    headers=hub.headers,
+                    timeout=httpx.Timeout(10, read=READY_WITHIN),
+                )
+            )
+            for line in page.iter_lines():
+                if "Starting lab creation for henry" in line:
+                    break
+        log = hub.log.read_text(errors="replace")
+
+    assert f"connections to port {port} at exit: 0" in log, log[-3000:]
+    assert f"Closed the HTTP client for labd at {labd_dev.url}" in log
+    # (JupyterHub logs henry's spawn, cancelled by its own cleanup, with a
+    # traceback: that is the hub's account of the cancelled spawn, not a leak.)
+    for sign in ("ResourceWarning", "nclosed", "Task was destroyed"):
+        assert sign not in log, log[log.index(sign) - 2000 :][:4000]

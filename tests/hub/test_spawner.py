@@ -1,10 +1,7 @@
 """`LabdSpawner` against ``labd dev``, without a hub: what the end-to-end tests cannot reach.
 
-The spawner is built as the hub builds it (traits), with the hub's `User`
-reduced to the one attribute the spawner reads: its name. The environment
-for the lab comes from the hub's server, token and OAuth client, so here
-``get_env`` (which JupyterHub documents for subclasses to extend) gives
-just the service prefix; ``test_hub.py`` runs ``start`` inside a real hub.
+The spawner is built as the hub builds it (`tests.support.spawners`);
+``test_hub.py`` runs ``start`` inside a real hub.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ pytest.importorskip(
 from labd.spawner import LabdSpawner, LabEvent, LabSpawnError, read_events
 from tests.support.dev import LabdDev
 from tests.support.processes import free_port
+from tests.support.spawners import hubless_spawner
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +30,8 @@ WITHIN = 60.0
 """Seconds labd may take to reach a state on a loaded machine."""
 
 
-class _HublessSpawner(LabdSpawner):
-    def get_env(self) -> dict[str, str]:
-        return {"JUPYTERHUB_SERVICE_PREFIX": f"/user/{self.user.name}/"}
-
-
 def _spawner(labd: LabdDev, name: str, **traits: Any) -> LabdSpawner:
-    return _HublessSpawner(
-        user=SimpleNamespace(name=name),
-        **{"labd_url": labd.url, "labd_token": labd.token, **traits},
-    )
+    return hubless_spawner(labd.url, labd.token, name, **traits)
 
 
 async def _create(labd: LabdDev, name: str) -> None:

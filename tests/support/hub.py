@@ -28,10 +28,20 @@ import httpx
 from tests.support.dev import START_TIMEOUT, tail
 from tests.support.processes import free_port
 
-__all__ = ["Hub", "missing_proxy", "proxy_command", "running_hub", "wait_until"]
+__all__ = [
+    "Hub",
+    "connections_at_exit",
+    "missing_proxy",
+    "proxy_command",
+    "running_hub",
+    "wait_until",
+]
 
 NPM_PREFIX = Path(__file__).resolve().parents[1] / "hub"
 """Where ``npm ci --prefix tests/hub`` installs configurable-http-proxy."""
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+"""The checkout, so that the hub's configuration can import `tests.support`."""
 
 
 def wait_until(check: Callable[[], bool], *, within: float, what: str, log: Path) -> None:
@@ -115,6 +125,30 @@ c.JupyterHub.load_roles = [
     {{"name": "e2e", "scopes": ["admin:users", "admin:servers"], "services": ["e2e"]}}
 ]
 {extra}
+"""
+
+
+def connections_at_exit(port: int) -> str:
+    """Configuration lines (``extra``) that make the hub account for its connections at exit.
+
+    The last thing the hub's process does is log ``connections to port
+    <port> at exit: <n>``: how many sockets to ``port`` it still holds
+    (`tests.support.sockets`), after a garbage collection. ResourceWarnings
+    are shown, so an unclosed socket or transport that the collection
+    finds is logged too.
+    """
+    return f"""
+import atexit, gc, sys, warnings
+sys.path.insert(0, {str(REPOSITORY)!r})
+from tests.support.sockets import connections_to
+warnings.simplefilter("always", ResourceWarning)
+
+def _connections_at_exit():
+    gc.collect()
+    count = connections_to({port})
+    print(f"connections to port {port} at exit: {{count}}", file=sys.stderr, flush=True)
+
+atexit.register(_connections_at_exit)
 """
 
 
