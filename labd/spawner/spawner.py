@@ -16,12 +16,22 @@ Why it looks the way it does:
   labd's event stream of the spawn rather than polling the status: the
   stream ends with ``complete`` or ``failed``, and ``failed`` comes right
   after an ``error`` event that says why, which becomes the message the hub
-  shows the user. A stream that breaks is resumed with ``Last-Event-ID``.
+  shows the user.
 - ``progress`` opens a stream of its own on every call: labd replays an
   operation's events to each subscriber, so every page that watches a
   spawn sees the same steps. JupyterHub may ask for progress before
   ``start`` has created the lab; the stream waits for the create, or it
   would replay the previous operation.
+- Both follow the stream with `LabdSpawner._follow`: a stream that breaks
+  (connection reset, read timeout, a cut chunked body, labd restarting or
+  answering 503) or ends before the operation's last event is reopened
+  with ``Last-Event-ID`` set to the last event seen, so labd sends only the
+  later events: none is lost or shown twice. Reopening backs off from
+  0.5 s to at most 5 s; an event resets the back-off. Following gives up
+  only when labd refuses the stream (401, 403, 404...) or has been
+  unreachable for longer than ``start_timeout``, and then says so:
+  ``start`` fails with that reason, ``progress`` ends with a last message
+  giving it. ``progress`` never ends quietly and never raises.
 - One `httpx.AsyncClient` per event loop and labd URL serves every spawner
   of the hub. Each open event stream holds a connection for as long as a
   spawn is watched, so the client has no cap on connections (a cap would
@@ -46,9 +56,10 @@ import asyncio
 import json
 import logging
 import os
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -62,6 +73,10 @@ __all__ = ["LabEvent", "LabSpawnError", "LabdSpawner", "read_events"]
 
 _TERMINAL: Final = frozenset({"complete", "failed"})
 _STOPPED: Final = frozenset({"terminating", "terminated"})
+_RETRY_FIRST: Final = 0.5
+"""Seconds before reopening an event stream that broke after an event."""
+_RETRY_MAX: Final = 5.0
+"""The longest wait between attempts to reopen an event stream."""
 
 
 class _Clients:
@@ -120,6 +135,53 @@ class LabSpawnError(Exception):
         """Read by JupyterHub for the "Spawn failed: ..." message."""
 
 
+class _StreamLostError(LabSpawnError):
+    """labd's event stream of an operation cannot be followed any more; says why."""
+
+
+class _NoOperationError(Exception):
+    """labd has no lab and no recorded operation for the user (404)."""
+
+
+class _Retry:
+    """When to reopen a broken event stream, and when to give up.
+
+    The wait doubles from `_RETRY_FIRST` to `_RETRY_MAX` with each attempt
+    that brings no event. labd counts as unreachable from the first failure
+    after it last answered a stream; past ``give_up_after`` seconds of that,
+    `wait` raises `_StreamLostError`.
+    """
+
+    def __init__(self, give_up_after: float) -> None:
+        self._give_up_after = give_up_after
+        self._delay = _RETRY_FIRST
+        self._failing_since: float | None = None
+        self.failures = 0
+        """Failed attempts since the last event."""
+
+    def answered(self) -> None:
+        """labd opened a stream: it is reachable."""
+        self._failing_since = None
+
+    def progressed(self) -> None:
+        """An event came: the next break is reopened soon again."""
+        self._delay = _RETRY_FIRST
+        self.failures = 0
+
+    def wait(self, why: str) -> float:
+        """Seconds to wait before the next attempt, after a failure saying ``why``."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since >= self._give_up_after:
+            raise _StreamLostError(
+                f"labd unreachable for {now - self._failing_since:.0f} s (last: {why})"
+            )
+        self.failures += 1
+        delay, self._delay = self._delay, min(self._delay * 2, _RETRY_MAX)
+        return delay
+
+
 @dataclass(frozen=True, slots=True)
 class LabEvent:
     """One server-sent event of a labd operation."""
@@ -141,7 +203,10 @@ async def read_events(lines: AsyncIterator[str]) -> AsyncGenerator[LabEvent, Non
     """Parse a ``text/event-stream`` into `LabEvent` objects.
 
     Comment lines (labd's keep-alives) are skipped; an event whose data is
-    not a JSON object is passed on with its raw data as the message.
+    not a JSON object is passed on with its raw data as the message. An
+    event the stream ends in the middle of (no blank line after it) is not
+    passed on, as the SSE specification says: it may be cut short, and a
+    client resuming after the last whole event gets it again, whole.
     """
     fields: dict[str, str] = {}
     data: list[str] = []
@@ -159,8 +224,6 @@ async def read_events(lines: AsyncIterator[str]) -> AsyncGenerator[LabEvent, Non
         if data:
             yield _event(fields, "\n".join(data))
         fields, data = {}, []
-    if data:
-        yield _event(fields, "\n".join(data))
 
 
 def _event(fields: dict[str, str], data: str) -> LabEvent:
@@ -194,10 +257,21 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _transient(error: httpx.HTTPError) -> bool:
-    """Whether labd may answer if asked again: no connection, or 503 ``not_ready``."""
+    """Whether labd may answer if asked again.
+
+    No connection, a broken one (reset, timeout, a cut body), 503
+    ``not_ready`` (labd starting) or 429 ``too_many_streams`` (others end).
+    """
     if isinstance(error, httpx.HTTPStatusError):
-        return error.response.status_code == 503
+        return error.response.status_code in (429, 503)
     return isinstance(error, httpx.TransportError)
+
+
+def _describe(error: httpx.HTTPError) -> str:
+    """An error in a few words, for logs and the hub's messages (never a token)."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return f"HTTP {error.response.status_code}: {_error_message(error.response)}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _error_type(response: httpx.Response) -> str | None:
@@ -321,8 +395,13 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
         state: dict[str, Any] = response.json()
         return state
 
-    async def _events(self, last_id: str | None = None) -> AsyncGenerator[LabEvent, None]:
-        """The current operation's events; empty if labd has none for the user."""
+    @asynccontextmanager
+    async def _event_stream(self, last_id: str | None) -> AsyncIterator[AsyncIterator[str]]:
+        """Open the current operation's event stream; its lines.
+
+        Raises `_NoOperationError` on 404, `httpx.HTTPStatusError` on any other
+        answer but 200, and `httpx.TransportError` when the connection fails.
+        """
         headers = self._headers(Accept="text/event-stream")
         if last_id is not None:
             headers["Last-Event-ID"] = last_id
@@ -330,11 +409,60 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
         async with self._client().stream(
             "GET", f"{self._lab_path}/events", headers=headers, timeout=timeout
         ) as response:
-            if response.status_code == 404:
-                return
-            response.raise_for_status()
-            async for event in read_events(response.aiter_lines()):
-                yield event
+            if response.status_code != 200:
+                await response.aread()
+                if response.status_code == 404:
+                    raise _NoOperationError
+                raise httpx.HTTPStatusError(
+                    f"HTTP {response.status_code}", request=response.request, response=response
+                )
+            yield response.aiter_lines()
+
+    async def _follow(self) -> AsyncGenerator[LabEvent, None]:
+        """The current operation's events, each once, until its last one.
+
+        A stream that breaks, or ends before the operation's last event, is
+        reopened with ``Last-Event-ID`` (see the module's notes).
+
+        Raises
+        ------
+        _StreamLostError
+            labd has no lab for the user (404), refused the stream, or was
+            unreachable for longer than ``start_timeout``.
+        """
+        last_id: str | None = None
+        retry = _Retry(self.start_timeout)
+        while True:
+            try:
+                try:
+                    async with self._event_stream(last_id) as lines:
+                        retry.answered()
+                        async for event in read_events(lines):
+                            retry.progressed()
+                            last_id = event.id or last_id
+                            yield event
+                            if event.type in _TERMINAL:
+                                return
+                except _NoOperationError:
+                    raise _StreamLostError(f"labd has no lab for {self.user.name}") from None
+                why = "labd ended the stream before the operation's last event"
+            except httpx.HTTPError as error:
+                if not _transient(error):
+                    raise _StreamLostError(
+                        f"labd refused the event stream: {_describe(error)}"
+                    ) from None
+                why = _describe(error)
+            delay = retry.wait(why)
+            # One warning per outage; the attempts that follow are debug.
+            self.log.log(
+                logging.WARNING if retry.failures == 1 else logging.DEBUG,
+                "labd event stream for %s broke (%s); resuming after event %s in %.1f s",
+                self.user.name,
+                why,
+                last_id,
+                delay,
+            )
+            await asyncio.sleep(delay)
 
     # -- Spawner API ------------------------------------------------------
 
@@ -388,53 +516,43 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
     async def _wait_for_spawn(self) -> None:
         """Follow the spawn's events until ``complete``; raise on ``failed``.
 
-        A stream that ends without a verdict (labd restarted, a proxy cut
-        it, labd briefly unreachable) is not a failed spawn: ask labd for the
-        lab's state and resume after the last event seen. The hub's
-        ``start_timeout`` bounds the whole wait.
+        A stream that breaks or ends without a verdict (labd restarted, a
+        proxy cut it) is not a failed spawn: it is resumed after the last
+        event seen, and labd sends the rest, the verdict with its reason
+        included. (Asking for the lab's state instead would lose the reason,
+        and labd cleans a failed lab up once it has been reported.) The
+        hub's ``start_timeout`` bounds the whole wait.
         """
-        last_id: str | None = None
         reason = ""
-        while True:
-            try:
-                async with aclosing(self._events(last_id)) as events:
-                    async for event in events:
-                        last_id = event.id or last_id
-                        if event.type == "error":
-                            reason = event.message
-                        elif event.type == "failed":
-                            raise LabSpawnError(reason or event.message)
-                        elif event.type == "complete":
-                            return
-                state = await self._lab_state()
-            except httpx.HTTPError as error:
-                if not _transient(error):
-                    raise
-                self.log.warning("labd event stream for %s broke: %s", self.user.name, error)
-                await asyncio.sleep(1.0)
-                continue
-            if state is None:
-                raise LabSpawnError("labd lost the lab while it was spawning")
-            if state["status"] == "failed":
-                raise LabSpawnError(reason or "Lab spawn failed")
-            if state["status"] == "running":
-                return
-            await asyncio.sleep(1.0)
+        async with aclosing(self._follow()) as events:
+            async for event in events:
+                if event.type == "error":
+                    reason = event.message
+                elif event.type == "failed":
+                    raise LabSpawnError(reason or event.message)
+                elif event.type == "complete":
+                    return
+        raise AssertionError("unreachable: _follow ends only after complete or failed")
 
     async def progress(self) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield labd's progress events of the spawn; never raises."""
+        """Yield labd's progress events of the spawn, until its last one.
+
+        Never raises (an exception would cut the hub's progress page): if
+        labd's events cannot be followed to the end, the last message says
+        why.
+        """
         try:
             await self._created.wait()
-            async with aclosing(self._events()) as events:
+            async with aclosing(self._follow()) as events:
                 async for event in events:
                     update: dict[str, Any] = {"message": event.message}
                     if event.progress is not None:
                         update["progress"] = event.progress
                     yield update
-                    if event.type in _TERMINAL:
-                        return
-        except Exception as error:  # progress must never fail the spawn page
-            self.log.warning("no more progress from labd for %s: %s", self.user.name, error)
+        except Exception as error:
+            why = str(error) if isinstance(error, LabSpawnError) else repr(error)
+            self.log.warning("no more progress from labd for %s: %s", self.user.name, why)
+            yield {"message": f"No more progress from labd: {why}"}
 
     async def poll(self) -> int | None:
         """None while the lab runs or spawns; an exit status once it is gone or failed."""

@@ -80,6 +80,11 @@ async def test_read_events_parses_labds_stream() -> None:
         "",
         "event: complete",
         'data: {"message": "done"}',
+        "",
+        # A stream cut in the middle of an event: the half is not an event.
+        "id: 9",
+        "event: info",
+        'data: {"message": "cut sh',
     )
     events = [event async for event in read_events(lines)]
     assert events == [
@@ -139,16 +144,23 @@ async def test_an_unreachable_labd_is_not_a_stopped_lab(
     assert "secret-hub-token" not in caplog.text
 
 
-async def test_progress_ends_quietly_when_labd_fails(
+async def test_progress_says_why_labd_refused_it(
     labd_dev: LabdDev, caplog: pytest.LogCaptureFixture
 ) -> None:
     # As after start's create: the stream is opened, and labd refuses it.
-    spawner = _spawner(labd_dev, "quiet", labd_token="not-a-token-labd-knows")
+    # Progress does not raise (the hub's page would break off) and does not
+    # end quietly: its last message says why it ends.
+    spawner = _spawner(labd_dev, "refused", labd_token="not-a-token-labd-knows")
     spawner._created.set()
     with caplog.at_level(logging.WARNING):
         events = [event async for event in spawner.progress()]
-    assert events == []
-    assert "no more progress from labd for quiet" in caplog.text
+    assert events == [
+        {
+            "message": "No more progress from labd: labd refused the event stream: HTTP 401: "
+            "Invalid bearer token"
+        }
+    ]
+    assert "no more progress from labd for refused" in caplog.text
     assert "not-a-token-labd-knows" not in caplog.text
 
 
