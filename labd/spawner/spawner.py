@@ -29,9 +29,12 @@ Why it looks the way it does:
   later events: none is lost or shown twice. Reopening backs off from
   0.5 s to at most 5 s; an event resets the back-off. Following gives up
   only when labd refuses the stream (401, 403, 404...) or has been
-  unreachable for longer than ``start_timeout``, and then says so:
+  unreachable for longer than `unreachable_timeout`, and then says so:
   ``start`` fails with that reason, ``progress`` ends with a last message
-  giving it. ``progress`` never ends quietly and never raises.
+  giving it. ``progress`` never ends quietly and never raises. The bound
+  is its own, shorter than the hub's ``start_timeout``: that one counts
+  from the spawn's start, so it would always end the spawn first, with
+  the hub's "Timeout" instead of the reason.
 - One `httpx.AsyncClient` per event loop and labd URL serves every spawner
   of the hub. Each open event stream holds a connection for as long as a
   spawn is watched, so the client has no cap on connections (a cap would
@@ -327,6 +330,15 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
         help="Seconds of silence after which an event stream is reopened (labd pings every 15).",
     ).tag(config=True)
 
+    unreachable_timeout = Float(
+        120.0,
+        help=(
+            "Seconds labd may stay unreachable while a spawn's events are followed: then "
+            "progress ends saying so, and the spawn fails with that reason. Keep it below "
+            "start_timeout, which counts from the spawn's start."
+        ),
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._created = asyncio.Event()
@@ -428,10 +440,10 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
         ------
         _StreamLostError
             labd has no lab for the user (404), refused the stream, or was
-            unreachable for longer than ``start_timeout``.
+            unreachable for longer than `unreachable_timeout`.
         """
         last_id: str | None = None
-        retry = _Retry(self.start_timeout)
+        retry = _Retry(self.unreachable_timeout)
         while True:
             try:
                 try:

@@ -93,6 +93,19 @@ async def test_start_resumes_and_ends_with_labds_verdict() -> None:
     assert labd.last_event_ids == [None, "3"]
 
 
+async def test_start_fails_with_the_reason_when_labd_stays_unready() -> None:
+    # labd took the create, then answers 503 not_ready to every stream.
+    async with breaking_labd(SPAWN, [Break(0, "503")] * 50) as labd:
+        spawner = hubless_spawner(labd.url, "hub-token", "ada", unreachable_timeout=1.5)
+        with pytest.raises(
+            LabSpawnError,
+            match=r"^labd unreachable for \d+ s \(last: HTTP 503: stand-in says 503\)$",
+        ):
+            await spawner.start()
+    # Back-off 0.5, 1 s: the third attempt is past the 1.5 s.
+    assert labd.last_event_ids == [None, None, None]
+
+
 async def test_progress_says_why_when_labd_refuses_a_resumed_stream() -> None:
     async with breaking_labd(SPAWN, [Break(2, "reset"), Break(0, "401")]) as labd:
         spawner = hubless_spawner(labd.url, "hub-token", "ada")
@@ -108,9 +121,9 @@ async def test_progress_says_why_when_labd_refuses_a_resumed_stream() -> None:
     ]
 
 
-async def test_progress_gives_up_on_labd_unreachable_past_start_timeout() -> None:
+async def test_progress_gives_up_on_labd_unreachable_past_unreachable_timeout() -> None:
     spawner = hubless_spawner(
-        f"http://127.0.0.1:{free_port()}", "hub-token", "ada", start_timeout=2
+        f"http://127.0.0.1:{free_port()}", "hub-token", "ada", unreachable_timeout=2
     )
     spawner._created.set()
     loop = asyncio.get_running_loop()
