@@ -300,3 +300,52 @@ def test_labd_dev_keeps_the_operators_lab_url_template(tmp_path: Path) -> None:
     assert re.fullmatch(r"http://10\.244\.\d+\.\d+:8888/user/alice/", lab["internal_url"]), lab
     assert "follow the configured lab.internal_url_template" in printed
     assert "http://{pod_ip}:{port}{service_prefix}" in printed
+
+
+@needs_kubectl
+def test_kubectl_watches_a_lab_come_up(clone: Clone) -> None:
+    # A watch streams over TLS: kubectl prints each change as it happens.
+    assert KUBECTL is not None
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LABD_")}
+    env.update(PATH=BARE_PATH, HOME=str(clone.root / "home"))
+    command = [KUBECTL, "--kubeconfig", str(clone.state_dir / "kubeconfig")]
+    command += ["get", "pods", "-n", "labd-bob", "--watch", "--output-watch-events"]
+    seen: list[list[str]] = []
+    watches_before = _watches_of_pods(clone)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    ) as watcher:
+        assert watcher.stdout is not None
+        try:
+            deadline = time.monotonic() + 30
+            while _watches_of_pods(clone) == watches_before:  # kubectl's watch is open.
+                assert watcher.poll() is None, "kubectl ended"
+                assert time.monotonic() < deadline, "kubectl opened no watch"
+                time.sleep(0.05)
+            body = {**CREATE, "env": {"JUPYTERHUB_SERVICE_PREFIX": "/user/bob/"}}
+            response = httpx.post(
+                f"{clone.dev.url}/spawner/v1/labs/bob/create",
+                json=body,
+                headers=clone.dev.headers,
+            )
+            assert response.status_code == 201, response.text
+            deadline = time.monotonic() + 30
+            while not any(row[1:4] == ["bob-nb", "1/1", "Running"] for row in seen):
+                assert time.monotonic() < deadline, seen
+                line = watcher.stdout.readline()
+                assert line, f"kubectl's watch ended after {seen}"
+                seen.append(line.split())
+        finally:
+            watcher.terminate()
+    header, *rows = seen
+    assert header == ["EVENT", "NAME", "READY", "STATUS", "RESTARTS", "AGE"], seen
+    assert rows[0][:2] == ["ADDED", "bob-nb"], seen
+    assert rows[-1][0] == "MODIFIED", seen
+    assert rows[0][3] != "Running", seen
+
+
+def _watches_of_pods(clone: Clone) -> int:
+    """Watches of pods the simulated cluster has served to clients (labd and kubectl)."""
+    with clone.dev.sim.client() as client:
+        requests: dict[str, int] = client.get("/sim/v1/stats").json()["requests"]
+    return requests.get("watch pods", 0)
