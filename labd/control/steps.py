@@ -232,20 +232,10 @@ class LabSteps:
         return build_lab_objects(build, self._config)
 
     async def _spawn_failed_step(self, lab: LabRecord, error: KubeError) -> None:
-        attempts = lab.attempts + 1
-        log = _logger.bind(username=lab.username, lab_id=lab.id)
-        if error.retryable and attempts < self._config.retry.spawn_attempts:
-            log.warning("spawn step failed, will retry", error=str(error), attempts=attempts)
-            await self._store.update(
-                lab.id,
-                {
-                    "attempts": attempts,
-                    "last_error": str(error),
-                    "next_attempt_at": utcnow() + self._backoff(attempts),
-                },
-            )
+        if error.retryable and lab.attempts + 1 < self._config.retry.spawn_attempts:
+            await self._retry_later(lab, "spawn step failed, will retry", error)
             return
-        log.error("spawn failed", error=str(error))
+        _logger.error("spawn failed", username=lab.username, lab_id=lab.id, error=str(error))
         await self._fail_spawn(lab, Trigger.FAIL, str(error), cause="kubernetes")
 
     async def _fail_spawn(
@@ -409,22 +399,7 @@ class LabSteps:
         except KubeError as exc:
             if steps:
                 await self._emit(lab, *steps)
-            attempts = lab.attempts + 1
-            _logger.warning(
-                "delete step failed, will retry",
-                username=lab.username,
-                lab_id=lab.id,
-                error=str(exc),
-                attempts=attempts,
-            )
-            await self._store.update(
-                lab.id,
-                {
-                    "attempts": attempts,
-                    "last_error": str(exc),
-                    "next_attempt_at": utcnow() + self._backoff(attempts),
-                },
-            )
+            await self._retry_later(lab, "delete step failed, will retry", exc)
             return
         if steps:
             await self._emit(lab, *steps)
@@ -516,10 +491,22 @@ class LabSteps:
         )
         await self._deleting(lab)
 
-    def _backoff(self, attempts: int) -> timedelta:
+    async def _retry_later(self, lab: LabRecord, message: str, error: KubeError) -> None:
+        """Count a failed attempt and schedule the next after an exponential back-off."""
+        attempts = lab.attempts + 1
+        _logger.warning(
+            message, username=lab.username, lab_id=lab.id, error=str(error), attempts=attempts
+        )
         retry = self._config.retry
         delay = min(retry.initial * 2 ** (attempts - 1), retry.maximum)
-        return timedelta(seconds=delay * random.uniform(0.8, 1.2))
+        await self._store.update(
+            lab.id,
+            {
+                "attempts": attempts,
+                "last_error": str(error),
+                "next_attempt_at": utcnow() + timedelta(seconds=delay * random.uniform(0.8, 1.2)),
+            },
+        )
 
 
 def _pod_problem(pod: PodUpdate) -> str:

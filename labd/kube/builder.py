@@ -425,13 +425,14 @@ class _Builder:
         self.env = lab.spec.env
         self.uid, self.gid = user.uid, user.gid
         self.groups = [(group.name, group.id) for group in user.groups]
+        self.spec_annotation = lab.spec.annotation()
 
     def metadata(
         self, name: str, *, namespaced: bool = True, spec: bool = False
     ) -> dict[str, Any]:
         annotations = {USERNAME_ANNOTATION: self.lab.username}
         if spec:
-            annotations[SPEC_ANNOTATION] = self.lab.spec.annotation()
+            annotations[SPEC_ANNOTATION] = self.spec_annotation
         metadata: dict[str, Any] = {"name": name}
         if namespaced:
             metadata["namespace"] = self.lab.namespace
