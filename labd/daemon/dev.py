@@ -30,7 +30,6 @@ The commands it prints work as printed from any shell: they name the
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import shlex
@@ -46,6 +45,7 @@ from labd.config import Config, ConfigError, load_config
 from labd.daemon.factory import Labd
 from labd.daemon.logs import configure_logging
 from labd.daemon.serving import EXIT_CONFIG, run_daemon
+from labd.daemon.stack import run as run_on_stack
 from labd.db.database import Database
 from labd.db.migrate import upgrade
 from labd.sim import SimCluster
@@ -282,7 +282,7 @@ def dev(port: int, state_dir: Path, pod_start_delay: float) -> None:
             raise SystemExit(EXIT_CONFIG) from None
         configure_logging(level=config.log_level, fmt="console")
         try:
-            asyncio.run(_run(config, state_dir, pod_start_delay))
+            run_on_stack(_run(config, state_dir, pod_start_delay))
         except TokenFileError as exc:  # The token file is the user's to edit.
             click.echo(f"labd: {exc}", err=True)
             raise SystemExit(EXIT_CONFIG) from None

@@ -32,6 +32,8 @@ from labd.api.connections import H11_BACKSTOP, bounded_protocol
 from labd.config import Config, ConfigError, load_config
 from labd.daemon.factory import Labd
 from labd.daemon.logs import configure_logging
+from labd.daemon.stack import fastest_stack
+from labd.daemon.stack import run as run_on_stack
 from labd.daemon.systemd import Notifier, feed_watchdog
 from labd.db.revision import SchemaError
 
@@ -92,6 +94,14 @@ async def run_daemon(
             _logger.info("labd stopping before it was ready")
             notifier.stopping()
             return
+        stack = fastest_stack()
+        running_on = type(loop).__module__.partition(".")[0]
+        if not stack.fastest or running_on != "uvloop":
+            _logger.warning(
+                "serving without uvloop and httptools: slower, install them",
+                loop=running_on,
+                http=stack.http,
+            )
         app = create_app(
             config=config,
             service=labd.service,
@@ -108,7 +118,7 @@ async def run_daemon(
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=5,
-                http=bounded_protocol(config.http),
+                http=bounded_protocol(config.http, base=stack.protocol),
                 h11_max_incomplete_event_size=H11_BACKSTOP,
             )
         )
@@ -124,7 +134,7 @@ async def run_daemon(
         watchdog = tasks.spawn(
             feed_watchdog(notifier, lambda: labd.scheduler.heartbeat), name="watchdog"
         )
-        _logger.info("labd ready", url=url)
+        _logger.info("labd ready", url=url, loop=running_on, http=stack.http)
         if on_ready is not None:
             on_ready(labd, url)
         stopped = tasks.spawn(stop.wait(), name="stop-signal")
@@ -200,7 +210,7 @@ def serve(config_file: Path | None) -> None:
     # long as the process: keep it out of the collector's full passes.
     gc.freeze()
     try:
-        asyncio.run(run_daemon(config))
+        run_on_stack(run_daemon(config))
     except TokenFileError as exc:
         click.echo(f"labd: {exc}", err=True)
         raise SystemExit(EXIT_CONFIG) from exc

@@ -1,7 +1,7 @@
 """Servers that bound what a status read can cost, for `bench_scale.py`.
 
-``starlette``: a bare Starlette route on labd's server stack (uvicorn with
-labd's settings) that answers ``GET /spawner/v1/labs/{username}`` with the
+``starlette``: a bare Starlette route on the fastest stack a user could
+pick (uvicorn with uvloop and httptools, whatever labd runs on) that answers ``GET /spawner/v1/labs/{username}`` with the
 same JSON labd gave, kept in memory: no token check, no database.  labd's
 status reads are compared with it.
 
@@ -84,9 +84,10 @@ def main() -> None:
         starlette_app(json.loads(text)),
         host="127.0.0.1",
         port=args.port,
+        loop="uvloop",
+        http="httptools",
         log_config=None,
         access_log=False,
-        h11_max_incomplete_event_size=16 * 1024,
     )
     print("ready", flush=True)
     uvicorn.Server(config).run()
