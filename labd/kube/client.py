@@ -64,8 +64,8 @@ __all__ = [
 USER_AGENT: Final = "labd"
 """User-Agent of labd's requests (the API server's audit log shows it)."""
 
-WATCH_CONNECTIONS: Final = 2
-"""Long-lived watch connections labd holds: the pod watch and the event watch."""
+WATCH_CONNECTIONS: Final = 3
+"""Long-lived watch connections labd holds: the pod, namespace and Event watches."""
 
 _SPARE_CONNECTIONS: Final = 4
 """Connections beyond operations and watches: the reconciler's LISTs."""
