@@ -42,7 +42,8 @@ Phases, in order:
 9. **memory**: the daemon's peak RSS (VmHWM) so far.
 10. **ceilings for status reads**: a bare Starlette route on the same uvicorn
    settings answering the same JSON from memory, and a canned-response
-   asyncio server (the load generator's own limit).
+   asyncio server (the load generator's own limit).  ``--no-read-ceiling``
+   skips them (they do not depend on ``--labs``; `curves.py` skips them).
 
 Run::
 
@@ -706,6 +707,7 @@ async def measure(
     latency_labs: int,
     progress: bool,
     profile: Path | None = None,
+    read_ceiling: bool = True,
 ) -> dict[str, Any]:
     configure_logging(level="warning", fmt="json")
     result: dict[str, Any] = {"backend": backend, "machine": machine()}
@@ -744,9 +746,9 @@ async def measure(
                     profile=profile,
                 )
             )
-        result["read_ceiling"] = await read_ceilings(
-            result.pop("status_body"), seconds=seconds, progress=progress
-        )
+        body = result.pop("status_body")
+        if read_ceiling:
+            result["read_ceiling"] = await read_ceilings(body, seconds=seconds, progress=progress)
     result["machine"]["loadavg_at_end"] = loadavg()
     return result
 
@@ -754,19 +756,23 @@ async def measure(
 def summary(result: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """The table's rows: (what, figure)."""
     reads = {r["concurrency"]: r for r in result["status_reads"]}
-    bare = {r["concurrency"]: r for r in result["read_ceiling"]["starlette"]}
-    raw = {r["concurrency"]: r for r in result["read_ceiling"]["raw"]}
+    ceilings = result.get("read_ceiling")  # absent with --no-read-ceiling
+    bare = {r["concurrency"]: r for r in ceilings["starlette"]} if ceilings else {}
     for c in (1, 16, 128):
         r = reads[c]
+        of_bare = (
+            f" ({r['rps'] / bare[c]['rps']:.2f} of bare {bare[c]['rps']:.0f}/s)" if bare else ""
+        )
         yield (
             f"status reads, {c} clients",
-            f"{r['rps']:.0f}/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms"
-            f" ({r['rps'] / bare[c]['rps']:.2f} of bare {bare[c]['rps']:.0f}/s)",
+            f"{r['rps']:.0f}/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms{of_bare}",
         )
-    yield (
-        "load generator ceiling (canned, 16/128)",
-        f"{raw[16]['rps']:.0f}/s / {raw[128]['rps']:.0f}/s",
-    )
+    if ceilings:
+        raw = {r["concurrency"]: r for r in ceilings["raw"]}
+        yield (
+            "load generator ceiling (canned, 16/128)",
+            f"{raw[16]['rps']:.0f}/s / {raw[128]['rps']:.0f}/s",
+        )
     s, c, d = result["spawn"], result["ceiling"], result["delete"]
     ratio = s["spawns_per_second"] / c["spawns_per_second"]
     yield (
@@ -813,6 +819,11 @@ def main() -> None:
     parser.add_argument("--spawns", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=5.0, help="per load level")
     parser.add_argument("--latency-labs", type=int, default=200)
+    parser.add_argument(
+        "--no-read-ceiling",
+        action="store_true",
+        help="skip the status-read ceilings (bare Starlette route, canned server)",
+    )
     parser.add_argument("--output", type=Path)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
@@ -831,6 +842,7 @@ def main() -> None:
             latency_labs=args.latency_labs,
             progress=not args.quiet,
             profile=args.profile,
+            read_ceiling=not args.no_read_ceiling,
         )
     )
     print(f"labd at scale, {args.backend}, load {' '.join(result['machine']['loadavg_at_start'])}")
