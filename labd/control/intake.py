@@ -1,6 +1,8 @@
-"""The watch intake: pod changes and Kubernetes Events, turned into lab changes.
+"""The watch intake: pod, namespace and Event changes, turned into lab changes.
 
-One cluster-wide pod watch and one Event watch feed every lab.  Each change
+One cluster-wide pod watch, one namespace watch and one Event watch feed
+every lab: pod phases move spawns and running labs along, a pod or a
+namespace gone moves a delete along, and Events become spawn progress.  Each change
 is applied in a task of its own under its lab's lock, the same lock the
 steps take, so a lab is never worked on twice at once in this process;
 changes of one lab still apply in the order they arrived, queued on that
@@ -63,7 +65,31 @@ class WatchIntake:
                 # A pending pod moves no lab along: just remember it.
                 pods[update.lab_id] = update
                 continue
+            if update.deleted and self._state.deleting.get(update.namespace) == update.lab_id:
+                # Its lab is being deleted: the namespace can go now.
+                pods.pop(update.lab_id, None)
+                self._continue_delete(update.lab_id, update.namespace)
+                continue
             self._state.track(self.apply_pod_update(update), name=f"pod-{update.lab_id}")
+
+    async def watch_namespaces(self, gone: AsyncIterator[str]) -> None:
+        """Finish the deletes of labs whose namespace the watch reports gone."""
+        async for namespace in gone:
+            lab_id = self._state.deleting.get(namespace)
+            if lab_id is not None:
+                self._continue_delete(lab_id, namespace)
+
+    def _continue_delete(self, lab_id: str, namespace: str) -> None:
+        async def under_lock() -> None:
+            async with self._state.locks.hold(lab_id):
+                try:
+                    await self._steps.continue_delete(lab_id, namespace)
+                except (StaleLabError, InvalidTransitionError):
+                    self._signals.wake_scheduler()
+                    return
+            self._signals.notify(lab_id)
+
+        self._state.track(under_lock(), name=f"delete-{lab_id}")
 
     def remember_pod(self, update: PodUpdate) -> None:
         """Take ``update`` as what the watch saw, unless it saw something already.

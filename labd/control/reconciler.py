@@ -78,6 +78,12 @@ class ReconcileReport:
     pod_version: str | None = None
     """The resourceVersion of the pod LIST."""
 
+    namespaces: list[str] = field(default_factory=list, repr=False)
+    """Every lab namespace the pass listed (for the namespace watch to start from)."""
+
+    namespace_version: str | None = None
+    """The resourceVersion of the namespace LIST."""
+
 
 class Reconciler:
     """Compares lab rows with the cluster and repairs the differences.
@@ -129,6 +135,8 @@ class Reconciler:
             self._kube.list_lab_namespaces(), self._kube.list_lab_pods()
         )
         report.pod_version = self._kube.pod_list_version
+        report.namespace_version = self._kube.namespace_list_version
+        report.namespaces = [namespace.name for namespace in namespaces]
         report.pods = [u for u in map(listed_pod_update, pods) if u is not None]
         listed = {update.lab_id: update for update in report.pods}
         ns_by_lab = _by_lab(namespaces)

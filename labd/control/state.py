@@ -71,6 +71,9 @@ class ControlState:
         """Lab id -> Events that arrived before "objects created" was written."""
         self.queued: defaultdict[str, list[PodEvent]] = defaultdict(list)
         """Lab id -> Events waiting for the lab's lock, written together."""
+        self.deleting: dict[str, str] = {}
+        """Namespace -> id of the lab being deleted there (whose pod and
+        namespace the watches report gone)."""
         self.running: set[asyncio.Task[Any]] = set()
         """Steps and watch changes under way (`drain` waits for them)."""
         self._alerts = alerts

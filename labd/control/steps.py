@@ -10,8 +10,9 @@
     Nothing to do but wait for the pod watch; the step runs at the spawn
     deadline and times the spawn out.
 ``deleting``
-    Delete the pod; once it is gone, the namespace; and look again until
-    both are gone.
+    Delete the pod; once it is gone, the namespace; then wait for the
+    namespace to be gone.  The pod and namespace watches say when (through
+    `LabSteps.continue_delete`); a slow recheck covers what they miss.
 ``failed``, ``exited``
     Clean up (``cleanup``), a while after the hub could see how it ended.
 
@@ -63,8 +64,8 @@ _REPORT_GRACE: Final = 60.0
 The hub's poll sees it as failed or terminated within this time; a poll
 cleans it up at once (see `LabService.get_state`)."""
 
-_DELETE_POLL: Final = (0.2, 2.0)
-"""First and longest pause between checks that a lab's pod, then its namespace, is gone."""
+_DELETE_RECHECK: Final = 10.0
+"""Seconds after which a delete the watches did not move along is looked at again."""
 
 _POD_GONE_WAIT: Final = 60.0
 """Seconds past its grace period that a deleted pod may hold its namespace's deletion."""
@@ -369,10 +370,14 @@ class LabSteps:
 
     async def _deleting(self, lab: LabRecord) -> None:
         if lab.deadline_at is not None and utcnow() >= lab.deadline_at:
+            self._state.deleting.pop(lab.namespace, None)
             await self._delete_failed(
                 lab, f"Lab delete timed out after {self._config.timeouts.delete:g} s"
             )
             return
+        # From now on the pod and namespace watches call `continue_delete`
+        # when either goes away: no poll per lab.
+        self._state.deleting[lab.namespace] = lab.id
         recorded = {e.step: e for e in await self._store.events(lab.id, lab.operation)}
         steps: list[NewEvent] = []
         try:
@@ -391,9 +396,8 @@ class LabSteps:
             if Step.NAMESPACE_DELETING in recorded:
                 gone = await self._kube.namespace_gone(lab.namespace)
             elif await self._pod_released(lab, asked):
-                await self._kube.delete_namespace(lab.namespace)
+                gone = await self._kube.delete_namespace(lab.namespace)
                 steps.append(NewEvent.at(Step.NAMESPACE_DELETING, lab.username))
-                gone = await self._kube.namespace_gone(lab.namespace)
             else:
                 gone = False
         except KubeError as exc:
@@ -401,15 +405,13 @@ class LabSteps:
                 await self._emit(lab, *steps)
             await self._retry_later(lab, "delete step failed, will retry", exc)
             return
-        if steps:
-            await self._emit(lab, *steps)
         if not gone:
-            polls = lab.attempts + 1
-            pause = min(_DELETE_POLL[0] * 1.5**polls, _DELETE_POLL[1])
-            await self._store.update(
-                lab.id,
-                {"attempts": polls, "next_attempt_at": utcnow() + timedelta(seconds=pause)},
-            )
+            # The watches move the lab along; the recheck is for a change
+            # they missed (a watch reconnecting, another replica's watch).
+            recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
+            await self._store.update(lab.id, {"next_attempt_at": recheck}, events=steps)
+            if steps:
+                self._signals.notify(lab.id)
             return
         await self._store.transition(
             lab.id,
@@ -417,14 +419,28 @@ class LabSteps:
             actor=Actor.SCHEDULER,
             expected_version=lab.version,
             changes={"next_attempt_at": None, "pod_phase": None, "internal_url": None},
-            events=[NewEvent.at(Step.DELETED, lab.username, terminal=True)],
+            events=[*steps, NewEvent.at(Step.DELETED, lab.username, terminal=True)],
         )
+        self._state.deleting.pop(lab.namespace, None)
         self._state.pods.pop(lab.id, None)
         self._state.forget_spawn(lab)
         if lab.deadline_at is not None:
             started = lab.deadline_at - timedelta(seconds=self._config.timeouts.delete)
             self._metrics.delete_duration.observe((utcnow() - started).total_seconds())
         _logger.info("lab deleted", username=lab.username, lab_id=lab.id)
+
+    async def continue_delete(self, lab_id: str, namespace: str) -> None:
+        """Take the delete of ``lab_id`` on, now that its pod or namespace is gone.
+
+        The watches call this (the caller holds the lab's lock); a lab no
+        longer being deleted is left alone.
+        """
+        lab = await self._store.find_lab(lab_id)
+        if lab is None or lab.state is not LabState.DELETING:
+            if self._state.deleting.get(namespace) == lab_id:
+                del self._state.deleting[namespace]
+            return
+        await self.step(lab)
 
     async def _pod_released(self, lab: LabRecord, asked: datetime) -> bool:
         """Whether the lab's namespace may be deleted: its pod is gone, or overdue.

@@ -38,7 +38,7 @@ from labd.images.catalog import ImageCatalog
 from labd.images.registry import RegistryClient
 from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
-from labd.kube.watching import PodEventWatcher, PodWatcher
+from labd.kube.watching import NamespaceWatcher, PodEventWatcher, PodWatcher
 from labd.lab.metrics import Metrics
 from labd.lab.signals import LabSignals
 
@@ -130,6 +130,9 @@ class Labd:
         )
         self.pod_watcher = PodWatcher(api_client, config, on_call=self.metrics.kube_call)
         self.event_watcher = PodEventWatcher(api_client, config, on_call=self.metrics.kube_call)
+        self.namespace_watcher = NamespaceWatcher(
+            api_client, config, on_call=self.metrics.kube_call
+        )
         self.last_reconcile: ReconcileReport | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._not_ready = "starting"
@@ -170,11 +173,17 @@ class Labd:
             # The watch follows on from the reconcile's LIST: no second LIST
             # of every pod, no replay of them all.
             self.pod_watcher.start_from(report.pod_version, report.pods)
+        if report.namespace_version:
+            self.namespace_watcher.start_from(report.namespace_version, report.namespaces)
         self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
         self._tasks += [
             tasks.spawn(self.intake.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
             tasks.spawn(
                 self.intake.watch_pod_events(self.event_watcher.events()), name="event-watch"
+            ),
+            tasks.spawn(
+                self.intake.watch_namespaces(self.namespace_watcher.gone()),
+                name="namespace-watch",
             ),
             tasks.spawn(self._reconcile_periodically(), name="reconcile"),
             tasks.spawn(self.images.refresh_periodically(self._stopping), name="image-refresh"),

@@ -287,6 +287,8 @@ class LabKube:
         self._page_size = page_size
         self.pod_list_version: str | None = None
         """resourceVersion of the last `list_lab_pods` (a watch can follow it)."""
+        self.namespace_list_version: str | None = None
+        """resourceVersion of the last `list_lab_namespaces` (a watch can follow it)."""
         core = CoreV1Api(api_client)
         networking = NetworkingV1Api(api_client)
         self._core = core
@@ -544,7 +546,7 @@ class LabKube:
             accept=(404,),
         )
 
-    async def delete_namespace(self, namespace: str) -> None:
+    async def delete_namespace(self, namespace: str) -> bool:
         """Ask for a namespace's deletion, which removes everything in it.
 
         A missing namespace is already deleted; one already terminating
@@ -555,12 +557,18 @@ class LabKube:
         namespace
             The namespace.
 
+        Returns
+        -------
+        bool
+            Whether the namespace was gone already (its deletion may take a
+            while otherwise: `namespace_gone`, or a watch, tells when).
+
         Raises
         ------
         KubeError
             If the call failed after its retries.
         """
-        await self.api.call(
+        reply = await self.api.call(
             "delete",
             "Namespace",
             self._core.delete_namespace,
@@ -569,6 +577,7 @@ class LabKube:
             name=namespace,
             accept=(404, 409),
         )
+        return reply.status == 404
 
     async def namespace_gone(self, namespace: str) -> bool:
         """Tell whether a namespace no longer exists (while deleting it).
@@ -618,7 +627,7 @@ class LabKube:
         KubeError
             If a call failed after its retries.
         """
-        namespaces, _ = await self._list_lab_objects(
+        namespaces, self.namespace_list_version = await self._list_lab_objects(
             "Namespace", self._core.list_namespace, _lab_namespace
         )
         return namespaces

@@ -1,11 +1,13 @@
-"""Following lab pods and their Kubernetes Events as they change.
+"""Following lab pods, lab namespaces and pod Events as they change.
 
-Two watches serve every lab at once, whatever their number: one on pods
+Three watches serve every lab at once, whatever their number: one on pods
 labelled ``app.kubernetes.io/managed-by=labd`` in all namespaces
-(`PodWatcher`), one on core/v1 Events about pods in all namespaces
-(`PodEventWatcher`).  One watch per lab would hold one pooled connection
-per lab: a thousand concurrent spawns would exhaust the pool and load the
-API server for nothing.
+(`PodWatcher`), one on namespaces with that label (`NamespaceWatcher`,
+which tells deletes that a namespace is gone), and one on core/v1 Events
+about pods in all namespaces (`PodEventWatcher`).  One watch (or one poll)
+per lab would hold one pooled connection per lab: a thousand concurrent
+spawns or deletes would exhaust the pool and load the API server for
+nothing.
 
 Why a watch is restarted, and from where:
 
@@ -66,6 +68,7 @@ from labd.kube.listing import list_objects
 from labd.kube.storage import LabPod, pod_status
 
 __all__ = [
+    "NamespaceWatcher",
     "PodEvent",
     "PodEventWatcher",
     "PodUpdate",
@@ -466,6 +469,125 @@ def _pod_update(pod: dict[str, Any], *, deleted: bool) -> PodUpdate | None:
         message=status.message,
         pod_ip=status.pod_ip,
     )
+
+
+class NamespaceWatcher:
+    """Reports lab namespaces that are gone, through one label-selected watch.
+
+    Iterate `gone` for the names of deleted lab namespaces: one per
+    ``DELETED`` change, and after every re-LIST (410 Gone) one for each
+    namespace seen before that the LIST no longer has.  Only names are
+    kept, so following 10,000 namespaces costs little memory.
+
+    Parameters
+    ----------
+    api_client
+        Client from `labd.kube.client.create_api_client`; the caller
+        closes it.
+    config
+        ``kubernetes.watch_timeout`` and ``request_timeout``.
+    on_call
+        Hook counting calls and errors by verb and kind.
+    server_timeout
+        Seconds the API server keeps one watch open; by default a little
+        under ``kubernetes.watch_timeout``.
+    backoff
+        Delays between reconnections after failures (``attempts`` unused).
+    retry
+        Retries of each LIST call.
+    """
+
+    def __init__(
+        self,
+        api_client: ApiClient,
+        config: Config,
+        *,
+        on_call: CallHook | None = None,
+        server_timeout: int | None = None,
+        backoff: RetryPolicy = _DEFAULT_BACKOFF,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        api = KubeApi(
+            api_client,
+            request_timeout=config.kubernetes.request_timeout,
+            retry=retry,
+            on_call=on_call,
+        )
+        core = CoreV1Api(api_client)
+        read_timeout, server_timeout = _timeouts(config, server_timeout)
+
+        async def lister() -> tuple[list[dict[str, Any]], str]:
+            return await list_objects(
+                api,
+                "Namespace",
+                core.list_namespace,
+                convert=_name_only,
+                label_selector=MANAGED_SELECTOR,
+            )
+
+        self._follower = _Follower(
+            api,
+            kind="Namespace",
+            method=core.list_namespace,
+            lister=lister,
+            label_selector=MANAGED_SELECTOR,
+            field_selector=None,
+            read_timeout=read_timeout,
+            server_timeout=server_timeout,
+            backoff=backoff,
+        )
+        self._known: set[str] = set()
+
+    def start_from(self, version: str, names: Iterable[str]) -> None:
+        """Skip the first LIST: watch from a LIST already made (by the reconciler).
+
+        Call before iterating `gone`.
+
+        Parameters
+        ----------
+        version
+            The resourceVersion of that LIST.
+        names
+            The lab namespaces it listed.
+        """
+        self._follower.resource_version = version
+        self._known = set(names)
+
+    async def gone(self) -> AsyncGenerator[str, None]:
+        """Yield the names of deleted lab namespaces until cancelled; never raises.
+
+        Yields
+        ------
+        str
+            A namespace that no longer exists.
+        """
+        async with aclosing(self._follower.changes()) as changes:
+            async for change in changes:
+                for name in self._gone(change):
+                    yield name
+
+    def _gone(self, change: _Listed | _Changed) -> list[str]:
+        if isinstance(change, _Listed):
+            listed = {_name_of(item) for item in change.items}
+            gone = sorted(self._known - listed)
+            self._known = listed
+            return gone
+        name = _name_of(change.obj)
+        if change.type == "DELETED":
+            self._known.discard(name)
+            return [name]
+        if change.type == "ADDED":
+            self._known.add(name)
+        return []
+
+
+def _name_only(namespace: dict[str, Any]) -> dict[str, Any]:
+    """Keep a listed namespace's name only."""
+    return {"metadata": {"name": _name_of(namespace)}}
+
+
+def _name_of(namespace: dict[str, Any]) -> str:
+    return str((namespace.get("metadata") or {}).get("name") or "")
 
 
 class PodEventWatcher:

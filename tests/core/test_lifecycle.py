@@ -121,6 +121,35 @@ async def test_the_namespace_is_deleted_only_once_the_pod_is_gone(
             await labd.stop()
 
 
+async def test_a_delete_waits_on_the_watches_not_on_polls(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The pod takes a second to stop: the pod watch says when it is gone, the
+    # namespace watch when the namespace is. A delete reads each object once
+    # at the start and once to confirm, however long either takes, and ends
+    # long before the slow recheck (10 s) would have looked again.
+    async with SimCluster(pod_start_delay=0.05, pod_stop_delay=1.0, seed=7) as sim:
+        config = make_config(
+            database_url,
+            sim.write_kubeconfig(tmp_path / "kubeconfig"),
+            lab={"pod_delete_grace": 2},
+        )
+        labd = await Labd.create(config)
+        await labd.start()
+        try:
+            await labd.service.create("bob", spec(), actor=Actor.HUB)
+            await wait_state(labd, "bob", LabState.RUNNING)
+            reads = sim.stats.requests["get pods"], sim.stats.requests["get namespaces"]
+            began = time.monotonic()
+            await asyncio.wait_for(labd.service.delete("bob", actor=Actor.HUB), 8)
+            assert time.monotonic() - began > 1.0, "the pod did not take its time to stop"
+            assert sim.stats.requests["get pods"] - reads[0] == 2
+            assert sim.stats.requests["get namespaces"] - reads[1] == 1
+            assert "labd-bob" not in {ns["metadata"]["name"] for ns in sim.objects("namespaces")}
+        finally:
+            await labd.stop()
+
+
 async def test_concurrent_deletes_share_one_operation(labd: Labd) -> None:
     await labd.service.create("carol", spec(), actor=Actor.HUB)
     lab = await wait_state(labd, "carol", LabState.RUNNING)

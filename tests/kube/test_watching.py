@@ -1,4 +1,4 @@
-"""The pod and Event watches against the simulated cluster, faults included."""
+"""The pod, namespace and Event watches against the simulated cluster, faults included."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from labd.config import Config
 from labd.kube.builder import build_lab_objects
 from labd.kube.client import RetryPolicy
 from labd.kube.storage import LabKube
-from labd.kube.watching import PodEventWatcher, PodUpdate, PodWatcher
+from labd.kube.watching import NamespaceWatcher, PodEventWatcher, PodUpdate, PodWatcher
 from labd.sim import SimCluster
 from tests.support.labs import lab_build
 from tests.support.streams import collecting, wait_for
@@ -157,6 +157,50 @@ async def test_pod_watch_relists_after_410_and_reports_pods_gone_meanwhile(
         rest = await wait_for(updates, is_pod("alice", "Running"))
         assert all(not u.deleted for u in rest)
         assert [u for u in seen if u.namespace == "labd-bob"] == seen[-1:]
+
+
+async def test_namespace_watch_reports_deleted_lab_namespaces(
+    api_client: ApiClient, config: Config, kube: LabKube, sim: SimCluster
+) -> None:
+    await create_lab(kube, config, "alice")
+    await create_lab(kube, config, "bob")
+    watcher = NamespaceWatcher(api_client, config, backoff=FAST_BACKOFF)
+    async with collecting(watcher.gone()) as gone:
+        await eventually(lambda: sim.stats.requests["watch namespaces"] >= 1)
+        await kube.delete_pod("labd-bob", "bob-nb", grace_seconds=0)
+        assert not await kube.delete_namespace("labd-bob")
+        assert await wait_for(gone, lambda name: True, within=10) == ["labd-bob"]
+        assert await kube.namespace_gone("labd-bob")
+        assert await kube.delete_namespace("labd-bob")  # Gone already: 404.
+    assert gone.empty()
+    assert sim.stats.requests["list namespaces"] == 1
+
+
+async def test_namespace_watch_started_from_a_list_relists_after_410(
+    api_client: ApiClient, config: Config, kube: LabKube, sim: SimCluster
+) -> None:
+    await create_lab(kube, config, "alice")
+    await create_lab(kube, config, "bob")
+    names = await kube.list_lab_namespaces()
+    assert kube.namespace_list_version
+    watcher = NamespaceWatcher(api_client, config, backoff=FAST_BACKOFF)
+    watcher.start_from(kube.namespace_list_version, [n.name for n in names])
+    lists = sim.stats.requests["list namespaces"]
+    async with collecting(watcher.gone()) as gone:
+        await eventually(lambda: sim.stats.requests["watch namespaces"] >= 1)
+        assert sim.stats.requests["list namespaces"] == lists  # It followed on.
+        # bob's namespace goes while the watch cannot watch; the next watch
+        # finds its version expired, and the re-LIST tells what went.
+        sim.faults.add_error("watch", "namespaces", status=500)
+        watches = sim.stats.errors["watch namespaces 500"]
+        await eventually(lambda: sim.stats.errors["watch namespaces 500"] > watches)
+        await kube.delete_pod("labd-bob", "bob-nb", grace_seconds=0)
+        await kube.delete_namespace("labd-bob")
+        await eventually(lambda: kube.namespace_gone("labd-bob"))
+        sim.faults.expire_next_watches(1)
+        sim.faults.spec.errors.clear()
+        assert await wait_for(gone, lambda name: True, within=10) == ["labd-bob"]
+        assert sim.stats.requests["list namespaces"] == lists + 1
 
 
 @pytest.mark.sim(watch_timeout=60.0)

@@ -111,9 +111,13 @@ PROBES: dict[tuple[str, str, str], tuple[str, Probe]] = {
     ("", "namespaces", "create"): ("Namespace", Probes.create_fresh_lab),
     ("", "namespaces", "get"): ("Namespace", Probes.create_existing_lab),
     ("", "namespaces", "list"): ("Namespace", lambda p: _ignore(p.kube.list_lab_namespaces())),
+    ("", "namespaces", "watch"): (
+        "Namespace",
+        lambda p: p.watch("Namespace", p.core.list_namespace, label_selector=MANAGED_SELECTOR),
+    ),
     ("", "namespaces", "delete"): (
         "Namespace",
-        lambda p: p.kube.delete_namespace("labd-rbac-never-created"),
+        lambda p: _ignore(p.kube.delete_namespace("labd-rbac-never-created")),
     ),
     ("", "pods", "create"): ("Pod", Probes.create_fresh_lab),
     ("", "pods", "get"): ("Pod", lambda p: _ignore(p.kube.pod_gone("labd-rbac", "nb"))),
