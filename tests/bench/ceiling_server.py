@@ -1,9 +1,10 @@
 """Servers that bound what a status read can cost, for `bench_scale.py`.
 
 ``starlette``: a bare Starlette route on the fastest stack a user could
-pick (uvicorn with uvloop and httptools, whatever labd runs on) that answers ``GET /spawner/v1/labs/{username}`` with the
-same JSON labd gave, kept in memory: no token check, no database.  labd's
-status reads are compared with it.
+pick (uvicorn with uvloop and httptools, whatever labd runs on) that
+answers ``GET /spawner/v1/labs/{username}`` with the same JSON labd gave,
+kept in memory: no token check, no database.  labd's status reads are
+compared with it.
 
 ``raw``: an asyncio protocol that answers every request on a keep-alive
 connection with a canned HTTP response, parsing nothing: the load

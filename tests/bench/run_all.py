@@ -55,22 +55,22 @@ def _calls_per_kind(result: dict[str, Any]) -> float:
 
 TARGETS: list[tuple[str, Figure, str, Callable[[float], bool]]] = [
     ("status reads/s, 16 clients", _reads(16, "rps"), ">= 5000", lambda v: v >= 5000),
-    ("status read p99 ms, 16 clients", _reads(16, "p99_ms"), "< 20", lambda v: v < 20),
-    ("status reads / bare Starlette, 16", _read_ratio(16), ">= 0.7", lambda v: v >= 0.7),
+    ("status read p99 ms, 16 clients", _reads(16, "p99_ms"), "< 5", lambda v: v < 5),
+    ("status reads / bare fastest stack, 16", _read_ratio(16), ">= 0.7", lambda v: v >= 0.7),
     ("status reads/s, 1 client", _reads(1, "rps"), "", lambda v: True),
     ("status reads/s, 128 clients", _reads(128, "rps"), "", lambda v: True),
     ("status read p99 ms, 128 clients", _reads(128, "p99_ms"), "", lambda v: True),
     (
         "N spawns at once: s to all running",
         lambda r: r["spawn"]["wall_seconds"],
-        "< 30 (N=1000)",
-        lambda v: v < 30,
+        "< 20 (N=1000)",
+        lambda v: v < 20,
     ),
     (
         "spawns/s / sim alone",
         lambda r: round(r["spawn"]["spawns_per_second"] / r["ceiling"]["spawns_per_second"], 2),
-        ">= 0.5",
-        lambda v: v >= 0.5,
+        ">= 0.7",
+        lambda v: v >= 0.7,
     ),
     ("spawn p99 s to running", lambda r: r["spawn"]["p99_to_running_s"], "", lambda v: True),
     (
@@ -89,8 +89,8 @@ TARGETS: list[tuple[str, Figure, str, Callable[[float], bool]]] = [
     (
         "deletes/s / sim alone",
         lambda r: round(r["delete"]["deletes_per_second"] / r["ceiling"]["deletes_per_second"], 2),
-        "",
-        lambda v: True,
+        ">= 0.5",
+        lambda v: v >= 0.5,
     ),
     (
         "SQL statements per delete",
@@ -98,16 +98,16 @@ TARGETS: list[tuple[str, Figure, str, Callable[[float], bool]]] = [
         "",
         lambda v: True,
     ),
-    ("reconcile of all labs, s", lambda r: r["reconcile"]["seconds"], "< 2", lambda v: v < 2),
+    ("reconcile of all labs, s", lambda r: r["reconcile"]["seconds"], "< 1.5", lambda v: v < 1.5),
     ("reconcile LIST requests per kind", _calls_per_kind, "<= 1", lambda v: v <= 1),
-    ("restart to ready, s", lambda r: r["restart_to_ready_s"], "< 3", lambda v: v < 3),
+    ("restart to ready, s", lambda r: r["restart_to_ready_s"], "< 2", lambda v: v < 2),
     (
         "after ready: s until reads are quick",
         lambda r: r["after_ready"]["seconds_until_quick"],
         "",
         lambda v: True,
     ),
-    ("peak RSS MB", lambda r: r["rss_peak_mb"], "< 150", lambda v: v < 150),
+    ("peak RSS MB", lambda r: r["rss_peak_mb"], "< 200", lambda v: v < 200),
     ("pod Running -> status p50 ms", lambda r: r["pod_to_status"]["p50_ms"], "", lambda v: True),
     (
         "pod Running -> status p99 ms",
