@@ -17,7 +17,6 @@ from kubernetes_asyncio.client import (
 from labd.config import Config, LabConfig, VolumeConfig
 from labd.kube.builder import LAB_ID_LABEL, LabObjects, build_lab_objects
 from labd.kube.client import KubeError
-from labd.kube.listing import _parse_page
 from labd.kube.storage import LabKube, NamespaceTerminatingError, pod_status
 from labd.sim import SimCluster
 from tests.support.labs import lab_build
@@ -327,12 +326,6 @@ def test_pod_status_picks_the_telling_reason(
     assert (summary.phase, summary.reason) == expected
     if summary.reason == "OOMKilled":
         assert summary.message == "container notebook exited with code 137"
-
-
-@pytest.mark.parametrize("answer", [b"not json", b"[1, 2]", b"null"])
-def test_a_list_answer_that_is_not_a_json_object_is_an_error(answer: bytes) -> None:
-    with pytest.raises(KubeError, match="not a JSON object"):
-        _parse_page("Pod", answer)
 
 
 @pytest.mark.parametrize(
