@@ -10,10 +10,11 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, event, func, select, text
 from sqlalchemy.engine import Connection
 
 from labd.db.database import Database
@@ -420,6 +421,62 @@ async def test_a_cancelled_write_is_settled_before_the_cancellation_arrives(
     # the loop and the cancellation meets the commit: either outcome is
     # whole there.  SQLite's writer thread has always committed by now.
     assert count == 1 if database.is_sqlite else count in (0, 1)
+
+
+async def test_writes_queued_together_commit_together_and_fail_alone(
+    database: Database,
+) -> None:
+    """Group commit (SQLite): one COMMIT for writes queued at once; a failing one fails alone.
+
+    On PostgreSQL each write is a transaction of its own, with the same
+    outcome for each caller.
+    """
+    await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS grouped")))
+    await database.run_write(lambda conn: conn.execute(text("CREATE TABLE grouped (n INTEGER)")))
+    commits = 0
+
+    def committed(*_: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    for engine in database.sync_engines:
+        event.listen(engine, "commit", committed)
+    running = threading.Event()
+    release = threading.Event()
+
+    def hold(conn: Connection) -> None:
+        # Keeps the writer busy while the others queue up behind it.
+        running.set()
+        release.wait(5)
+
+    def insert(n: int) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
+            if n == 13:
+                raise ValueError("unlucky")
+            return n
+
+        return work
+
+    holding = asyncio.ensure_future(database.run_write(hold))
+    await asyncio.to_thread(running.wait, 5)
+    writes = [asyncio.ensure_future(database.run_write(insert(n))) for n in range(50)]
+    await asyncio.sleep(0.05)
+    release.set()
+    await holding
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert [o for o in outcomes if isinstance(o, Exception)] == [outcomes[13]]
+    assert isinstance(outcomes[13], ValueError)
+    assert [o for o in outcomes if not isinstance(o, Exception)] == [
+        n for n in range(50) if n != 13
+    ]
+    async with database.read() as conn:
+        stored = (await conn.execute(text("SELECT n FROM grouped ORDER BY n"))).scalars().all()
+    assert stored == [n for n in range(50) if n != 13]  # 13's insert was undone, alone.
+    if database.is_sqlite:
+        assert commits <= 3, commits  # The holder's, then the 50 in one group.
+    else:
+        assert commits == 50  # The holder and the 49 that succeeded, each alone.
 
 
 SECRET = {"JUPYTERHUB_API_TOKEN": "hub-token-for-the-lab"}
