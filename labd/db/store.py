@@ -503,12 +503,25 @@ class LabStore:
             row = (await conn.execute(statement)).one_or_none()
         return None if row is None else _lab(row)
 
-    async def list_current_labs(self) -> list[LabRecord]:
-        """Return every user's current lab (as `get_current_lab`), in one query."""
+    async def list_current_labs(
+        self, *, after: str = "", limit: int | None = None
+    ) -> list[LabRecord]:
+        """Return users' current labs (as `get_current_lab`), by username, in one query.
+
+        Parameters
+        ----------
+        after
+            Only users whose name sorts after this one (the last of the
+            previous page).
+        limit
+            Read at most this many rows (a page may hold fewer labs: a user
+            with several live rows counts each).
+        """
         statement = (
             select(labs)
-            .where(labs.c.state != LabState.DELETED.value)
+            .where(labs.c.state != LabState.DELETED.value, labs.c.username > after)
             .order_by(labs.c.username, *_CURRENT_FIRST)
+            .limit(limit)
         )
         async with self._db.read() as conn:
             rows = (await conn.execute(statement)).all()

@@ -119,6 +119,23 @@ async def test_warming_skips_users_written_meanwhile(database: Database) -> None
     assert fresh is not None and fresh.state is LabState.CREATING
 
 
+async def test_warming_reads_a_page_of_users_at_a_time(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("labd.db.status._WARM_PAGE", 2)
+    store = PagesStore(database)
+    names = [f"p{n}" for n in range(5)]
+    for name in reversed(names):
+        await create(store, name)
+    cache = StatusCache(store, enabled=True)
+    assert await cache.warm() == 5
+    assert store.pages == [("", 2), ("p1", 2), ("p3", 2), ("p4", 2)]
+    assert len(cache) == 5
+    misses = cache.misses
+    assert all([await cache.get(name) for name in names])
+    assert cache.misses == misses
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_replicas_see_each_others_writes(labd_factory: LabdFactory) -> None:
     first: Labd = await labd_factory()
@@ -213,8 +230,24 @@ class SlowListStore(LabStore):
         self.reading = asyncio.Event()
         self.proceed = asyncio.Event()
 
-    async def list_current_labs(self) -> list[LabRecord]:
-        labs = await super().list_current_labs()
+    async def list_current_labs(
+        self, *, after: str = "", limit: int | None = None
+    ) -> list[LabRecord]:
+        labs = await super().list_current_labs(after=after, limit=limit)
         self.reading.set()
         await self.proceed.wait()
         return labs
+
+
+class PagesStore(LabStore):
+    """A store that notes each page of current labs asked for."""
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.pages: list[tuple[str, int | None]] = []
+
+    async def list_current_labs(
+        self, *, after: str = "", limit: int | None = None
+    ) -> list[LabRecord]:
+        self.pages.append((after, limit))
+        return await super().list_current_labs(after=after, limit=limit)
