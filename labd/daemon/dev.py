@@ -44,10 +44,11 @@ from labd.api import TokenFileError, hash_token
 from labd.config import Config, ConfigError, load_config
 from labd.daemon.factory import Labd
 from labd.daemon.logs import configure_logging
-from labd.daemon.serving import EXIT_CONFIG, run_daemon
+from labd.daemon.serving import EXIT_CONFIG, EXIT_IN_USE, run_daemon
 from labd.daemon.stack import run as run_on_stack
 from labd.db.database import Database
 from labd.db.migrate import upgrade
+from labd.db.ownership import DatabaseInUseError, sole_server
 from labd.sim import SimCluster
 
 __all__ = [
@@ -282,7 +283,11 @@ def dev(port: int, state_dir: Path, pod_start_delay: float) -> None:
             raise SystemExit(EXIT_CONFIG) from None
         configure_logging(level=config.log_level, fmt="console")
         try:
-            run_on_stack(_run(config, state_dir, pod_start_delay))
+            with sole_server(config.database_url):
+                run_on_stack(_run(config, state_dir, pod_start_delay))
+        except DatabaseInUseError as exc:
+            click.echo(f"labd: {exc}", err=True)
+            raise SystemExit(EXIT_IN_USE) from None
         except TokenFileError as exc:  # The token file is the user's to edit.
             click.echo(f"labd: {exc}", err=True)
             raise SystemExit(EXIT_CONFIG) from None

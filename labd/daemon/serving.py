@@ -35,9 +35,10 @@ from labd.daemon.logs import configure_logging
 from labd.daemon.stack import fastest_stack
 from labd.daemon.stack import run as run_on_stack
 from labd.daemon.systemd import Notifier, feed_watchdog
+from labd.db.ownership import DatabaseInUseError, sole_server
 from labd.db.revision import SchemaError
 
-__all__ = ["run_daemon", "serve"]
+__all__ = ["EXIT_CONFIG", "EXIT_IN_USE", "EXIT_SCHEMA", "run_daemon", "serve"]
 
 _logger = structlog.get_logger()
 
@@ -46,6 +47,9 @@ EXIT_CONFIG = 2
 
 EXIT_SCHEMA = 3
 """Exit status when the database schema is not at head."""
+
+EXIT_IN_USE = 5
+"""Exit status when another labd already serves the SQLite database."""
 
 
 class _Server(uvicorn.Server):
@@ -202,7 +206,8 @@ def serve(config_file: Path | None) -> None:
     """Run the labd daemon.
 
     Exit status: 0 after a clean shutdown, 2 for a bad configuration, 3 when
-    the database schema is not current (run `labd migrate`), 1 otherwise.
+    the database schema is not current (run `labd migrate`), 5 when another
+    labd already serves the SQLite database, 1 otherwise.
     """
     config = load_or_exit(config_file)
     configure_logging(level=config.log_level, fmt=config.log_format)
@@ -210,7 +215,11 @@ def serve(config_file: Path | None) -> None:
     # long as the process: keep it out of the collector's full passes.
     gc.freeze()
     try:
-        run_on_stack(run_daemon(config))
+        with sole_server(config.database_url):
+            run_on_stack(run_daemon(config))
+    except DatabaseInUseError as exc:
+        click.echo(f"labd: {exc}", err=True)
+        raise SystemExit(EXIT_IN_USE) from exc
     except TokenFileError as exc:
         click.echo(f"labd: {exc}", err=True)
         raise SystemExit(EXIT_CONFIG) from exc

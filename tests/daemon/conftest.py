@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +105,14 @@ class NotifySocket:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
         return found[0]
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path, migrated_sqlite_template: Path) -> Path:
+    """A migrated SQLite database file for the daemon."""
+    path = tmp_path / "labd.db"
+    shutil.copyfile(migrated_sqlite_template, path)
+    return path
 
 
 @pytest.fixture

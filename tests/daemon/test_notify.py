@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import sqlite3
 import time
 import uuid
@@ -24,21 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.daemon.conftest import Daemon, NotifySocket, write_config
 from tests.support.simaccess import sim_access
 
 WATCHDOG = 3.0
 """Seconds of ``WATCHDOG_USEC`` given to labd."""
-
-
-@pytest.fixture
-def sqlite_path(tmp_path: Path, migrated_sqlite_template: Path) -> Path:
-    """A migrated SQLite database file for the daemon."""
-    path = tmp_path / "labd.db"
-    shutil.copyfile(migrated_sqlite_template, path)
-    return path
 
 
 def _daemon(
