@@ -292,6 +292,48 @@ def _timeouts(config: Config, server_timeout: int | None) -> tuple[float, int]:
     return read_timeout, server_timeout
 
 
+def _lab_object_follower(
+    api_client: ApiClient,
+    config: Config,
+    *,
+    kind: str,
+    method: Callable[..., Awaitable[Any]],
+    convert: Callable[[dict[str, Any]], dict[str, Any]],
+    on_call: CallHook | None,
+    server_timeout: int | None,
+    backoff: RetryPolicy,
+    retry: RetryPolicy | None,
+) -> _Follower:
+    """A follower of the objects of one kind labd manages (`MANAGED_SELECTOR`).
+
+    ``convert`` keeps what the watcher needs of each listed object.
+    """
+    api = KubeApi(
+        api_client,
+        request_timeout=config.kubernetes.request_timeout,
+        retry=retry,
+        on_call=on_call,
+    )
+    read_timeout, server_timeout = _timeouts(config, server_timeout)
+
+    async def lister() -> tuple[list[dict[str, Any]], str]:
+        return await list_objects(
+            api, kind, method, convert=convert, label_selector=MANAGED_SELECTOR
+        )
+
+    return _Follower(
+        api,
+        kind=kind,
+        method=method,
+        lister=lister,
+        label_selector=MANAGED_SELECTOR,
+        field_selector=None,
+        read_timeout=read_timeout,
+        server_timeout=server_timeout,
+        backoff=backoff,
+    )
+
+
 class PodWatcher:
     """Follows every lab pod through one label-selected, cluster-wide watch.
 
@@ -329,34 +371,16 @@ class PodWatcher:
         backoff: RetryPolicy = _DEFAULT_BACKOFF,
         retry: RetryPolicy | None = None,
     ) -> None:
-        api = KubeApi(
+        self._follower = _lab_object_follower(
             api_client,
-            request_timeout=config.kubernetes.request_timeout,
-            retry=retry,
-            on_call=on_call,
-        )
-        core = CoreV1Api(api_client)
-        read_timeout, server_timeout = _timeouts(config, server_timeout)
-
-        async def lister() -> tuple[list[dict[str, Any]], str]:
-            return await list_objects(
-                api,
-                "Pod",
-                core.list_pod_for_all_namespaces,
-                convert=_as_listed,
-                label_selector=MANAGED_SELECTOR,
-            )
-
-        self._follower = _Follower(
-            api,
+            config,
             kind="Pod",
-            method=core.list_pod_for_all_namespaces,
-            lister=lister,
-            label_selector=MANAGED_SELECTOR,
-            field_selector=None,
-            read_timeout=read_timeout,
+            method=CoreV1Api(api_client).list_pod_for_all_namespaces,
+            convert=_as_listed,
+            on_call=on_call,
             server_timeout=server_timeout,
             backoff=backoff,
+            retry=retry,
         )
 
         self._known: dict[tuple[str, str], PodUpdate] = {}
@@ -507,34 +531,16 @@ class NamespaceWatcher:
         backoff: RetryPolicy = _DEFAULT_BACKOFF,
         retry: RetryPolicy | None = None,
     ) -> None:
-        api = KubeApi(
+        self._follower = _lab_object_follower(
             api_client,
-            request_timeout=config.kubernetes.request_timeout,
-            retry=retry,
-            on_call=on_call,
-        )
-        core = CoreV1Api(api_client)
-        read_timeout, server_timeout = _timeouts(config, server_timeout)
-
-        async def lister() -> tuple[list[dict[str, Any]], str]:
-            return await list_objects(
-                api,
-                "Namespace",
-                core.list_namespace,
-                convert=_name_only,
-                label_selector=MANAGED_SELECTOR,
-            )
-
-        self._follower = _Follower(
-            api,
+            config,
             kind="Namespace",
-            method=core.list_namespace,
-            lister=lister,
-            label_selector=MANAGED_SELECTOR,
-            field_selector=None,
-            read_timeout=read_timeout,
+            method=CoreV1Api(api_client).list_namespace,
+            convert=_name_only,
+            on_call=on_call,
             server_timeout=server_timeout,
             backoff=backoff,
+            retry=retry,
         )
         self._known: set[str] = set()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -83,12 +85,11 @@ async def test_delete_to_gone(labd: Labd, sim: SimCluster) -> None:
     assert events[-1].terminal
 
 
-async def test_the_namespace_is_deleted_only_once_the_pod_is_gone(
+@contextlib.asynccontextmanager
+async def running_bob_slow_to_stop(
     database_url: str, tmp_path: Path
-) -> None:
-    # A namespace deleted while its pod terminates makes a real namespace
-    # controller fail and back off (docs/real-node.md): labd waits. Here the
-    # lab takes a second to stop after its SIGTERM.
+) -> AsyncIterator[tuple[Labd, SimCluster]]:
+    """labd with bob's lab running; the lab takes a second to stop after its SIGTERM."""
     async with SimCluster(pod_start_delay=0.05, pod_stop_delay=1.0, seed=7) as sim:
         config = make_config(
             database_url,
@@ -100,54 +101,51 @@ async def test_the_namespace_is_deleted_only_once_the_pod_is_gone(
         try:
             await labd.service.create("bob", spec(), actor=Actor.HUB)
             await wait_state(labd, "bob", LabState.RUNNING)
-            deleting = asyncio.create_task(labd.service.delete("bob", actor=Actor.HUB))
-            terminating_pods = overlaps = 0
-            while not deleting.done():
-                pods = sim.objects("pods", "labd-bob")
-                namespace = [
-                    ns for ns in sim.objects("namespaces") if ns["metadata"]["name"] == "labd-bob"
-                ]
-                terminating_pods += bool(pods and pods[0]["metadata"].get("deletionTimestamp"))
-                overlaps += bool(
-                    pods and namespace and namespace[0]["metadata"].get("deletionTimestamp")
-                )
-                await asyncio.sleep(0.02)
-            await deleting
-            assert terminating_pods > 10, "the pod did not take its time to stop"
-            assert not overlaps, "the namespace was deleted while its pod still terminated"
-            history = await labd.store.history("bob")
-            assert [entry.to_state for entry in history][:2] == ["deleted", "deleting"]
+            yield labd, sim
         finally:
             await labd.stop()
+
+
+async def test_the_namespace_is_deleted_only_once_the_pod_is_gone(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A namespace deleted while its pod terminates makes a real namespace
+    # controller fail and back off (docs/real-node.md): labd waits.
+    async with running_bob_slow_to_stop(database_url, tmp_path) as (labd, sim):
+        deleting = asyncio.create_task(labd.service.delete("bob", actor=Actor.HUB))
+        terminating_pods = overlaps = 0
+        while not deleting.done():
+            pods = sim.objects("pods", "labd-bob")
+            namespace = [
+                ns for ns in sim.objects("namespaces") if ns["metadata"]["name"] == "labd-bob"
+            ]
+            terminating_pods += bool(pods and pods[0]["metadata"].get("deletionTimestamp"))
+            overlaps += bool(
+                pods and namespace and namespace[0]["metadata"].get("deletionTimestamp")
+            )
+            await asyncio.sleep(0.02)
+        await deleting
+        assert terminating_pods > 10, "the pod did not take its time to stop"
+        assert not overlaps, "the namespace was deleted while its pod still terminated"
+        history = await labd.store.history("bob")
+        assert [entry.to_state for entry in history][:2] == ["deleted", "deleting"]
 
 
 async def test_a_delete_waits_on_the_watches_not_on_polls(
     database_url: str, tmp_path: Path
 ) -> None:
-    # The pod takes a second to stop: the pod watch says when it is gone, the
-    # namespace watch when the namespace is. A delete reads each object once
-    # at the start and once to confirm, however long either takes, and ends
-    # long before the slow recheck (10 s) would have looked again.
-    async with SimCluster(pod_start_delay=0.05, pod_stop_delay=1.0, seed=7) as sim:
-        config = make_config(
-            database_url,
-            sim.write_kubeconfig(tmp_path / "kubeconfig"),
-            lab={"pod_delete_grace": 2},
-        )
-        labd = await Labd.create(config)
-        await labd.start()
-        try:
-            await labd.service.create("bob", spec(), actor=Actor.HUB)
-            await wait_state(labd, "bob", LabState.RUNNING)
-            reads = sim.stats.requests["get pods"], sim.stats.requests["get namespaces"]
-            began = time.monotonic()
-            await asyncio.wait_for(labd.service.delete("bob", actor=Actor.HUB), 8)
-            assert time.monotonic() - began > 1.0, "the pod did not take its time to stop"
-            assert sim.stats.requests["get pods"] - reads[0] == 2
-            assert sim.stats.requests["get namespaces"] - reads[1] == 1
-            assert "labd-bob" not in {ns["metadata"]["name"] for ns in sim.objects("namespaces")}
-        finally:
-            await labd.stop()
+    # The pod watch says when the pod is gone, the namespace watch when the
+    # namespace is. A delete reads each object once at the start and once to
+    # confirm, however long either takes, and ends long before the slow
+    # recheck (10 s) would have looked again.
+    async with running_bob_slow_to_stop(database_url, tmp_path) as (labd, sim):
+        reads = sim.stats.requests["get pods"], sim.stats.requests["get namespaces"]
+        began = time.monotonic()
+        await asyncio.wait_for(labd.service.delete("bob", actor=Actor.HUB), 8)
+        assert time.monotonic() - began > 1.0, "the pod did not take its time to stop"
+        assert sim.stats.requests["get pods"] - reads[0] == 2
+        assert sim.stats.requests["get namespaces"] - reads[1] == 1
+        assert "labd-bob" not in {ns["metadata"]["name"] for ns in sim.objects("namespaces")}
 
 
 async def test_concurrent_deletes_share_one_operation(labd: Labd) -> None:
