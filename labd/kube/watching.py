@@ -285,6 +285,22 @@ class _Follower:
                 yield None if kind == "BOOKMARK" else _Changed(kind, obj)
 
 
+def _api(
+    api_client: ApiClient,
+    config: Config,
+    *,
+    retry: RetryPolicy | None,
+    on_call: CallHook | None,
+) -> KubeApi:
+    """The calls of one watcher: the configured timeout, its retries and hook."""
+    return KubeApi(
+        api_client,
+        request_timeout=config.kubernetes.request_timeout,
+        retry=retry,
+        on_call=on_call,
+    )
+
+
 def _timeouts(config: Config, server_timeout: int | None) -> tuple[float, int]:
     read_timeout = config.kubernetes.watch_timeout
     if server_timeout is None:
@@ -308,12 +324,7 @@ def _lab_object_follower(
 
     ``convert`` keeps what the watcher needs of each listed object.
     """
-    api = KubeApi(
-        api_client,
-        request_timeout=config.kubernetes.request_timeout,
-        retry=retry,
-        on_call=on_call,
-    )
+    api = _api(api_client, config, retry=retry, on_call=on_call)
     read_timeout, server_timeout = _timeouts(config, server_timeout)
 
     async def lister() -> tuple[list[dict[str, Any]], str]:
@@ -632,12 +643,7 @@ class PodEventWatcher:
         backoff: RetryPolicy = _DEFAULT_BACKOFF,
         retry: RetryPolicy | None = None,
     ) -> None:
-        api = KubeApi(
-            api_client,
-            request_timeout=config.kubernetes.request_timeout,
-            retry=retry,
-            on_call=on_call,
-        )
+        api = _api(api_client, config, retry=retry, on_call=on_call)
         core = CoreV1Api(api_client)
         read_timeout, server_timeout = _timeouts(config, server_timeout)
         self._prefix = f"{config.namespace_prefix}-"
