@@ -43,10 +43,28 @@ from labd.api import hash_token
 from labd.config import Config
 from labd.db.database import Database
 from labd.db.store import LabStore
-from tests.support.convergence import converged, history_complete, no_orphans
+from tests.support.convergence import converged, history_complete, no_duplicates, no_orphans
 from tests.support.processes import Daemon, SimProcess, free_port
 
-__all__ = ["ChaosReport", "run_chaos"]
+__all__ = [
+    "ALLOWED_5XX",
+    "BODY",
+    "HUB_TOKEN",
+    "NOT_LABD",
+    "ChaosReport",
+    "Hub",
+    "SimControl",
+    "drive_user",
+    "labd_settings",
+    "logged_errors",
+    "restart_postgres_halfway",
+    "restart_postgres_server",
+    "run_chaos",
+    "run_faults",
+    "settle",
+    "start_daemon",
+    "verify",
+]
 
 HUB_TOKEN = "chaos-hub-token"
 IMAGE = "registry.example/sciplat/lab:w_2026_47"
@@ -129,7 +147,7 @@ def labd_settings(url: str, kubeconfig: Path, port: int, token_file: Path) -> di
     }
 
 
-class _Hub:
+class Hub:
     """JupyterHub as labd sees it: per-user creates and deletes with retries."""
 
     def __init__(self, http: aiohttp.ClientSession, base: str, report: ChaosReport) -> None:
@@ -137,6 +155,8 @@ class _Hub:
         self._base = base
         self._report = report
         self.wanted: dict[str, bool] = {}
+        self.allowed_5xx = ALLOWED_5XX
+        """Server errors that are no fault (status, error type)."""
 
     async def call(self, verb: str, username: str) -> tuple[int, str]:
         """Send until a definite answer; return its status and error type."""
@@ -152,17 +172,23 @@ class _Hub:
                     method, self._base + path, json=body, timeout=aiohttp.ClientTimeout(total=60)
                 ) as response:
                     status = response.status
-                    data = await response.json(content_type=None) if status != 204 else None
+                    text = await response.text()
+                    data = _json_or_none(text)
+                    served_by = response.headers.get("X-Labd-Replica", "")
             except (aiohttp.ClientError, TimeoutError):
                 self._report.retries[f"{verb} transport error"] += 1
             else:
                 kind = _error_type(data) if status >= 400 else ""
-                if status >= 500 and (status, kind) not in ALLOWED_5XX:
-                    self._report.unexpected.append(f"{verb} {username}: {status} {data}")
-                if status != 503:
+                if status >= 500 and (status, kind) not in self.allowed_5xx:
+                    said = data if data is not None else text[:200]
+                    by = f" from {served_by}" if served_by else ""
+                    self._report.unexpected.append(f"{verb} {username}: {status} {said!r}{by}")
+                # A balancer's own error page (all replicas out of service, or
+                # its retries used up) is no answer from labd: ask again.
+                if status != 503 and kind != NOT_LABD:
                     self._report.requests[f"{verb} {status} {kind}".rstrip()] += 1
                     return status, (data or {}).get("status", kind) if status == 200 else kind
-                self._report.retries[f"{verb} 503 {kind}"] += 1
+                self._report.retries[f"{verb} {status} {kind}"] += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -178,14 +204,25 @@ class _Hub:
                 self.wanted[username] = True
 
 
+NOT_LABD = "not-labd"
+"""Error type of an answer without labd's error body (a balancer's error page)."""
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
 def _error_type(data: Any) -> str:
     try:
         return str(data["detail"][0]["type"])
     except (KeyError, IndexError, TypeError):
-        return "?"
+        return NOT_LABD
 
 
-class _Sim:
+class SimControl:
     """The sim's control API."""
 
     def __init__(self, http: aiohttp.ClientSession, sim: SimProcess) -> None:
@@ -205,8 +242,13 @@ class _Sim:
                 assert r.status in (200, 204), await r.text()
 
 
-def _fault_phase(rng: random.Random, users: list[str]) -> tuple[str, dict[str, Any], Any]:
-    """A random fault specification and outcome rules for the next few seconds."""
+def fault_phase(
+    rng: random.Random, users: list[str], *, default: str = "run"
+) -> tuple[str, dict[str, Any], Any]:
+    """A random fault specification and outcome rules for the next few seconds.
+
+    ``default`` is the outcome of the pods of users who neither crash nor vanish.
+    """
     errors = [
         {"verb": "create", "resource": "*", "rate": 0.05, "status": 500},
         {"verb": "delete", "resource": "*", "rate": 0.05, "status": 500},
@@ -222,7 +264,7 @@ def _fault_phase(rng: random.Random, users: list[str]) -> tuple[str, dict[str, A
         watch = {"force_gone": 2, "drop_after_events": 20}
     crash, vanish = rng.sample(users, 2)
     rules = {
-        "default": "run",
+        "default": default,
         "rules": [
             {"namespace": f"*{crash}*", "name": "*", "outcome": "crash:OOMKilled:0.5"},
             {"namespace": f"*{vanish}*", "name": "*", "outcome": "vanish:0.5"},
@@ -238,7 +280,8 @@ def _postgres_version() -> str:
     return sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
 
 
-async def _restart_postgres(report: ChaosReport) -> None:
+async def restart_postgres_server(report: ChaosReport) -> None:
+    """Restart the local PostgreSQL server and wait until it accepts connections."""
     version = _postgres_version()
     await asyncio.to_thread(
         subprocess.run,
@@ -289,36 +332,36 @@ async def run_chaos(
     names = [f"chaos{i}" for i in range(users)]
     sim.start()
     try:
-        await _start(daemon, report)
+        await start_daemon(daemon, report)
         headers = {"Authorization": f"Bearer {HUB_TOKEN}"}
         async with (
             aiohttp.ClientSession(headers=headers) as http,
             aiohttp.ClientSession() as control_http,
         ):
-            hub = _Hub(http, base, report)
-            control = _Sim(control_http, sim)
+            hub = Hub(http, base, report)
+            control = SimControl(control_http, sim)
             stop_at = time.monotonic() + seconds
-            tasks = [asyncio.create_task(_user(hub, name, rng, stop_at)) for name in names]
-            tasks.append(asyncio.create_task(_faults(control, rng, names, stop_at, report)))
+            tasks = [asyncio.create_task(drive_user(hub, name, rng, stop_at)) for name in names]
+            tasks.append(asyncio.create_task(run_faults(control, rng, names, stop_at, report)))
             tasks.append(asyncio.create_task(_killer(daemon, rng, stop_at, report)))
             if restart_postgres:
-                tasks.append(asyncio.create_task(_pg_once(seconds, report)))
+                tasks.append(asyncio.create_task(restart_postgres_halfway(seconds, report)))
             await asyncio.gather(*tasks)
             await control.clear()
             say(f"chaos over after {seconds:.0f} s; settling")
-            await _settle(hub, names, report)
-        await _verify(config, hub.wanted, report)
+            await settle(hub, names, report)
+        await verify(config, hub.wanted, report)
     finally:
         if daemon.process is not None and daemon.process.returncode is None:
             status = await daemon.terminate()
             report.verified.append(f"labd exited {status} on SIGTERM")
         sim.stop()
-    report.errors_logged = _logged_errors(workdir / "labd.log")
+    report.errors_logged = logged_errors(workdir / "labd.log")
     assert not report.unexpected, report.unexpected
     return report
 
 
-def _logged_errors(log: Path) -> Counter[str]:
+def logged_errors(log: Path) -> Counter[str]:
     """Count labd's error-level log lines by event."""
     found: Counter[str] = Counter()
     for line in log.read_text().splitlines():
@@ -329,17 +372,25 @@ def _logged_errors(log: Path) -> Counter[str]:
     return found
 
 
-async def _user(hub: _Hub, username: str, rng: random.Random, stop_at: float) -> None:
+async def drive_user(hub: Hub, username: str, rng: random.Random, stop_at: float) -> None:
+    """Flip one user's lab, 0 to 1.5 s apart, until ``stop_at``."""
     while time.monotonic() < stop_at:
         await hub.act(username)
         await asyncio.sleep(rng.uniform(0.0, 1.5))
 
 
-async def _faults(
-    control: _Sim, rng: random.Random, users: list[str], stop_at: float, report: ChaosReport
+async def run_faults(
+    control: SimControl,
+    rng: random.Random,
+    users: list[str],
+    stop_at: float,
+    report: ChaosReport,
+    *,
+    default: str = "run",
 ) -> None:
+    """Apply a new fault phase every 3 to 8 s until ``stop_at``; then clear the faults."""
     while time.monotonic() < stop_at:
-        text, faults, rules = _fault_phase(rng, users)
+        text, faults, rules = fault_phase(rng, users, default=default)
         await control.put("faults", faults)
         await control.put("rules", rules)
         report.faults.append(text)
@@ -353,10 +404,10 @@ async def _killer(daemon: Daemon, rng: random.Random, stop_at: float, report: Ch
         await daemon.kill()
         report.kills += 1
         await asyncio.sleep(rng.uniform(0, 1.0))
-        await _start(daemon, report)
+        await start_daemon(daemon, report)
 
 
-async def _start(daemon: Daemon, report: ChaosReport) -> None:
+async def start_daemon(daemon: Daemon, report: ChaosReport) -> None:
     """Start labd; if it exits at once (its database is down), start it again."""
     for _ in range(30):
         try:
@@ -371,12 +422,13 @@ async def _start(daemon: Daemon, report: ChaosReport) -> None:
     raise AssertionError("labd did not start 30 times in a row:\n" + daemon.log_tail())
 
 
-async def _pg_once(seconds: float, report: ChaosReport) -> None:
+async def restart_postgres_halfway(seconds: float, report: ChaosReport) -> None:
+    """Restart the PostgreSQL server half-way through a run of ``seconds``."""
     await asyncio.sleep(seconds / 2)
-    await _restart_postgres(report)
+    await restart_postgres_server(report)
 
 
-async def _settle(hub: _Hub, names: list[str], report: ChaosReport) -> None:
+async def settle(hub: Hub, names: list[str], report: ChaosReport) -> None:
     """Start again the labs that ended failed or terminated, as a user would."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -398,7 +450,7 @@ async def _settle(hub: _Hub, names: list[str], report: ChaosReport) -> None:
         await asyncio.sleep(1.0)
 
 
-async def _verify(config: Config, wanted: dict[str, bool], report: ChaosReport) -> None:
+async def verify(config: Config, wanted: dict[str, bool], report: ChaosReport) -> None:
     database = Database(config.database_url)
     store = LabStore(database)
     try:
@@ -410,6 +462,11 @@ async def _verify(config: Config, wanted: dict[str, bool], report: ChaosReport) 
         )
         await no_orphans(store, config)
         report.verified.append("no orphaned namespaces or pods in the cluster")
+        objects = await no_duplicates(store, config)
+        report.verified.append(
+            f"no duplicate objects: {objects} objects, each of its namespace's running lab,"
+            " one namespace and one pod per lab"
+        )
         rows = await history_complete(store)
         labs = len(await store.list_labs())
         report.verified.append(
