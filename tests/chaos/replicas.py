@@ -437,9 +437,9 @@ async def _killer(
     stop_at: float,
     report: ReplicaChaosReport,
 ) -> None:
-    """SIGKILL a replica every 1 to 6 s (the leader most of all) and start it again."""
+    """SIGKILL a replica every 0.5 to 5 s (the leader most of all) and start it again."""
     while (left := stop_at - time.monotonic()) > 4:
-        await asyncio.sleep(rng.uniform(1, min(6, left - 2)))
+        await asyncio.sleep(rng.uniform(0.5, min(5, left - 2)))
         leaders = await fleet.leaders(http)
         if leaders is not None:
             report.leadership = "one leads (labd_leader gauge)"
@@ -465,12 +465,12 @@ def _pick(
 ) -> tuple[Replica, str]:
     """The replica to kill next, and why it was picked."""
     roll = rng.random()
-    if leaders and roll < 0.6:
+    if leaders and roll < 0.75:
         return fleet.replica(rng.choice(leaders)), "leader"
     serving = sorted(
         {c.replica for c, _ in hub.open_streams.values() if c.received and c.replica != "?"}
     )
-    if serving and roll < 0.85:
+    if serving and roll < 0.95:
         return fleet.replica(rng.choice(serving)), "stream"
     return rng.choice(fleet.replicas), "any"
 

@@ -27,7 +27,7 @@ async def test_replica_chaos_loses_nothing(database_url: str, tmp_path: Path) ->
     report = await run_replica_chaos(
         database_url=database_url,
         workdir=tmp_path,
-        seconds=20,
+        seconds=15,
         users=8,
         say=lambda _: None,
     )

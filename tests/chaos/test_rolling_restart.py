@@ -51,19 +51,52 @@ async def _load(hub: ReplicaHub, username: str, rng: random.Random, done: asynci
         await asyncio.sleep(rng.uniform(0.0, 0.3))
 
 
+SLOW_STOP_BUG = (
+    "labd answers a delete still waiting when its replica gets SIGTERM with uvicorn's"
+    " plain 500 once the 5 s graceful shutdown runs out, instead of a 503 not_ready the"
+    " balancer would send to another replica (which joins the delete)"
+)
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_rolling_restart_fails_no_hub_call(database_url: str, tmp_path: Path) -> None:
-    """SIGTERM, restart and readiness of each replica in turn; the hub sees no failure."""
+@pytest.mark.parametrize(
+    "pod_stop",
+    [
+        pytest.param(0.5, id="quick-stops"),
+        pytest.param(
+            8.0,
+            id="stops-longer-than-shutdown",
+            marks=pytest.mark.xfail(strict=True, reason=SLOW_STOP_BUG),
+        ),
+    ],
+)
+async def test_rolling_restart_fails_no_hub_call(
+    database_url: str, pod_stop: float, tmp_path: Path
+) -> None:
+    """SIGTERM, restart and readiness of each replica in turn; the hub sees no failure.
+
+    With pods that take longer to stop than labd's graceful shutdown lasts,
+    deletes are always in flight, and waiting, when a replica stops.
+    """
     report = ReplicaChaosReport(replicas=3)
     sim = SimProcess(
         tmp_path / "kubeconfig",
-        args=["--pod-start-delay", "0.2", "--default-outcome", "unready:1"],
+        args=[
+            "--pod-start-delay",
+            "0.2",
+            "--pod-stop-delay",
+            str(pod_stop),
+            "--default-outcome",
+            "unready:1",
+        ],
     )
     token_file = tmp_path / "tokens"
     token_file.write_text(f"{hash_token(HUB_TOKEN)} hub\n")
 
     def settings(port: int) -> dict[str, Any]:
-        return labd_settings(database_url, sim.kubeconfig, port, token_file)
+        values = labd_settings(database_url, sim.kubeconfig, port, token_file)
+        values["lab"] = {"pod_delete_grace": 30}  # The sim's stop delay is capped by it.
+        return values
 
     fleet = Fleet(settings, tmp_path, replicas=3)
     rng = random.Random(20261204)
@@ -78,18 +111,18 @@ async def test_rolling_restart_fails_no_hub_call(database_url: str, tmp_path: Pa
             done = asyncio.Event()
             load = [asyncio.create_task(_load(hub, name, rng, done)) for name in names]
             await asyncio.sleep(3)
-            spawns_before = len(report.streams)
+            calls_before = report.requests.total()
             for replica in fleet.replicas:
                 exits[replica.name] = await replica.daemon.terminate()
                 await replica.daemon.start()
                 await fleet.balancer.wait_up(replica.name)
-            spawns_during = len(report.streams) - spawns_before
+            calls_during = report.requests.total() - calls_before
             await asyncio.sleep(2)
             done.set()
             await asyncio.gather(*load)
         print("\n".join(report.lines()))
         assert exits == {"r0": 0, "r1": 0, "r2": 0}
-        assert spawns_during >= USERS, "too little load while the replicas restarted"
+        assert calls_during >= 2 * USERS, "too little load while the replicas restarted"
         assert not report.retries, report.retries
         assert not report.unexpected, report.unexpected
         assert set(report.requests) == {"create 201", "status 200", "delete 204"}, report.requests
