@@ -25,7 +25,7 @@ from starlette.types import Lifespan
 from labd.alerts import Alerts
 from labd.api.auth import Authenticator
 from labd.api.errors import ErrorBoundary, exception_handlers
-from labd.api.handlers import LabApi, MetricsSource, Readiness
+from labd.api.handlers import LabApi, Leadership, MetricsSource, Readiness
 from labd.api.limits import BodySizeLimit, HeaderSizeLimit
 from labd.api.openapi import openapi_document
 from labd.api.routes import build_routes
@@ -46,6 +46,7 @@ def create_app(
     keepalive: float = DEFAULT_KEEPALIVE,
     metrics: MetricsSource | None = None,
     alerts: Alerts | None = None,
+    leadership: Leadership | None = None,
 ) -> Starlette:
     """Build the API application.
 
@@ -68,6 +69,8 @@ def create_app(
         Renders ``/metrics`` (Prometheus text format).
     alerts
         Where unexpected failures are reported to operators.
+    leadership
+        Whether this replica leads (the ``/readyz`` body).
 
     Returns
     -------
@@ -90,6 +93,7 @@ def create_app(
         streams=streams,
         openapi=openapi_document(prefix=config.path_prefix),
         metrics=metrics,
+        leadership=leadership,
     )
 
     @asynccontextmanager

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from labd.api.auth import Authenticator, Caller
 from labd.api.errors import RequestValidationError
 from labd.api.form import render_form
-from labd.api.models import Health, HistoryEntry, HistoryQuery
+from labd.api.models import Health, HistoryEntry, HistoryQuery, Ready
 from labd.api.service import LabService
 from labd.api.sse import EventStreams, parse_last_event_id
 from labd.lab.errors import NotReadyError, UnknownUserError
@@ -30,6 +30,8 @@ __all__ = ["LabApi", "Readiness"]
 Readiness = Callable[[], Awaitable[str | None]]
 MetricsSource = Callable[[], Awaitable[bytes]]
 """Renders the Prometheus text format."""
+Leadership = Callable[[], Ready]
+"""Says whether this replica leads, for the readiness body."""
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Returns `None` when labd is ready, otherwise why it is not."""
@@ -75,6 +77,8 @@ class LabApi:
         The OpenAPI document served at ``/openapi.json``.
     metrics
         Renders ``/metrics``; `None` serves an empty document.
+    leadership
+        Whether this replica leads, for ``/readyz``; `None` says it does not.
     """
 
     def __init__(
@@ -86,7 +90,9 @@ class LabApi:
         streams: EventStreams,
         openapi: dict[str, Any],
         metrics: MetricsSource | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
+        self.leadership = leadership
         self.service = service
         self.authenticator = authenticator
         self.readiness = readiness
@@ -164,7 +170,7 @@ class LabApi:
         reason = await self.readiness()
         if reason is not None:
             raise NotReadyError(reason)
-        return _json(Health())
+        return _json(Ready() if self.leadership is None else self.leadership())
 
     async def metrics(self, request: Request, caller: Caller | None) -> Response:
         """Prometheus metrics in the text format."""

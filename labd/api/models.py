@@ -13,7 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labd.lab.records import TransitionRecord
 
-__all__ = ["MAX_ID", "ErrorBody", "ErrorDetail", "Health", "HistoryEntry", "HistoryQuery"]
+__all__ = [
+    "MAX_ID",
+    "ErrorBody",
+    "ErrorDetail",
+    "Health",
+    "HistoryEntry",
+    "HistoryQuery",
+    "Ready",
+]
 
 MAX_ID: Final = 2**63 - 1
 """Largest id of a stored row (64-bit signed on SQLite and PostgreSQL)."""
@@ -81,3 +89,18 @@ class Health(BaseModel):
     """Body of the health and readiness probes when all is well."""
 
     status: Literal["ok"] = "ok"
+
+
+class Ready(Health):
+    """Body of the readiness probe: ready, and whether this replica leads."""
+
+    leader: bool = Field(
+        False,
+        description="Whether this replica leads: runs the watches and the reconciler"
+        " (docs/replicas.md). Every replica serves the API and steps labs.",
+    )
+    leader_since: float | None = Field(
+        None,
+        description="Unix time when this replica's watches and reconciler started"
+        " running in its current term as leader; null while it does not lead.",
+    )

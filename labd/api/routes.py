@@ -33,7 +33,7 @@ from starlette.types import Scope
 
 from labd.api.auth import Access, Caller
 from labd.api.handlers import LabApi
-from labd.api.models import Health, HistoryEntry, HistoryQuery
+from labd.api.models import Health, HistoryEntry, HistoryQuery, Ready
 from labd.api.service import check_username
 from labd.lab.protocol import LabSpecification, LabStateModel
 
@@ -243,7 +243,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         handler=LabApi.readyz,
         access=Access.PUBLIC,
         summary="Readiness: 200 once labd can serve, else 503 with the reason.",
-        replies={200: Reply("Ready.", model=Health)},
+        replies={200: Reply("Ready; says whether this replica leads.", model=Ready)},
         errors=(503,),
     ),
     Operation(

@@ -20,12 +20,19 @@ with the version read then.  A lab whose row changed after that read, by a
 step, the watch or an API call, fails the version check and is left to the
 next pass; labs whose step is in flight in this process are skipped
 outright.
+
+Only the leader reconciles (`labd.control.leading`).  Right before each
+action (an adoption, an orphan's delete, a lab moved along) it checks that
+its term is still current (the *fence*, `labd.db.leadership`); an adoption
+checks it again inside its write transaction.  A replica that lost
+leadership mid-pass stops there with `LeadershipLostError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -104,6 +111,10 @@ class Reconciler:
         Wake-ups for the scheduler.
     alerts
         Where removed orphans are reported; disabled if not given.
+    fence
+        Returns the leader's term after checking it is still current, or
+        raises `LeadershipLostError`; none for a reconciler that always
+        leads (tests, benchmarks).
     """
 
     def __init__(
@@ -116,7 +127,9 @@ class Reconciler:
         locks: LabLocks,
         signals: LabSignals,
         alerts: Alerts | None = None,
+        fence: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
+        self._fence = fence
         self._config = config
         self._store = store
         self._kube = kube
@@ -196,8 +209,13 @@ class Reconciler:
         self._signals.wake_scheduler()
         return report
 
+    async def _confirm(self) -> int | None:
+        """Check this replica still leads, right before an action; return the term."""
+        return None if self._fence is None else await self._fence()
+
     async def _apply(self, lab: LabSummary, update: PodUpdate) -> bool:
         """Apply a pod state the watch missed, unless the lab moved since."""
+        await self._confirm()
         return await self._intake.apply_pod_update(update, expected_version=lab.version)
 
     async def _unknown_lab(
@@ -226,6 +244,7 @@ class Reconciler:
         env = await self._kube.read_lab_environment(namespace.name, ident.slug) or {}
         spec = annotated.with_env(env)
         pod_phase = pod.phase if pod is not None else None
+        term = await self._confirm()
         try:
             lab = await self._store.create_lab(
                 lab_id=ident.lab_id,
@@ -247,6 +266,7 @@ class Reconciler:
                     if SERVICE_PREFIX_VAR in env
                     else None,
                 },
+                leader_term=term,
             )
         except LabExistsError:
             await self._delete_orphan(namespace, "the user has another lab", report)
@@ -257,6 +277,7 @@ class Reconciler:
     async def _delete_orphan(
         self, namespace: LabNamespace, why: str, report: ReconcileReport
     ) -> None:
+        await self._confirm()
         _logger.warning("deleting orphaned lab namespace", namespace=namespace.name, why=why)
         await self._kube.delete_namespace(namespace.name)
         report.orphans.append(namespace.name)

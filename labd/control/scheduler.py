@@ -1,8 +1,10 @@
 """The scheduler loop: claims the labs that are due and runs their steps.
 
 Level-triggered, like a Kubernetes controller.  The loop wakes on a new
-intent from the API, on the nearest ``next_attempt_at`` of any lab, or at
-least once a second (which also feeds the systemd watchdog), then *claims*
+intent from the API, on the nearest ``next_attempt_at`` of any lab, when a
+lab falls due on another replica (``labd_lab_due``, `labd.db.changes`), or
+after a backstop of a few seconds (a second while other replicas' changes
+may go unheard), then *claims*
 the due labs (`LabStore.claim_due`: a lease in SQL, ``SKIP LOCKED`` on
 PostgreSQL) and runs one idempotent step for each (`labd.control.steps`),
 at most ``kubernetes.max_concurrent_operations`` at a time.
@@ -108,7 +110,15 @@ class Scheduler:
                 _logger.exception("scheduler pass failed; trying again")
                 self._alerts.unexpected("the scheduler loop", exc)
                 pause = 1.0
-            await self._signals.wait(self._signals.scheduler, within=pause)
+            await self._idle(pause)
+
+    async def _idle(self, pause: float) -> None:
+        """Wait ``pause`` seconds or a wake-up, going round once a second (the watchdog's)."""
+        until = time.monotonic() + pause
+        while (left := until - time.monotonic()) > 0:
+            if await self._signals.wait(self._signals.scheduler, within=min(left, 1.0)):
+                return
+            self.heartbeat = time.monotonic()
 
     def request_stop(self) -> None:
         """Make `run` return after its current pass."""
@@ -139,10 +149,11 @@ class Scheduler:
         return limit - len(self._state.locks.in_flight)
 
     async def _pause(self) -> float:
+        backstop = self._signals.schedule_interval
         due = await self._store.next_due_time()
         if due is None:
-            return 1.0
-        return min(1.0, max(0.0, (due - utcnow()).total_seconds()))
+            return backstop
+        return min(backstop, max(0.0, (due - utcnow()).total_seconds()))
 
     async def _load_spawning(self) -> None:
         for lab in await self._store.list_labs([LabState.CREATING, LabState.STARTING]):

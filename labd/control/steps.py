@@ -153,7 +153,9 @@ class LabSteps:
             Trigger.START,
             actor=Actor.SCHEDULER,
             expected_version=lab.version,
-            changes={"next_attempt_at": utcnow()},
+            # ``next_attempt_at`` keeps the claim's lease while this step
+            # creates the objects: a lab due now would be claimed by a
+            # replica woken by ``labd_lab_due``.
         )
         await self._creating(lab)
 
@@ -493,7 +495,7 @@ class LabSteps:
         changes: LabChanges = {
             "deadline_at": utcnow() + timedelta(seconds=self._config.timeouts.delete),
             "attempts": 0,
-            "next_attempt_at": utcnow(),
+            # ``next_attempt_at`` keeps the claim's lease, as in `_requested`.
             "internal_url": None,
         }
         lab = await self._store.transition(

@@ -6,8 +6,11 @@ to each other.  ``labd serve``, ``labd dev``, the tests and the benchmarks
 all build labd through it, so they all run the same thing.
 
 Start-up order matters for readiness: the schema is checked first (labd
-refuses a database that is not at head), then the first reconcile runs, and
-only then do the scheduler and the watches start and labd reports ready.
+refuses a database that is not at head), then labd tries once to take
+leadership (`labd.control.leading`); if it leads, the first reconcile runs
+and the watches start; only then does the scheduler start and labd reports
+ready.  A replica that does not lead is ready at once and keeps trying to
+take leadership every second.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from labd.alerts import Alerts
 from labd.api.service import LabService
 from labd.config import Config
 from labd.control.intake import WatchIntake
+from labd.control.leading import Leader
 from labd.control.reconciler import Reconciler, ReconcileReport
 from labd.control.scheduler import Scheduler
 from labd.control.state import ControlState, LabLocks
 from labd.control.steps import LabSteps
 from labd.db.changes import ChangeListener, warm_status
 from labd.db.database import Database
+from labd.db.leadership import LeadershipLostError, leader_lock
 from labd.db.revision import check_schema
 from labd.db.status import StatusCache
 from labd.db.store import LabStore
@@ -119,6 +124,7 @@ class Labd:
             steps=steps,
             alerts=self.alerts,
         )
+        self.leader = Leader(leader_lock(database), duties=self._lead, metrics=self.metrics)
         self.reconciler = Reconciler(
             config=config,
             store=self.store,
@@ -127,13 +133,10 @@ class Labd:
             locks=self.control.locks,
             signals=self.signals,
             alerts=self.alerts,
-        )
-        self.pod_watcher = PodWatcher(api_client, config, on_call=self.metrics.kube_call)
-        self.event_watcher = PodEventWatcher(api_client, config, on_call=self.metrics.kube_call)
-        self.namespace_watcher = NamespaceWatcher(
-            api_client, config, on_call=self.metrics.kube_call
+            fence=self.leader.confirm,
         )
         self.last_reconcile: ReconcileReport | None = None
+        self._leading: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._not_ready = "starting"
         self._stopped = False
@@ -159,7 +162,7 @@ class Labd:
         return cls(config=config, database=database, api_client=api_client)
 
     async def start(self) -> None:
-        """Read the image registry and reconcile once, then start the loops.
+        """Read the image registry, try to lead (and then reconcile once), start the loops.
 
         A registry that cannot be read does not stop the start: labd serves
         the configured images until a later refresh succeeds.
@@ -168,29 +171,46 @@ class Labd:
         if self.change_listener is not None:
             self._tasks.append(tasks.spawn(self.change_listener.run(), name="change-listener"))
         await self.images.refresh()
-        report = await self._reconcile()
-        if report.pod_version:
-            # The watch follows on from the reconcile's LIST: no second LIST
-            # of every pod, no replay of them all.
-            self.pod_watcher.start_from(report.pod_version, report.pods)
-        if report.namespace_version:
-            self.namespace_watcher.start_from(report.namespace_version, report.namespaces)
+        self._leading = tasks.spawn(self.leader.run(), name="leadership")
+        settled = tasks.spawn(self.leader.settled.wait(), name="leadership-settled")
+        await asyncio.wait({self._leading, settled}, return_when=asyncio.FIRST_COMPLETED)
+        await tasks.cancel_and_wait([settled])
+        if self._leading.done():
+            self._leading.result()  # It cannot end on its own: raise what ended it.
         self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
         self._tasks += [
-            tasks.spawn(self.intake.watch_pods(self.pod_watcher.updates()), name="pod-watch"),
-            tasks.spawn(
-                self.intake.watch_pod_events(self.event_watcher.events()), name="event-watch"
-            ),
-            tasks.spawn(
-                self.intake.watch_namespaces(self.namespace_watcher.gone()),
-                name="namespace-watch",
-            ),
-            tasks.spawn(self._reconcile_periodically(), name="reconcile"),
             tasks.spawn(self.images.refresh_periodically(self._stopping), name="image-refresh"),
             tasks.spawn(self._warm_status(), name="status-warm"),
         ]
         self._not_ready = ""
         _logger.info("labd started")
+
+    async def _lead(self, term: int) -> None:
+        """The leader's duties in one term; they run until cancelled.
+
+        A reconcile first, then the pod and namespace watches from its
+        LISTs (no second LIST of every pod, no replay of them all), the
+        Event watch from now, and a reconcile every ``reconcile_interval``.
+        """
+        self.intake.forget()
+        report = await self._reconcile()
+        on_call = self.metrics.kube_call
+        pods = PodWatcher(self.api_client, self.config, on_call=on_call)
+        namespaces = NamespaceWatcher(self.api_client, self.config, on_call=on_call)
+        events = PodEventWatcher(self.api_client, self.config, on_call=on_call)
+        if report.pod_version:
+            pods.start_from(report.pod_version, report.pods)
+        if report.namespace_version:
+            namespaces.start_from(report.namespace_version, report.namespaces)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                self.intake.run(
+                    pods=pods.updates(), events=events.events(), namespaces=namespaces.gone()
+                ),
+                name="watches",
+            )
+            group.create_task(self._reconcile_periodically(), name="reconcile")
+            self.leader.on_duty()
 
     async def _warm_status(self) -> None:
         """Preload every user's status once ready (PostgreSQL: once listening)."""
@@ -213,6 +233,9 @@ class Labd:
         self._stopped = True
         self._not_ready = "stopping"
         self._stopping.set()
+        if self._leading is not None:
+            # Hand leadership over first: another replica takes it at once.
+            await tasks.cancel_and_wait([self._leading])
         self.scheduler.request_stop()
         if self._loop is not None:
             _, pending = await asyncio.wait({self._loop}, timeout=_STOP_GRACE)
@@ -256,6 +279,8 @@ class Labd:
                 return
             try:
                 await self._reconcile()
+            except LeadershipLostError:
+                raise  # The leader steps down.
             except Exception as exc:
                 _logger.exception("reconcile failed; will try again")
                 self.alerts.unexpected("the periodic reconcile", exc)

@@ -29,6 +29,7 @@ from sse_starlette.sse import AppStatus
 from labd import tasks
 from labd.api import Authenticator, TokenFileError, create_app
 from labd.api.connections import H11_BACKSTOP, bounded_protocol
+from labd.api.models import Ready
 from labd.config import Config, ConfigError, load_config
 from labd.daemon.factory import Labd
 from labd.daemon.logs import configure_logging
@@ -113,6 +114,9 @@ async def run_daemon(
             readiness=labd.readiness,
             metrics=lambda: labd.metrics.render(labd.store),
             alerts=labd.alerts,
+            leadership=lambda: Ready(
+                leader=labd.leader.leading, leader_since=labd.leader.on_duty_since
+            ),
         )
         server = _Server(
             uvicorn.Config(

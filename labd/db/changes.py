@@ -8,6 +8,10 @@ for each notification, so every replica serves what any replica wrote.
 On the same connection it hears migration 0004's ``labd_lab_follow``
 channel, whose payload is a lab id, and wakes the readers that follow that
 lab (`labd.lab.signals.LabSignals`): event streams and waiting deletes.
+And it hears migration 0006's ``labd_lab_due`` channel, whose payload is the
+time a lab falls due (a new lab, a delete, a wake-up, a retry sooner than
+before), and wakes this process's scheduler then: a lab another replica
+made due is claimed here without polling.
 
 The cache is only on while the listener listens: when the connection drops
 or stops answering, the cache is turned off (reads go to SQL) until a new
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any, Final
 
 import asyncpg
@@ -29,13 +34,23 @@ from sqlalchemy.engine import URL
 from labd.db.status import StatusCache
 from labd.lab.signals import LabSignals
 
-__all__ = ["APPLICATION", "CHANNEL", "FOLLOW_CHANNEL", "ChangeListener", "warm_status"]
+__all__ = [
+    "APPLICATION",
+    "CHANNEL",
+    "DUE_CHANNEL",
+    "FOLLOW_CHANNEL",
+    "ChangeListener",
+    "warm_status",
+]
 
 CHANNEL: Final = "labd_lab_changes"
 """The channel of migration 0002's trigger."""
 
 FOLLOW_CHANNEL: Final = "labd_lab_follow"
 """The channel of migration 0004's triggers."""
+
+DUE_CHANNEL: Final = "labd_lab_due"
+"""The channel of migration 0006's trigger."""
 
 APPLICATION: Final = "labd-change-listener"
 """``application_name`` of the listening connection (``pg_stat_activity``)."""
@@ -101,6 +116,7 @@ class ChangeListener:
             connection.add_termination_listener(lambda _connection: lost.set())
             await connection.add_listener(CHANNEL, self._notified)
             await connection.add_listener(FOLLOW_CHANNEL, self._followed)
+            await connection.add_listener(DUE_CHANNEL, self._due)
             # Only now is every later commit sure to be heard.
             self._status.reset(enabled=True)
             self._signals.hearing(True)
@@ -136,6 +152,16 @@ class ChangeListener:
 
     def _followed(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         self._signals.notify(str(payload))
+
+    def _due(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            delay = float(str(payload)) - time.time()
+        except ValueError:
+            delay = 0.0
+        if delay <= 0:
+            self._signals.wake_scheduler()
+        else:
+            asyncio.get_running_loop().call_later(delay, self._signals.wake_scheduler)
 
 
 async def warm_status(status: StatusCache) -> None:

@@ -16,7 +16,7 @@ from labd.db.database import Database
 
 __all__ = ["SCHEMA_REVISION", "SchemaError", "check_schema", "current_revision"]
 
-SCHEMA_REVISION: Final = "0005"
+SCHEMA_REVISION: Final = "0006"
 """The Alembic revision of labd's tables: the head of ``migrations/versions``."""
 
 _VERSION_TABLE: Final = "alembic_version"

@@ -40,6 +40,7 @@ __all__ = [
     "UTCDateTime",
     "lab_events",
     "lab_transitions",
+    "labd_leader",
     "labs",
     "metadata",
 ]
@@ -171,3 +172,19 @@ lab_events = Table(
     CheckConstraint("progress IS NULL OR progress BETWEEN 1 AND 100", name="progress"),
     Index("ix_lab_events_lab_id_operation_id", "lab_id", "operation", "id"),
 )
+
+labd_leader = Table(
+    "labd_leader",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False, comment="Always 1: one row"),
+    Column(
+        "term",
+        BigInteger,
+        nullable=False,
+        comment="Bumped by each replica that becomes leader (the fencing token)",
+    ),
+    Column("holder", Text, comment="Who took it: host and process"),
+    Column("acquired_at", UTCDateTime),
+    CheckConstraint("id = 1", name="one_row"),
+)
+"""Who leads the cluster-wide work (`labd.db.leadership`): one row, term by term."""

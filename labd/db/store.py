@@ -40,7 +40,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from labd.db.database import Database
-from labd.db.schema import lab_events, lab_transitions, labs
+from labd.db.leadership import LeadershipLostError
+from labd.db.schema import lab_events, lab_transitions, labd_leader, labs
 from labd.lab.machine import (
     LIVE_STATES,
     SECRET_STATES,
@@ -105,6 +106,7 @@ _CURRENT_FIRST = (labs.c.state.in_(_LIVE).desc(), labs.c.created_at.desc())
 # and hashing them again on every call (its compiled cache still applies).
 _SELECT_LAB = select(labs).where(labs.c.id == bindparam("lab_id"))
 _LOCK_LAB = _SELECT_LAB.with_for_update()
+_LOCK_TERM = select(labd_leader.c.term).where(labd_leader.c.id == 1).with_for_update(read=True)
 _INSERT_TRANSITION = insert(lab_transitions)
 _INSERT_EVENT = insert(lab_events).returning(lab_events)
 
@@ -150,6 +152,7 @@ class LabStore:
         details: dict[str, Any] | None = None,
         changes: LabChanges | None = None,
         events: Sequence[NewEvent] = (),
+        leader_term: int | None = None,
     ) -> LabRecord:
         """Create a lab row with its first transition out of ``new``.
 
@@ -172,11 +175,17 @@ class LabStore:
             Other columns to set.
         events
             Progress events of the first operation.
+        leader_term
+            Write only while this is the leader's term (an adoption): the
+            term row is read-locked in the same transaction, so a new
+            leader's bump waits for it (`labd.db.leadership`).
 
         Raises
         ------
         LabExistsError
             If the user already has a current lab.
+        LeadershipLostError
+            If ``leader_term`` is given and no longer current.
         """
         changes = changes or {}
         state = next_state(LabState.NEW, trigger, pod_phase=changes.get("pod_phase"))
@@ -200,6 +209,8 @@ class LabStore:
             values["secret_env"] = null()
 
         def work(conn: Connection) -> Row[Any]:
+            if leader_term is not None:
+                _check_term(conn, leader_term)
             row = conn.execute(insert(labs).values(values).returning(labs)).one()
             self._record(
                 conn,
@@ -567,6 +578,62 @@ class LabStore:
             rows = (await conn.execute(statement)).all()
         return [LabSummary(**{**row._mapping, "state": LabState(row.state)}) for row in rows]
 
+    async def find_spawning(self, namespace: str) -> LabRecord | None:
+        """Return the lab spawning (``creating`` or ``starting``) in ``namespace``, if any.
+
+        The leader's Event watch uses it for spawns that another replica steps.
+        """
+        statement = (
+            select(labs)
+            .where(
+                labs.c.state.in_([LabState.CREATING.value, LabState.STARTING.value]),
+                labs.c.namespace == namespace,
+            )
+            .order_by(labs.c.created_at.desc())
+            .limit(1)
+        )
+        async with self._db.read() as conn:
+            row = (await conn.execute(statement)).one_or_none()
+        return None if row is None else _lab(row)
+
+    async def deleting_in(self, namespace: str) -> list[str]:
+        """Return the ids of the labs being deleted in ``namespace``."""
+        statement = select(labs.c.id).where(
+            labs.c.namespace == namespace, labs.c.state == LabState.DELETING.value
+        )
+        async with self._db.read() as conn:
+            return [str(lab_id) for lab_id in (await conn.execute(statement)).scalars()]
+
+    async def wake_deleting(self, namespace: str, *, reached: Step) -> list[str]:
+        """Make the delete in ``namespace`` due now, if it has ``reached`` that step.
+
+        The leader's watches call this when a lab's pod or namespace is gone
+        and another replica steps its delete.  Only a delete that has
+        recorded ``reached`` (pod stopping, namespace deleting) is woken:
+        that record is its step's last write, so the step is over and its
+        claim is not broken.  Returns the ids of the labs made due.
+        """
+        done = (
+            select(lab_events.c.id)
+            .where(
+                lab_events.c.lab_id == labs.c.id,
+                lab_events.c.operation == labs.c.operation,
+                lab_events.c.step == reached.value,
+            )
+            .exists()
+        )
+        statement = (
+            update(labs)
+            .where(labs.c.namespace == namespace, labs.c.state == LabState.DELETING.value, done)
+            .values(next_attempt_at=utcnow())
+            .returning(labs.c.id)
+        )
+
+        def work(conn: Connection) -> list[str]:
+            return [str(lab_id) for lab_id in conn.execute(statement).scalars()]
+
+        return await self._db.run_write(work)
+
     async def count_by_state(self) -> dict[LabState, int]:
         """Return how many labs are in each state (deleted ones included)."""
         statement = select(labs.c.state, func.count()).group_by(labs.c.state)
@@ -702,6 +769,12 @@ class LabStore:
             row = conn.execute(_INSERT_EVENT, value).one()
             records.append(_event(row))
         return records
+
+
+def _check_term(conn: Connection, term: int) -> None:
+    current = conn.execute(_LOCK_TERM).scalar_one_or_none()
+    if current != term:
+        raise LeadershipLostError(f"term {term} is over: the current term is {current}")
 
 
 def _is_live_username_violation(exc: IntegrityError) -> bool:

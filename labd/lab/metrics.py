@@ -115,6 +115,11 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "labd_leader",
+            "1 while this replica leads (runs the watches and the reconciler), else 0.",
+            registry=self.registry,
+        )
         self.status_cache_enabled = Gauge(
             "labd_status_cache_enabled",
             "1 while status reads may be answered from memory; 0 while they all go to SQL"

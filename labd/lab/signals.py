@@ -33,6 +33,13 @@ _POLL: Final = 2.0
 _SAFETY: Final = 300.0
 """Seconds between re-reads while every change is heard: a backstop only."""
 
+_SCHEDULE_POLL: Final = 1.0
+"""Seconds between the scheduler's looks for due labs while changes may go unheard."""
+
+_SCHEDULE_BACKSTOP: Final = 5.0
+"""Seconds between them while every change is heard (then every lab that
+falls due wakes the scheduler): a backstop only, for a claimer that died."""
+
 
 class LabSignals:
     """Per-lab wake-ups, plus one for the scheduler."""
@@ -48,6 +55,11 @@ class LabSignals:
     def follow_interval(self) -> float:
         """Seconds a reader following a lab may wait before it reads again."""
         return _SAFETY if self.complete else _POLL
+
+    @property
+    def schedule_interval(self) -> float:
+        """Seconds the scheduler may wait for a wake-up before it looks for due labs."""
+        return _SCHEDULE_BACKSTOP if self.complete else _SCHEDULE_POLL
 
     def hearing(self, complete: bool) -> None:
         """Say whether every change is heard from now on; wake every reader.
