@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import structlog
@@ -52,7 +52,7 @@ from labd.lab.records import (
     utcnow,
 )
 from labd.lab.secrecy import is_secret_name
-from labd.lab.signals import LabSignals
+from labd.lab.signals import STEP_LEASE, LabSignals
 from labd.lab.spec import LabSpec, SpecGroup, SpecUser
 
 __all__ = ["FormChoices", "LabService", "spawn_cancelled_event"]
@@ -169,6 +169,7 @@ class LabService:
             previous_lab=previous,
         )
         slug, namespace = lab_namespace(self._config.namespace_prefix, username)
+        handed = self._signals.taking_over
         try:
             lab = await self._store.create_lab(
                 username=username,
@@ -180,14 +181,14 @@ class LabService:
                 changes={
                     "secret_env": secret_env,
                     "deadline_at": utcnow() + timedelta(seconds=self._config.timeouts.spawn),
-                    "next_attempt_at": utcnow(),
+                    "next_attempt_at": _first_step_at(handed=handed),
                 },
                 events=[NewEvent.at(Step.REQUESTED, username)],
             )
         except LabExistsError as exc:
             raise LabExistsConflictError(f"Lab already exists for {username}") from exc
         _logger.info("lab requested", username=username, lab_id=lab.id, image=image.reference)
-        self._signals.wake_scheduler()
+        self._step_soon(lab, handed=handed)
         return lab
 
     async def delete(self, username: str, *, actor: Actor) -> None:
@@ -222,6 +223,7 @@ class LabService:
                 raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
             if lab.state is LabState.DELETING:
                 return lab
+            handed = self._signals.taking_over
             try:
                 lab = await self._store.transition(
                     lab.id,
@@ -231,13 +233,12 @@ class LabService:
                     expected_version=lab.version,
                     new_operation=True,
                     final_events=[spawn_cancelled_event()] if lab.state in SPAWNING_STATES else [],
-                    changes=self._delete_changes(),
+                    changes=self._delete_changes(handed=handed),
                 )
             except (StaleLabError, InvalidTransitionError):
                 continue  # Someone else moved the lab; look again.
             _logger.info("lab delete requested", username=username, lab_id=lab.id)
-            self._signals.notify(lab.id)
-            self._signals.wake_scheduler()
+            self._step_soon(lab, handed=handed)
             return lab
 
     async def get_state(self, username: str) -> LabStateModel:
@@ -416,28 +417,40 @@ class LabService:
                     reason="Replaced by a new lab",
                     expected_version=current.version,
                     new_operation=True,
-                    changes=self._delete_changes(),
+                    changes=self._delete_changes(handed=False),
                 )
             except (StaleLabError, InvalidTransitionError):
                 continue
             self._signals.notify(current.id)
             return current.id
 
-    def _delete_changes(self) -> Any:
+    def _delete_changes(self, *, handed: bool) -> Any:
         return {
             "deadline_at": utcnow() + timedelta(seconds=self._config.timeouts.delete),
             "attempts": 0,
-            "next_attempt_at": utcnow(),
+            "next_attempt_at": _first_step_at(handed=handed),
             "internal_url": None,
             "last_error": None,
         }
 
+    def _step_soon(self, lab: LabRecord, *, handed: bool) -> None:
+        """Have the lab's first step run: here at once if handed over, else when claimed."""
+        if handed:
+            self._signals.hand_over(lab)
+        else:
+            self._signals.wake_scheduler()
+
     async def _wait_until_deleted(self, lab: LabRecord) -> None:
+        with self._signals.following(lab.id):
+            await self._wait_for_delete(lab)
+
+    async def _wait_for_delete(self, lab: LabRecord) -> None:
         timeout = self._config.timeouts.delete + 30
         deadline = utcnow() + timedelta(seconds=timeout)
         while True:
             waiter = self._signals.waiter(lab.id)
-            current = await self._store.get_lab(lab.id)
+            # The rows this process writes come with the wake-up (SQLite).
+            current = self._signals.latest(lab.id) or await self._store.get_lab(lab.id)
             if current.state is LabState.DELETED:
                 return
             if current.state is not LabState.DELETING and current.version > lab.version:
@@ -494,6 +507,15 @@ class LabService:
                 # The operation ended without a final event (superseded).
                 return
             await self._signals.wait(waiter, within=self._signals.follow_interval)
+
+
+def _first_step_at(*, handed: bool) -> datetime:
+    """When a lab whose intent is being recorded becomes due for any claimer.
+
+    A lab handed over to this process's scheduler is leased, as a claim
+    would lease it, so no other replica steps it meanwhile (`STEP_LEASE`).
+    """
+    return utcnow() + STEP_LEASE if handed else utcnow()
 
 
 def check_username(username: str) -> None:

@@ -7,7 +7,11 @@ after a backstop of a few seconds (a second while other replicas' changes
 may go unheard), then *claims*
 the due labs (`LabStore.claim_due`: a lease in SQL, ``SKIP LOCKED`` on
 PostgreSQL) and runs one idempotent step for each (`labd.control.steps`),
-at most ``kubernetes.max_concurrent_operations`` at a time.
+at most ``kubernetes.max_concurrent_operations`` at a time.  Labs whose
+intent the service has just recorded here need no claim: the recording
+write leased them, and the service hands them over
+(`labd.lab.signals.LabSignals.hand_over`), so their first step starts at
+once.
 
 The control package has three parts over one shared state
 (`labd.control.state.ControlState`): this loop, the per-state steps, and
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Final
 
 import structlog
 
@@ -30,18 +33,11 @@ from labd.control.steps import LabSteps
 from labd.db.store import LabStore, StaleLabError
 from labd.lab.machine import InvalidTransitionError, LabState
 from labd.lab.records import LabRecord, utcnow
-from labd.lab.signals import LabSignals
+from labd.lab.signals import STEP_LEASE, LabSignals
 
 __all__ = ["Scheduler"]
 
 _logger = structlog.get_logger()
-
-_LEASE: Final = 30.0
-"""Seconds a claim holds a lab against other claimers.
-
-A step that finishes reschedules its lab itself, so the lease only matters
-when the claimer died: it is how long a lab waits before a restarted labd
-(or another replica) takes its step up again."""
 
 
 class Scheduler:
@@ -92,6 +88,15 @@ class Scheduler:
         again a second later: the loop must outlive any outage, since nothing
         else would restart it short of the systemd watchdog.
         """
+        self._signals.taking_over = True
+        try:
+            await self._loop()
+        finally:
+            # Labs handed over and not started wait for their lease to run
+            # out; then the next start (or another replica) claims them.
+            self._signals.taking_over = False
+
+    async def _loop(self) -> None:
         while not self._stopping:
             self.heartbeat = time.monotonic()
             self._signals.scheduler.clear()
@@ -101,7 +106,7 @@ class Scheduler:
                     self._spawning_loaded = True
                 if self._free_slots() <= 0:
                     pause = 1.0  # A step that ends wakes the loop.
-                elif await self._claim_and_step():
+                elif self._step_handed() or await self._claim_and_step():
                     await asyncio.sleep(0)  # More may be due: go round again.
                     continue
                 else:
@@ -134,15 +139,28 @@ class Scheduler:
         """
         await self._state.drain(grace=grace)
 
+    def _step_handed(self) -> bool:
+        """Start a step for labs handed over; say whether any was."""
+        handed = self._signals.take_handed(self._free_slots())
+        in_flight = self._state.locks.in_flight
+        for lab in handed:
+            if lab.id not in in_flight:
+                self._start_step(lab, begun_here=True)
+        return bool(handed)
+
     async def _claim_and_step(self) -> bool:
         """Claim due labs and start a step for each; say whether more may be due."""
         free = self._free_slots()
+        lease = STEP_LEASE.total_seconds()
         in_flight = self._state.locks.in_flight
-        claimed = await self._store.claim_due(limit=free, lease=_LEASE, exclude=in_flight)
+        claimed = await self._store.claim_due(limit=free, lease=lease, exclude=in_flight)
         for lab in claimed:
-            in_flight.add(lab.id)
-            self._state.track(self._run_step(lab), name=f"step-{lab.id}")
+            self._start_step(lab)
         return bool(claimed) and len(claimed) == free
+
+    def _start_step(self, lab: LabRecord, *, begun_here: bool = False) -> None:
+        self._state.locks.in_flight.add(lab.id)
+        self._state.track(self._run_step(lab, begun_here), name=f"step-{lab.id}")
 
     def _free_slots(self) -> int:
         limit = self._config.kubernetes.max_concurrent_operations
@@ -159,7 +177,7 @@ class Scheduler:
         for lab in await self._store.list_labs([LabState.CREATING, LabState.STARTING]):
             self._state.spawning[lab.namespace] = lab.id
 
-    async def _run_step(self, claimed: LabRecord) -> None:
+    async def _run_step(self, claimed: LabRecord, begun_here: bool) -> None:
         lab_id = claimed.id
         locks = self._state.locks
         try:
@@ -170,7 +188,8 @@ class Scheduler:
                 fresh = not locks.busy(lab_id)
                 async with locks.hold(lab_id):
                     lab = claimed if fresh else await self._store.find_lab(lab_id)
-                    await self._steps.step(lab)
+                    same = lab is not None and lab.operation == claimed.operation
+                    await self._steps.step(lab, begun_here=begun_here and same)
         except (StaleLabError, InvalidTransitionError) as exc:
             # Another writer moved the lab while we worked: decide again.
             _logger.debug("step lost a race", lab_id=lab_id, error=str(exc))

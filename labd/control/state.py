@@ -11,14 +11,17 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from labd import tasks
 from labd.alerts import Alerts
 from labd.kube.watching import PodEvent, PodUpdate
-from labd.lab.records import LabRecord
+from labd.lab.progress import Step
+from labd.lab.records import LabRecord, NewEvent, utcnow
 
-__all__ = ["ControlState", "LabLocks"]
+__all__ = ["ControlState", "DeleteSteps", "LabLocks"]
 
 
 class LabLocks:
@@ -48,6 +51,24 @@ class LabLocks:
                 del self._locks[lab_id]
 
 
+@dataclass(slots=True)
+class DeleteSteps:
+    """The named steps recorded in one delete operation, and when."""
+
+    operation: int
+    """The lab's operation they belong to."""
+
+    reached: dict[Step, datetime] = field(default_factory=dict)
+    """Each step recorded, with the time it was."""
+
+    def add(self, events: list[NewEvent]) -> None:
+        """Count the steps of ``events``, just recorded."""
+        now = utcnow()
+        for event in events:
+            if event.step is not None:
+                self.reached.setdefault(event.step, now)
+
+
 class ControlState:
     """The in-memory state of the control loop, shared by its three parts.
 
@@ -74,6 +95,9 @@ class ControlState:
         self.deleting: dict[str, str] = {}
         """Namespace -> id of the lab being deleted there (whose pod and
         namespace the watches report gone)."""
+        self.delete_steps: dict[str, DeleteSteps] = {}
+        """Lab id -> the steps of its delete recorded so far, as this process
+        recorded them (the steps read them from SQL when they are not here)."""
         self.running: set[asyncio.Task[Any]] = set()
         """Steps and watch changes under way (`drain` waits for them)."""
         self._alerts = alerts
@@ -84,6 +108,12 @@ class ControlState:
         self.running.add(task)
         task.add_done_callback(self.running.discard)
         task.add_done_callback(self._report_crash)
+
+    def forget_delete(self, lab: LabRecord) -> None:
+        """Drop what was kept about the delete of ``lab``, which has ended."""
+        if self.deleting.get(lab.namespace) == lab.id:
+            del self.deleting[lab.namespace]
+        self.delete_steps.pop(lab.id, None)
 
     def forget_spawn(self, lab: LabRecord) -> None:
         """Drop what was kept about the spawn of ``lab``, which has ended."""

@@ -34,7 +34,7 @@ import structlog
 
 from labd.alerts import AlertKind, Alerts
 from labd.config import Config
-from labd.control.state import ControlState
+from labd.control.state import ControlState, DeleteSteps
 from labd.db.store import LabExistsError, LabStore
 from labd.kube.builder import (
     LabBuildError,
@@ -114,10 +114,17 @@ class LabSteps:
         self._metrics = metrics
         self._alerts = alerts
 
-    async def step(self, lab: LabRecord | None) -> None:
-        """Run the step of ``lab``'s state (a spawn past its deadline times out)."""
+    async def step(self, lab: LabRecord | None, *, begun_here: bool = False) -> None:
+        """Run the step of ``lab``'s state (a spawn past its deadline times out).
+
+        ``begun_here`` says that this process has just begun the lab's
+        operation, so none of its steps is recorded yet: there is nothing to
+        read back.
+        """
         if lab is None:
             return
+        if begun_here and lab.state is LabState.DELETING:
+            self._state.delete_steps[lab.id] = DeleteSteps(lab.operation)
         step = self._steps().get(lab.state)
         if step is None:
             await self._store.update(lab.id, {"next_attempt_at": None})
@@ -372,7 +379,7 @@ class LabSteps:
 
     async def _deleting(self, lab: LabRecord) -> None:
         if lab.deadline_at is not None and utcnow() >= lab.deadline_at:
-            self._state.deleting.pop(lab.namespace, None)
+            self._state.forget_delete(lab)
             await self._delete_failed(
                 lab, f"Lab delete timed out after {self._config.timeouts.delete:g} s"
             )
@@ -380,13 +387,13 @@ class LabSteps:
         # From now on the pod and namespace watches call `continue_delete`
         # when either goes away: no poll per lab.
         self._state.deleting[lab.namespace] = lab.id
-        recorded = {e.step: e for e in await self._store.events(lab.id, lab.operation)}
+        recorded = await self._delete_steps(lab)
         steps: list[NewEvent] = []
         try:
             # Each step is recorded once its delete was accepted (both deletes
             # are idempotent), so a later pass (or a restart) goes on from there.
-            if Step.POD_STOPPING in recorded:
-                asked = recorded[Step.POD_STOPPING].created_at
+            if Step.POD_STOPPING in recorded.reached:
+                asked = recorded.reached[Step.POD_STOPPING]
             else:
                 await self._kube.delete_pod(
                     lab.namespace,
@@ -395,7 +402,7 @@ class LabSteps:
                 )
                 asked = utcnow()
                 steps.append(NewEvent.at(Step.POD_STOPPING, lab.username))
-            if Step.NAMESPACE_DELETING in recorded:
+            if Step.NAMESPACE_DELETING in recorded.reached:
                 gone = await self._kube.namespace_gone(lab.namespace)
             elif await self._pod_released(lab, asked):
                 gone = await self._kube.delete_namespace(lab.namespace)
@@ -405,6 +412,7 @@ class LabSteps:
         except KubeError as exc:
             if steps:
                 await self._emit(lab, *steps)
+                recorded.add(steps)
             await self._retry_later(lab, "delete step failed, will retry", exc)
             return
         if not gone:
@@ -412,8 +420,7 @@ class LabSteps:
             # they missed (a watch reconnecting, another replica's watch).
             recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
             await self._store.update(lab.id, {"next_attempt_at": recheck}, events=steps)
-            if steps:
-                self._signals.notify(lab.id)
+            recorded.add(steps)
             return
         await self._store.transition(
             lab.id,
@@ -423,7 +430,7 @@ class LabSteps:
             changes={"next_attempt_at": None, "pod_phase": None, "internal_url": None},
             events=[*steps, NewEvent.at(Step.DELETED, lab.username, terminal=True)],
         )
-        self._state.deleting.pop(lab.namespace, None)
+        self._state.forget_delete(lab)
         self._state.pods.pop(lab.id, None)
         self._state.forget_spawn(lab)
         if lab.deadline_at is not None:
@@ -441,8 +448,18 @@ class LabSteps:
         if lab is None or lab.state is not LabState.DELETING:
             if self._state.deleting.get(namespace) == lab_id:
                 del self._state.deleting[namespace]
+            self._state.delete_steps.pop(lab_id, None)
             return
         await self.step(lab)
+
+    async def _delete_steps(self, lab: LabRecord) -> DeleteSteps:
+        """The steps of the lab's delete recorded so far: kept here, else read."""
+        kept = self._state.delete_steps.get(lab.id)
+        if kept is None or kept.operation != lab.operation:
+            events = await self._store.events(lab.id, lab.operation)
+            kept = DeleteSteps(lab.operation, {e.step: e.created_at for e in events if e.step})
+            self._state.delete_steps[lab.id] = kept
+        return kept
 
     async def _pod_released(self, lab: LabRecord, asked: datetime) -> bool:
         """Whether the lab's namespace may be deleted: its pod is gone, or overdue.
@@ -507,6 +524,7 @@ class LabSteps:
             new_operation=True,
             changes=changes,
         )
+        self._state.delete_steps[lab.id] = DeleteSteps(lab.operation)
         await self._deleting(lab)
 
     async def _retry_later(self, lab: LabRecord, message: str, error: KubeError) -> None:

@@ -81,7 +81,8 @@ class Labd:
         self.store.on_write.append(self.status.invalidate)
         # Likewise every change is heard on SQLite; on PostgreSQL while the
         # change listener listens.
-        self.signals = LabSignals(complete=database.is_sqlite)
+        self.signals = LabSignals(complete=database.is_sqlite, sole_writer=database.is_sqlite)
+        self.store.on_row.append(self.signals.seen)
         self.store.on_change.append(self.signals.notify)
         self.change_listener = (
             None

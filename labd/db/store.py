@@ -128,10 +128,16 @@ class LabStore:
         self.on_change: list[Callable[[str], None]] = []
         """Called with the lab id after every write of a lab row or of its
         events, likewise: what wakes the readers that follow a lab."""
+        self.on_row: list[Callable[[str, LabRecord | None], None]] = []
+        """Called, before ``on_change``, with the lab id and the row as committed
+        after every write of a lab row, or `None` if the write failed (and
+        may or may not have committed)."""
 
-    def _written(self, username: str, lab_id: str) -> None:
+    def _written(self, username: str, lab_id: str, lab: LabRecord | None) -> None:
         for callback in self.on_write:
             callback(username)
+        for seen in self.on_row:
+            seen(lab_id, lab)
         self._changed(lab_id)
 
     def _changed(self, lab_id: str) -> None:
@@ -224,15 +230,16 @@ class LabStore:
             )
             return row
 
+        created: LabRecord | None = None
         try:
-            row = await self._db.run_write(work)
+            created = _lab(await self._db.run_write(work))
         except IntegrityError as exc:
             if _is_live_username_violation(exc):
                 raise LabExistsError(username) from exc
             raise
         finally:
-            self._written(username, lab_id)
-        return _lab(row)
+            self._written(username, lab_id, created)
+        return created
 
     async def transition(
         self,
@@ -338,16 +345,17 @@ class LabStore:
             )
             return row
 
+        moved: LabRecord | None = None
         try:
-            row = await self._db.run_write(work)
+            moved = _lab(await self._db.run_write(work))
         except IntegrityError as exc:
             if current is not None and _is_live_username_violation(exc):
                 raise LabExistsError(current.username) from exc
             raise
         finally:
             if current is not None:
-                self._written(current.username, lab_id)
-        return _lab(row)
+                self._written(current.username, lab_id, moved)
+        return moved
 
     async def update(
         self,
@@ -381,12 +389,13 @@ class LabStore:
             self._insert_events(conn, row, events)
             return row
 
+        updated: LabRecord | None = None
         try:
-            row = await self._db.run_write(work)
+            updated = _lab(await self._db.run_write(work))
         finally:
             if current is not None:
-                self._written(current.username, lab_id)
-        return _lab(row)
+                self._written(current.username, lab_id, updated)
+        return updated
 
     async def add_events(
         self, lab_id: str, events: Sequence[NewEvent], *, in_state: LabState | None = None

@@ -17,15 +17,40 @@ its writes (`labd.db.store.LabStore.on_change`); on PostgreSQL other replicas'
 writes are heard only while the change listener listens (`labd.db.changes`).
 While every change is heard, a waiting reader costs nothing until its lab
 changes; otherwise readers fall back to re-reading every two seconds.
+
+Where this process is the only writer (SQLite), a reader need not even
+re-read: the store hands every row it commits to `LabSignals.seen`, and a
+reader that follows the lab (`LabSignals.following`) takes the newest row
+from `LabSignals.latest`.  With other writers about, a row written here may
+already be stale when its reader wakes, so readers read.
+
+The service also hands the labs whose intent it has just recorded to this
+process's scheduler (`LabSignals.hand_over`), which steps them at once
+instead of claiming them back from SQL.  The recording write leases the lab
+(`STEP_LEASE`), as a claim would, so a lab handed over to a process that dies
+is claimed by another once the lease runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Final
 
-__all__ = ["LabSignals"]
+from labd.lab.records import LabRecord
+
+__all__ = ["STEP_LEASE", "LabSignals"]
+
+STEP_LEASE: Final = timedelta(seconds=30)
+"""How long a claim (or a hand-over) holds a lab against other claimers.
+
+A step that finishes reschedules its lab itself, so the lease only matters
+when the claimer died: it is how long a lab waits before a restarted labd
+(or another replica) takes its step up again."""
 
 _POLL: Final = 2.0
 """Seconds between re-reads while changes of other processes may go unheard."""
@@ -42,14 +67,29 @@ falls due wakes the scheduler): a backstop only, for a claimer that died."""
 
 
 class LabSignals:
-    """Per-lab wake-ups, plus one for the scheduler."""
+    """Per-lab wake-ups, plus one for the scheduler.
 
-    def __init__(self, *, complete: bool = False) -> None:
+    Parameters
+    ----------
+    complete
+        Whether every change is heard from the start.
+    sole_writer
+        Whether this process is the only writer of the labs (SQLite), so
+        that the rows it writes are the newest there are.
+    """
+
+    def __init__(self, *, complete: bool = False, sole_writer: bool = False) -> None:
         self._waiters: dict[str, asyncio.Event] = {}
+        self._followers: Counter[str] = Counter()
+        self._latest: dict[str, LabRecord] = {}
+        self._handed: deque[tuple[float, LabRecord]] = deque()
+        self._sole_writer = sole_writer
         self.scheduler = asyncio.Event()
         """Set when there may be new work for the scheduler."""
         self.complete = complete
         """Whether every change of every lab reaches `notify` (see the module docstring)."""
+        self.taking_over = False
+        """Whether a scheduler in this process takes labs handed over (`hand_over`)."""
 
     @property
     def follow_interval(self) -> float:
@@ -69,6 +109,7 @@ class LabSignals:
         missed one while deaf.
         """
         self.complete = complete
+        self._latest.clear()
         waiters, self._waiters = self._waiters, {}
         for event in waiters.values():
             event.set()
@@ -85,6 +126,54 @@ class LabSignals:
         event = self._waiters.pop(lab_id, None)
         if event is not None:
             event.set()
+
+    @contextlib.contextmanager
+    def following(self, lab_id: str) -> Iterator[None]:
+        """Keep the rows of ``lab_id`` written here for `latest`, while in the block."""
+        self._followers[lab_id] += 1
+        try:
+            yield
+        finally:
+            self._followers[lab_id] -= 1
+            if not self._followers[lab_id]:
+                del self._followers[lab_id]
+                self._latest.pop(lab_id, None)
+
+    def seen(self, lab_id: str, lab: LabRecord | None) -> None:
+        """Take ``lab`` as the row of ``lab_id`` just committed here.
+
+        `None` says a write of the lab failed and its outcome is unknown.
+        """
+        if lab_id not in self._followers:
+            return
+        known = self._latest.get(lab_id)
+        if lab is None or not self._sole_writer:
+            self._latest.pop(lab_id, None)
+        elif known is None or known.version < lab.version:
+            self._latest[lab_id] = lab
+
+    def latest(self, lab_id: str) -> LabRecord | None:
+        """The newest row of a followed lab, if this process wrote it (else read it)."""
+        return self._latest.get(lab_id)
+
+    def hand_over(self, lab: LabRecord) -> None:
+        """Give a lab just leased by its recording write to this process's scheduler."""
+        self._handed.append((time.monotonic(), lab))
+        self.scheduler.set()
+
+    def take_handed(self, limit: int) -> list[LabRecord]:
+        """Up to ``limit`` labs handed over, oldest first.
+
+        A lab that waited here for half its lease is dropped: its lease may
+        run out before its step could finish, and then a claim takes it.
+        """
+        fresh = time.monotonic() - STEP_LEASE.total_seconds() / 2
+        taken: list[LabRecord] = []
+        while self._handed and len(taken) < limit:
+            handed_at, lab = self._handed.popleft()
+            if handed_at >= fresh:
+                taken.append(lab)
+        return taken
 
     def wake_scheduler(self) -> None:
         """Tell the scheduler to look for due work now."""

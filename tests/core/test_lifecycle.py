@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from labd.daemon.factory import Labd
 from labd.lab.errors import LabExistsConflictError, OperationInProgressError, UnknownUserError
@@ -146,6 +149,44 @@ async def test_a_delete_waits_on_the_watches_not_on_polls(
         assert sim.stats.requests["get pods"] - reads[0] == 2
         assert sim.stats.requests["get namespaces"] - reads[1] == 1
         assert "labd-bob" not in {ns["metadata"]["name"] for ns in sim.objects("namespaces")}
+
+
+async def test_a_delete_starts_at_once_and_reads_back_little(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The service hands the delete it recorded to the scheduler, leased: no
+    # claim. The steps keep the steps they recorded, so they never read the
+    # delete's events back. On SQLite, where labd is the only writer, the
+    # waiting delete learns the lab's state from the writes themselves.
+    async with running_bob_slow_to_stop(database_url, tmp_path) as (labd, _sim):
+        lab = await labd.store.get_current_lab("bob")
+        assert lab is not None
+        statements: list[str] = []
+        reads: list[str] = []  # On SQLite writes have an engine of their own.
+        reader = labd.database.engine.sync_engine
+
+        def seen(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            if lab.id in str(parameters):
+                statement = " ".join(statement.split())
+                statements.append(statement)
+                if conn.engine is reader and re.match(r"SELECT (?!.*FOR UPDATE)", statement):
+                    reads.append(statement)
+
+        for engine in labd.database.sync_engines:
+            event.listen(engine, "before_cursor_execute", seen)
+        await asyncio.wait_for(labd.service.delete("bob", actor=Actor.HUB), 8)
+        for engine in labd.database.sync_engines:
+            event.remove(engine, "before_cursor_execute", seen)
+
+        # A claim sets next_attempt_at alone (`LabStore.claim_due`).
+        claim = re.compile(r"UPDATE labs SET next_attempt_at=\S+ WHERE")
+        assert [s for s in statements if claim.match(s)] == []
+        assert [s for s in statements if "FROM lab_events" in s] == []
+        # The waiter's first look, and one look each time a watch reports the
+        # pod, then the namespace, gone.
+        if labd.database.is_sqlite:
+            assert len(reads) == 3, reads
+        assert (await labd.store.get_lab(lab.id)).state is LabState.DELETED
 
 
 async def test_concurrent_deletes_share_one_operation(labd: Labd) -> None:
