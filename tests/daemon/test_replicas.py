@@ -5,22 +5,28 @@ own).  Exactly one of them leads (``/readyz`` and the ``labd_leader``
 gauge say which); a lab spawned through the other runs; SIGKILL the
 leader and the other runs the watches and the reconciler within 5 s (the
 bound the replica issue sets; ``tests/bench/failover.py`` measures the
-spread); the lab is then deleted through the new leader.  SQLite serves one
+spread); the lab is then deleted through the new leader.  Last, the new
+leader's lock session is terminated in PostgreSQL: it steps down (and says
+why) and the restarted replica leads.  SQLite serves one
 labd process, so the test skips there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from labd.api import hash_token
+from labd.db.leadership import LEADER_LOCK_KEY
 from tests.daemon.conftest import Daemon, write_config
 from tests.support.fleet import leader_gauge
 
@@ -72,6 +78,31 @@ async def _status(client: httpx.AsyncClient, daemon: Daemon) -> str | None:
     return status
 
 
+def _log(daemon: Daemon) -> list[dict[str, Any]]:
+    lines = []
+    for line in daemon.log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+async def _terminate_lock_session(database_url: str) -> None:
+    """``pg_terminate_backend`` of the session that holds the leader lock."""
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    connection = await asyncpg.connect(dsn)
+    try:
+        terminated = await connection.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())"
+            " AND ((classid::bigint << 32) | objid::bigint) = $1",
+            LEADER_LOCK_KEY,
+        )
+    finally:
+        await connection.close()
+    assert terminated
+
+
 async def _until(check: Callable[[], Any], *, within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while not await check():
@@ -80,7 +111,7 @@ async def _until(check: Callable[[], Any], *, within: float, what: str) -> None:
 
 
 async def test_one_replica_leads_and_another_takes_over_after_its_sigkill(
-    config_files: list[Path], tmp_path: Path, daemons: list[Daemon]
+    config_files: list[Path], tmp_path: Path, daemons: list[Daemon], database_url: str
 ) -> None:
     first, second = (
         Daemon(config, tmp_path / f"labd-{index}.log") for index, config in enumerate(config_files)
@@ -132,5 +163,21 @@ async def test_one_replica_leads_and_another_takes_over_after_its_sigkill(
         deleted = await client.delete(f"{other.url}{LAB}", headers=HUB, timeout=60)
         assert deleted.status_code == 204, deleted.text
         assert await _status(client, leader) is None
+
+        # The new leader's lock session is cut: it steps down, the other leads.
+        await _terminate_lock_session(database_url)
+
+        async def stepped_down() -> bool:
+            return (await _ready(client, other))["leader"] is False
+
+        await _until(stepped_down, within=10, what="the cut leader stepping down")
+        assert await _gauge(client, other) == 0
+        lost = [line for line in _log(other) if line.get("event") == "leadership lost"]
+        assert lost[-1]["reason"] == "connection lost", lost
+
+        async def back() -> bool:
+            return (await _ready(client, leader))["leader_since"] is not None
+
+        await _until(back, within=10, what="the other replica leading")
     for daemon in (first, second):
         assert await daemon.terminate() == 0, daemon.tail()
