@@ -42,6 +42,7 @@ from labd.lab.errors import LabdError, LabExistsConflictError, NotReadyError, Un
 __all__ = [
     "ErrorBoundary",
     "RequestValidationError",
+    "database_unreachable",
     "error_response",
     "exception_handlers",
 ]
@@ -72,7 +73,7 @@ its `OperationalError` and `InterfaceError`.
 """
 
 
-def _database_unreachable(exc: BaseException) -> bool:
+def database_unreachable(exc: BaseException) -> bool:
     """Whether ``exc``, or what it wraps, says the database is out of reach."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -138,7 +139,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
-    if not _database_unreachable(exc):
+    if not database_unreachable(exc):
         raise exc  # A real failure: `ErrorBoundary` logs it and answers 500.
     _logger.warning(
         "database unreachable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"

@@ -206,7 +206,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         access=Access.HUB,
         summary="Delete the user's lab; answers once its objects are gone.",
         replies={204: Reply("Deleted.", media_type=None)},
-        errors=(404,),
+        errors=(404, 503),
     ),
     Operation(
         name="user_status",

@@ -33,6 +33,7 @@ from labd.lab.errors import (
     InvalidRequestError,
     InvalidUsernameError,
     LabExistsConflictError,
+    NotReadyError,
     OperationInProgressError,
     PermissionDeniedError,
     UnknownUserError,
@@ -131,6 +132,7 @@ class LabService:
         self._signals = signals
         self._images = images
         self._status = StatusCache(store, enabled=False) if status is None else status
+        self._stopping = False
 
     async def create(self, username: str, spec: LabSpecification, *, actor: Actor) -> LabRecord:
         """Accept a spawn: validate it and record a ``requested`` lab.
@@ -444,10 +446,25 @@ class LabService:
         with self._signals.following(lab.id):
             await self._wait_for_delete(lab)
 
+    def stop_waiting(self) -> None:
+        """Answer the deletes still waiting 503 ``not_ready``: this process is stopping.
+
+        The deletes go on (the scheduler of this or another replica finishes
+        them); a balancer sends the hub's retry to another replica, where it
+        joins the delete in progress.  Without this, the server's graceful
+        shutdown would cut the waiting requests off with a bare 500.
+        """
+        self._stopping = True
+        self._signals.wake_all()
+
     async def _wait_for_delete(self, lab: LabRecord) -> None:
         timeout = self._config.timeouts.delete + 30
         deadline = utcnow() + timedelta(seconds=timeout)
         while True:
+            if self._stopping:
+                raise NotReadyError(
+                    f"labd is shutting down; the delete of the lab for {lab.username} goes on"
+                )
             waiter = self._signals.waiter(lab.id)
             # The rows this process writes come with the wake-up (SQLite).
             current = self._signals.latest(lab.id) or await self._store.get_lab(lab.id)

@@ -23,6 +23,11 @@ Two things can keep a stream open forever, and both are handled:
   the grace period.  `EventStreams.close` sets the same events, for a server
   that handles the signals itself; the application's lifespan calls it too.
 
+A stream whose database goes out of reach mid-way (a PostgreSQL restart)
+ends there, cleanly, with a warning logged: its answer has begun, so no
+error status can be sent, and a client resumes with ``Last-Event-ID``
+without losing an event.
+
 Each open stream holds a connection, a task and a database follower for as
 long as the operation lasts, and any user's token may open them: so there
 are at most ``max_per_user`` streams per user (the user of the path, whose
@@ -42,15 +47,19 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import anyio
+import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
+from labd.api.errors import database_unreachable
 from labd.api.models import MAX_ID
 from labd.config import HttpConfig
 from labd.lab.errors import TooManyStreamsError
 from labd.lab.records import EventRecord, EventType
 
 __all__ = ["DEFAULT_KEEPALIVE", "EventStreams", "parse_last_event_id"]
+
+_logger = structlog.get_logger()
 
 DEFAULT_KEEPALIVE: Final = 15.0
 """Seconds between keep-alive comments (docs/api.md)."""
@@ -219,9 +228,19 @@ class EventStreams:
         if self._closed:
             closing.set()
         self._closing.add(closing)
+        after: int | None = None
         try:
             async for event in _until(events, closing):
                 yield _frame(event)
+                after = event.id
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            _logger.warning(
+                "event stream ended: the database is out of reach",
+                last_event_id=after,
+                error=f"{type(exc).__name__}: {exc}",
+            )
         finally:
             self._closing.discard(closing)
 

@@ -150,6 +150,7 @@ async def run_daemon(
         _logger.info("labd stopping")
         notifier.stopping()
         AppStatus.should_exit = True
+        labd.service.stop_waiting()
         server.should_exit = True
         await serving
     finally:

@@ -110,6 +110,10 @@ class LabSignals:
         """
         self.complete = complete
         self._latest.clear()
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        """Wake every reader waiting for a change of any lab."""
         waiters, self._waiters = self._waiters, {}
         for event in waiters.values():
             event.set()

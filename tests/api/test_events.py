@@ -8,10 +8,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from labd.api.sse import EventStreams, parse_last_event_id
 from labd.db.database import Database
 from labd.lab.machine import LabState
+from labd.lab.records import EventRecord, EventType, utcnow
 from tests.support.api import (
     ALICE,
     BOB,
@@ -200,6 +206,44 @@ async def test_server_shutdown_ends_open_streams(stack: Stack) -> None:
         # Leaving serve() waited for uvicorn to shut down with a stream open.
         events, _ = await listener
     assert shapes(events) == SPAWN[:1]
+
+
+async def test_a_stream_whose_database_goes_away_ends_cleanly() -> None:
+    # asyncpg raises a bare ConnectionRefusedError while PostgreSQL restarts.
+    # The answer has begun, so the stream just ends (the client resumes with
+    # Last-Event-ID) instead of dying with a traceback and a reset.
+    streams = EventStreams(keepalive=5)
+    sent = EventRecord(
+        id=7,
+        lab_id="lab",
+        operation=1,
+        type=EventType.INFO,
+        message="Starting lab creation for alice",
+        progress=1,
+        terminal=False,
+        step=None,
+        created_at=utcnow(),
+    )
+
+    async def source() -> AsyncIterator[EventRecord]:
+        yield sent
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+
+    async def opened() -> AsyncIterator[EventRecord]:
+        return source()
+
+    async def events(request: Request) -> Response:
+        return await streams.open(request.path_params["username"], opened)
+
+    app = Starlette(routes=[Route("/spawner/v1/labs/{username}/events", events)])
+    with structlog.testing.capture_logs() as logs:
+        async with serve(app, lifespan="off") as url:
+            received, _ = await read_events(url, "alice")
+    assert shapes(received) == SPAWN[:1]
+    assert [log["event"] for log in logs if log["log_level"] == "warning"] == [
+        "event stream ended: the database is out of reach"
+    ]
+    assert streams.admitted() == 0
 
 
 @contextlib.asynccontextmanager

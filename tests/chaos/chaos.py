@@ -157,9 +157,18 @@ class Hub:
         self.wanted: dict[str, bool] = {}
         self.allowed_5xx = ALLOWED_5XX
         """Server errors that are no fault (status, error type)."""
+        self.in_flight = 0
+        """Calls sent and not answered yet."""
 
     async def call(self, verb: str, username: str) -> tuple[int, str]:
         """Send until a definite answer; return its status and error type."""
+        self.in_flight += 1
+        try:
+            return await self._call(verb, username)
+        finally:
+            self.in_flight -= 1
+
+    async def _call(self, verb: str, username: str) -> tuple[int, str]:
         method, path, body = {
             "create": ("POST", f"/spawner/v1/labs/{username}/create", BODY),
             "delete": ("DELETE", f"/spawner/v1/labs/{username}", None),

@@ -14,7 +14,12 @@ import pytest
 from sqlalchemy import event
 
 from labd.daemon.factory import Labd
-from labd.lab.errors import LabExistsConflictError, OperationInProgressError, UnknownUserError
+from labd.lab.errors import (
+    LabExistsConflictError,
+    NotReadyError,
+    OperationInProgressError,
+    UnknownUserError,
+)
 from labd.lab.machine import LabState
 from labd.lab.records import Actor, EventRecord, EventType, LabRecord
 from labd.sim import SimCluster
@@ -186,6 +191,22 @@ async def test_a_delete_starts_at_once_and_reads_back_little(
         # pod, then the namespace, gone.
         if labd.database.is_sqlite:
             assert len(reads) == 3, reads
+        assert (await labd.store.get_lab(lab.id)).state is LabState.DELETED
+
+
+async def test_a_delete_waiting_at_shutdown_is_not_ready_and_goes_on(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A server shutting down would cut a waiting delete off with a bare 500;
+    # labd answers it 503 not_ready, which a balancer may send to another
+    # replica (docs/api.md), and the delete itself goes on.
+    async with running_bob_slow_to_stop(database_url, tmp_path) as (labd, _sim):
+        deleting = asyncio.create_task(labd.service.delete("bob", actor=Actor.HUB))
+        lab = await wait_state(labd, "bob", LabState.DELETING)
+        labd.service.stop_waiting()
+        with pytest.raises(NotReadyError, match="shutting down; the delete of the lab for bob"):
+            await asyncio.wait_for(deleting, 1)
+        await wait_state(labd, "bob", LabState.DELETED)
         assert (await labd.store.get_lab(lab.id)).state is LabState.DELETED
 
 
