@@ -87,7 +87,12 @@ class Labd:
         self.change_listener = (
             None
             if database.is_sqlite
-            else ChangeListener(database.url, status=self.status, signals=self.signals)
+            else ChangeListener(
+                database.url,
+                status=self.status,
+                signals=self.signals,
+                own_backends=database.backend_pids,
+            )
         )
         registry = config.images.registry
         self.images = ImageCatalog(

@@ -13,6 +13,11 @@ time a lab falls due (a new lab, a delete, a wake-up, a retry sooner than
 before), and wakes this process's scheduler then: a lab another replica
 made due is claimed here without polling.
 
+A commit of this process is signed with one of its own connections' server
+process ids, and the store has already told this process's cache and
+followers of it: those notifications are skipped, so each write wakes a
+follower once, not twice.
+
 The cache is only on while the listener listens: when the connection drops
 or stops answering, the cache is turned off (reads go to SQL) until a new
 connection listens again, and then it starts empty; likewise followers
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Collection
 from typing import Any, Final
 
 import asyncpg
@@ -78,12 +84,26 @@ class ChangeListener:
         The cache to keep coherent; it is on only while listening.
     signals
         Woken for each lab that changed; told whether changes are heard.
+    own_backends
+        Server process ids of this process's own connections, kept current
+        (`labd.db.database.Database.backend_pids`).  The cache and the
+        followers have already heard of this process's own commits, from the
+        store itself: their notifications, signed with one of these ids, are
+        skipped, so a waiting delete does not read its lab twice per write.
     """
 
-    def __init__(self, url: URL, *, status: StatusCache, signals: LabSignals) -> None:
+    def __init__(
+        self,
+        url: URL,
+        *,
+        status: StatusCache,
+        signals: LabSignals,
+        own_backends: Collection[int] = (),
+    ) -> None:
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._status = status
         self._signals = signals
+        self._own = own_backends
         self._listened = False
         self._connects = 0
         self.listening = asyncio.Event()
@@ -147,11 +167,13 @@ class ChangeListener:
         if self._signals.complete:
             self._signals.hearing(False)
 
-    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
-        self._status.invalidate(str(payload))
+    def _notified(self, _connection: Any, pid: int, _channel: str, payload: object) -> None:
+        if pid not in self._own:
+            self._status.invalidate(str(payload))
 
-    def _followed(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
-        self._signals.notify(str(payload))
+    def _followed(self, _connection: Any, pid: int, _channel: str, payload: object) -> None:
+        if pid not in self._own:
+            self._signals.notify(str(payload))
 
     def _due(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         try:

@@ -57,6 +57,8 @@ SUPPORTED_DRIVERS: Final = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 _SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
 _WRITE_OPTION: Final = "labd_write"
+_BACKEND_PID: Final = "labd_backend_pid"
+"""Where a pooled PostgreSQL connection keeps its server process id."""
 
 _GROUP_LIMIT: Final = 256
 """Writes committed together at most, so one group's transaction stays short."""
@@ -127,6 +129,11 @@ class Database:
         self._sqlite_sync: Engine | None = None
         self._sqlite_thread: ThreadPoolExecutor | None = None
         self._queued: deque[_QueuedWrite[Any]] = deque()
+        self.backend_pids: set[int] = set()
+        """PostgreSQL: the server process ids of this engine's open connections,
+        which sign the notifications its commits send (`labd.db.changes`)."""
+        if self.dialect != "sqlite":
+            _track_backends(self.engine.sync_engine, self.backend_pids)
         if self.dialect == "sqlite":
             _install_sqlite_handlers(self.engine.sync_engine)
             # The writer thread's own engine: the standard library driver on
@@ -261,6 +268,24 @@ class Database:
             # new thread.
             await asyncio.get_running_loop().run_in_executor(thread, self._sqlite_sync.dispose)
             thread.shutdown()
+
+
+def _track_backends(engine: Engine, pids: set[int]) -> None:
+    """Keep ``pids`` the server process ids of the engine's open connections."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        pid = dbapi_connection.driver_connection.get_server_pid()
+        record.info[_BACKEND_PID] = pid
+        pids.add(pid)
+
+    def _on_close(
+        _dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, *_: Any
+    ) -> None:
+        pids.discard(record.info.pop(_BACKEND_PID, None))
+
+    event.listen(engine, "close", _on_close)
+    event.listen(engine, "invalidate", _on_close)
 
 
 def _install_sqlite_handlers(engine: Engine) -> None:

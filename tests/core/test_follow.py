@@ -163,3 +163,28 @@ async def test_a_replica_that_cannot_hear_polls(
     await eventually(lambda: not labd.signals.complete, what="polling")
     assert labd.signals.follow_interval == 2.0
     await eventually(lambda: labd.signals.complete, what="hearing again")
+
+
+async def test_a_write_of_this_process_wakes_its_streams_once(
+    replicas: Callable[[], Any],
+) -> None:
+    # The store wakes this process's readers itself; PostgreSQL's notification
+    # of the same commit, signed by one of this process's connections, is
+    # skipped rather than waking every stream a second time.
+    labd = await replicas()
+    lab_id = await pending_lab(labd)
+    queues, tasks = await open_streams(labd, "alice")
+    try:
+        for queue in queues:
+            await drain_until(queue, "Created Kubernetes objects for user lab")
+        reads = count_reads(labd.store)
+        await labd.store.add_events(lab_id, [NewEvent(EventType.INFO, "Pulling image", 35)])
+        for queue in queues:
+            await drain_until(queue, "Pulling image")
+        await asyncio.sleep(1.0)  # Time enough for the notification to arrive.
+        # Each stream read its lab and its events once, to find the new event.
+        assert reads[0] == 2 * STREAMS
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
