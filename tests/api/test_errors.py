@@ -122,7 +122,9 @@ async def test_internal_error_is_generic_and_logged(
 
 
 async def test_readiness(client: httpx.AsyncClient, stack: Stack) -> None:
-    assert (await client.get("/readyz")).json() == {"status": "ok"}
+    # No leadership source: the body says this replica does not lead.
+    ready = {"status": "ok", "leader": False, "leader_since": None}
+    assert (await client.get("/readyz")).json() == ready
     stack.not_ready.append("database schema is not at head")
     response = await client.get("/readyz")
     assert response.status_code == 503
