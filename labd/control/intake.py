@@ -316,9 +316,14 @@ class WatchIntake:
             lab = await self._store.find_lab(lab_id)
             if lab is None:
                 return
-            if lab.state is LabState.CREATING:
-                # Keep progress in order: after "Created Kubernetes objects".
+            if lab.state is LabState.CREATING and lab.id in state.locks.in_flight:
+                # Keep progress in order: after "Created Kubernetes objects",
+                # which our step writes and then these.
                 state.early[lab.id].extend(events)
+            elif lab.state is LabState.CREATING:
+                # No step of ours will write them (another replica's will
+                # write "objects created", or ours after a retry's wait).
+                self._write_elsewhere(events)
             elif lab.state is LabState.STARTING:
                 await self._steps.record_pod_events(lab_id, events, operation_of=lab)
             else:
