@@ -6,4 +6,5 @@
 - `labd.db.migrate`, `labd.db.revision`: running migrations; checking the schema.
 - `labd.db.status`: the cache of lab states the API answers from.
 - `labd.db.changes`: PostgreSQL ``LISTEN``, keeping that cache coherent across replicas.
+- `labd.db.leadership`: the lock (and the fencing term) of the replica that leads.
 """
