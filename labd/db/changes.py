@@ -10,8 +10,9 @@ channel, whose payload is a lab id, and wakes the readers that follow that
 lab (`labd.lab.signals.LabSignals`): event streams and waiting deletes.
 And it hears migration 0006's ``labd_lab_due`` channel, whose payload is the
 time a lab falls due (a new lab, a delete, a wake-up, a retry sooner than
-before), and wakes this process's scheduler then: a lab another replica
-made due is claimed here without polling.
+before), and wakes this process's scheduler then, if that comes before the
+scheduler's own next look at SQL: a lab another replica made due is
+claimed here without polling.
 
 A commit of this process is signed with one of its own connections' server
 process ids, and the store has already told this process's cache and
@@ -106,6 +107,7 @@ class ChangeListener:
         self._own = own_backends
         self._listened = False
         self._connects = 0
+        self._timer: asyncio.TimerHandle | None = None
         self.listening = asyncio.Event()
         """Set while notifications are being received."""
 
@@ -182,8 +184,23 @@ class ChangeListener:
             delay = 0.0
         if delay <= 0:
             self._signals.wake_scheduler()
-        else:
-            asyncio.get_running_loop().call_later(delay, self._signals.wake_scheduler)
+            return
+        if delay >= self._signals.schedule_interval:
+            # The scheduler reads the nearest due time from SQL before then.
+            return
+        # One timer, at the earliest time announced: when it fires the
+        # scheduler reads the nearest due time itself.
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._timer is not None and not self._timer.cancelled():
+            if self._timer.when() <= at:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._due_now)
+
+    def _due_now(self) -> None:
+        self._timer = None
+        self._signals.wake_scheduler()
 
 
 async def warm_status(status: StatusCache) -> None:

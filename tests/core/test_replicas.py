@@ -12,6 +12,7 @@ leads, and the replica tests skip.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -290,7 +291,7 @@ async def test_a_lab_falling_due_anywhere_wakes_every_scheduler(database_url: st
         await asyncio.wait_for(marker.wait(), 5)
         assert not signals.scheduler.is_set()
         # A time sooner than the lease wakes the scheduler when it comes.
-        await other.update(lab.id, {"next_attempt_at": utcnow()})
+        await other.update(lab.id, {"next_attempt_at": utcnow() + timedelta(seconds=1)})
         await eventually(signals.scheduler.is_set, within=5, what="the wake of a retry")
     finally:
         listening.cancel()
