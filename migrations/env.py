@@ -11,6 +11,9 @@ Two ways in:
 
 On PostgreSQL the migration takes a transaction-level advisory lock first, so
 two replicas upgrading at once run one after the other instead of racing.
+At the end of each run, in its transaction, ``labd_schema_compat`` gets the
+oldest labd revision that may run on the schema (`record_compatibility`);
+offline mode (``alembic upgrade --sql``) does not write it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from labd.db.migrate import MIGRATION_LOCK_KEY
+from labd.db.migrate import MIGRATION_LOCK_KEY, record_compatibility
 from labd.db.schema import metadata
 
 config = context.config
@@ -47,6 +50,7 @@ def _run(connection: Connection) -> None:
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )
         context.run_migrations()
+        record_compatibility(connection, context.script)
 
 
 async def _run_with_engine(url: str) -> None:

@@ -10,12 +10,15 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import labd.schema
+import labd.db.schema
 ${imports if imports else ""}
 revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# "expand" (adds only what older labd ignores) or "contract" (drops or changes
+# what older labd uses): see docs/replicas.md. The tests refuse None.
+labd_kind: str | None = None
 
 
 def upgrade() -> None:

@@ -20,7 +20,13 @@ from sqlalchemy import Connection, insert, inspect, null, text
 from labd.cli.main import main
 from labd.db.database import Database
 from labd.db.migrate import alembic_config, downgrade, head_revision, upgrade
-from labd.db.revision import SCHEMA_REVISION, SchemaError, check_schema, current_revision
+from labd.db.revision import (
+    SCHEMA_REVISION,
+    SCHEMA_REVISIONS,
+    SchemaError,
+    check_schema,
+    current_revision,
+)
 from labd.db.schema import labs
 from labd.db.store import LabStore
 from labd.lab.progress import Step
@@ -28,7 +34,7 @@ from tests.conftest import PostgresDatabases
 
 _counter = itertools.count()
 
-TABLES = {"labs", "lab_transitions", "lab_events"}
+TABLES = {"labs", "lab_transitions", "lab_events", "labd_leader", "labd_schema_compat"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -95,20 +101,19 @@ async def test_drift_is_detected(empty_database: Database) -> None:
 
 
 def test_the_code_names_the_head_revision() -> None:
-    """A starting labd checks `SCHEMA_REVISION` without reading the migrations."""
-    assert head_revision() == SCHEMA_REVISION
+    """A starting labd checks `SCHEMA_REVISIONS` without reading the migrations."""
+    assert head_revision() == SCHEMA_REVISION == SCHEMA_REVISIONS[-1]
 
 
 async def test_refuses_a_database_not_at_head(empty_database: Database) -> None:
-    with pytest.raises(SchemaError, match=r"empty database.*run `labd migrate`"):
+    with pytest.raises(SchemaError, match=r"database is empty.*run `labd migrate`"):
+        await check_schema(empty_database)
+    await upgrade(empty_database, "0006")
+    with pytest.raises(SchemaError, match=r"schema revision 0006, older.*run `labd migrate`"):
         await check_schema(empty_database)
     await upgrade(empty_database)
-    await check_schema(empty_database)
+    assert await check_schema(empty_database) == SCHEMA_REVISION
     assert await current_revision(empty_database) == SCHEMA_REVISION
-    async with empty_database.write() as conn:
-        await conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
-    with pytest.raises(SchemaError, match=r"schema revision ffff.*run `labd migrate`"):
-        await check_schema(empty_database)
 
 
 def test_concurrent_migrate_processes_do_not_race(empty_url: str) -> None:

@@ -3,8 +3,8 @@
 Both commands read the database named by the settings file (or
 ``LABD_DATABASE_URL``) directly and never touch Kubernetes or the daemon, so
 they answer even when labd is stopped or wedged.  They only read: a schema
-that is not at the head revision is refused with the same message as
-``labd serve`` gives, rather than guessed at.
+that labd cannot run on (`labd.db.revision.check_schema`) is refused with the
+same message as ``labd serve`` gives, rather than guessed at.
 
 A SQLite file that does not exist is reported instead of opened, because
 opening it would create an empty database where the operator mistyped a

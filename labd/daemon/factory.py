@@ -6,11 +6,12 @@ to each other.  ``labd serve``, ``labd dev``, the tests and the benchmarks
 all build labd through it, so they all run the same thing.
 
 Start-up order matters for readiness: the schema is checked first (labd
-refuses a database that is not at head), then labd tries once to take
-leadership (`labd.control.leading`); if it leads, the first reconcile runs
-and the watches start; only then does the scheduler start and labd reports
-ready.  A replica that does not lead is ready at once and keeps trying to
-take leadership every second.
+refuses a database it cannot run on: an older one, or a newer one past a
+contract migration), then labd tries once to take leadership
+(`labd.control.leading`); if it leads, the first reconcile runs and the
+watches start; only then does the scheduler start and labd reports ready.
+A replica that does not lead is ready at once and keeps trying to take
+leadership every second.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from labd.control.steps import LabSteps
 from labd.db.changes import ChangeListener, warm_status
 from labd.db.database import Database
 from labd.db.leadership import LeadershipLostError, leader_lock
-from labd.db.revision import check_schema
+from labd.db.revision import SCHEMA_REVISION, check_schema
 from labd.db.status import StatusCache
 from labd.db.store import LabStore
 from labd.images.catalog import ImageCatalog
@@ -156,11 +157,17 @@ class Labd:
         Raises
         ------
         SchemaError
-            If the database is not at the head revision.
+            If labd cannot run on the database's schema.
         """
         database = Database(config.database_url)
         try:
-            await check_schema(database)
+            revision = await check_schema(database)
+            if revision != SCHEMA_REVISION:
+                _logger.info(
+                    "running on a newer schema (only expand migrations since this labd's)",
+                    schema_revision=revision,
+                    labd_revision=SCHEMA_REVISION,
+                )
             api_client = await create_api_client(config.kubernetes)
         except BaseException:
             await database.dispose()

@@ -47,7 +47,7 @@ EXIT_CONFIG = 2
 """Exit status for configuration problems (systemd: do not restart blindly)."""
 
 EXIT_SCHEMA = 3
-"""Exit status when the database schema is not at head."""
+"""Exit status when labd cannot run on the database schema (older, or past a contract)."""
 
 EXIT_IN_USE = 5
 """Exit status when another labd already serves the SQLite database."""

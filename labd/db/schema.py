@@ -41,6 +41,7 @@ __all__ = [
     "lab_events",
     "lab_transitions",
     "labd_leader",
+    "labd_schema_compat",
     "labs",
     "metadata",
 ]
@@ -188,3 +189,21 @@ labd_leader = Table(
     CheckConstraint("id = 1", name="one_row"),
 )
 """Who leads the cluster-wide work (`labd.db.leadership`): one row, term by term."""
+
+labd_schema_compat = Table(
+    "labd_schema_compat",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False, comment="Always 1: one row"),
+    Column(
+        "oldest_revision",
+        String(32),
+        nullable=False,
+        comment="The oldest labd revision whose code may run on this schema",
+    ),
+    CheckConstraint("id = 1", name="one_row"),
+)
+"""Which labd may run on the schema (`labd.db.revision.check_schema`): one row.
+
+``labd migrate`` keeps it current (`labd.db.migrate.oldest_compatible`): an
+expand migration leaves it, a contract moves it to the contract's parent.
+"""

@@ -15,6 +15,9 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# The first migration: no older labd exists to break, so it counts as an
+# expand (a contract would name "no schema" as the oldest labd that may run).
+labd_kind: str = "expand"
 
 
 def upgrade() -> None:

@@ -20,6 +20,7 @@ revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+labd_kind: str = "expand"
 
 CHANNEL = "labd_lab_changes"
 

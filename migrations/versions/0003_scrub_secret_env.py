@@ -35,6 +35,11 @@ revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# Expand: it changes data, not the schema, and labd of the previous release
+# works on the scrubbed rows (it reads secret_env only in requested and
+# creating, where it is kept).  Until it is upgraded, though, such a labd
+# can still leave secrets that this migration would have scrubbed.
+labd_kind: str = "expand"
 
 _HOLDING = ("requested", "creating")
 _Json = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")

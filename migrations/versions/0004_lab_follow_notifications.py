@@ -21,6 +21,7 @@ revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+labd_kind: str = "expand"
 
 CHANNEL = "labd_lab_follow"
 

@@ -26,6 +26,7 @@ revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+labd_kind: str = "expand"
 
 _BY_PROGRESS = {
     1: "requested",

@@ -30,6 +30,7 @@ revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+labd_kind: str = "expand"
 
 CHANNEL = "labd_lab_due"
 
