@@ -94,8 +94,9 @@ class WatchIntake:
     ) -> None:
         """Apply the three watches until cancelled: the leader's watch duty.
 
-        What the watches saw before (in an earlier term) is forgotten first,
-        and what waits for other replicas' steps stops with the watches.
+        What waits for other replicas' steps stops with the watches (a
+        write it has begun still commits or rolls back whole).  Call
+        `forget` before, at the start of each term.
         """
         try:
             async with asyncio.TaskGroup() as group:
