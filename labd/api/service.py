@@ -13,6 +13,7 @@ then follow new ones as writers signal them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -203,8 +204,11 @@ class LabService:
         DeleteFailedError
             If the delete failed or timed out (labd keeps retrying).
         """
-        lab = await self.request_delete(username, actor=actor)
-        await self._wait_until_deleted(lab)
+        with contextlib.ExitStack() as following:
+            # Follow the lab from before the delete's own write, so that on
+            # SQLite the waiting needs no read of it at all.
+            lab = await self._request_delete(username, actor=actor, following=following)
+            await self._wait_for_delete(lab)
 
     async def request_delete(self, username: str, *, actor: Actor) -> LabRecord:
         """Record the intent to delete the user's lab; return the lab.
@@ -218,11 +222,18 @@ class LabService:
         UnknownUserError
             If the user has no lab.
         """
+        return await self._request_delete(username, actor=actor)
+
+    async def _request_delete(
+        self, username: str, *, actor: Actor, following: contextlib.ExitStack | None = None
+    ) -> LabRecord:
         check_username(username)
         while True:
             lab = await self._store.get_current_lab(username)
             if lab is None:
                 raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
+            if following is not None:
+                following.enter_context(self._signals.following(lab.id))
             if lab.state is LabState.DELETING:
                 return lab
             handed = self._signals.taking_over
@@ -240,6 +251,7 @@ class LabService:
             except (StaleLabError, InvalidTransitionError):
                 continue  # Someone else moved the lab; look again.
             _logger.info("lab delete requested", username=username, lab_id=lab.id)
+            self._signals.began(lab)
             self._step_soon(lab, handed=handed)
             return lab
 
@@ -441,10 +453,6 @@ class LabService:
             self._signals.hand_over(lab)
         else:
             self._signals.wake_scheduler()
-
-    async def _wait_until_deleted(self, lab: LabRecord) -> None:
-        with self._signals.following(lab.id):
-            await self._wait_for_delete(lab)
 
     def stop_waiting(self) -> None:
         """Answer the deletes still waiting 503 ``not_ready``: this process is stopping.

@@ -88,13 +88,13 @@ class Scheduler:
         again a second later: the loop must outlive any outage, since nothing
         else would restart it short of the systemd watchdog.
         """
-        self._signals.taking_over = True
+        self._signals.hand_over_limit = self._config.kubernetes.max_concurrent_operations
         try:
             await self._loop()
         finally:
             # Labs handed over and not started wait for their lease to run
             # out; then the next start (or another replica) claims them.
-            self._signals.taking_over = False
+            self._signals.hand_over_limit = 0
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -145,7 +145,7 @@ class Scheduler:
         in_flight = self._state.locks.in_flight
         for lab in handed:
             if lab.id not in in_flight:
-                self._start_step(lab, begun_here=True)
+                self._start_step(lab)
         return bool(handed)
 
     async def _claim_and_step(self) -> bool:
@@ -158,9 +158,9 @@ class Scheduler:
             self._start_step(lab)
         return bool(claimed) and len(claimed) == free
 
-    def _start_step(self, lab: LabRecord, *, begun_here: bool = False) -> None:
+    def _start_step(self, lab: LabRecord) -> None:
         self._state.locks.in_flight.add(lab.id)
-        self._state.track(self._run_step(lab, begun_here), name=f"step-{lab.id}")
+        self._state.track(self._run_step(lab), name=f"step-{lab.id}")
 
     def _free_slots(self) -> int:
         limit = self._config.kubernetes.max_concurrent_operations
@@ -177,7 +177,7 @@ class Scheduler:
         for lab in await self._store.list_labs([LabState.CREATING, LabState.STARTING]):
             self._state.spawning[lab.namespace] = lab.id
 
-    async def _run_step(self, claimed: LabRecord, begun_here: bool) -> None:
+    async def _run_step(self, claimed: LabRecord) -> None:
         lab_id = claimed.id
         locks = self._state.locks
         try:
@@ -188,8 +188,7 @@ class Scheduler:
                 fresh = not locks.busy(lab_id)
                 async with locks.hold(lab_id):
                     lab = claimed if fresh else await self._store.find_lab(lab_id)
-                    same = lab is not None and lab.operation == claimed.operation
-                    await self._steps.step(lab, begun_here=begun_here and same)
+                    await self._steps.step(lab)
         except (StaleLabError, InvalidTransitionError) as exc:
             # Another writer moved the lab while we worked: decide again.
             _logger.debug("step lost a race", lab_id=lab_id, error=str(exc))

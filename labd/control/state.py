@@ -61,6 +61,9 @@ class DeleteSteps:
     reached: dict[Step, datetime] = field(default_factory=dict)
     """Each step recorded, with the time it was."""
 
+    row: LabRecord | None = None
+    """The lab's row as the last of these steps wrote it."""
+
     def add(self, events: list[NewEvent]) -> None:
         """Count the steps of ``events``, just recorded."""
         now = utcnow()

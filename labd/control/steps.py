@@ -114,17 +114,10 @@ class LabSteps:
         self._metrics = metrics
         self._alerts = alerts
 
-    async def step(self, lab: LabRecord | None, *, begun_here: bool = False) -> None:
-        """Run the step of ``lab``'s state (a spawn past its deadline times out).
-
-        ``begun_here`` says that this process has just begun the lab's
-        operation, so none of its steps is recorded yet: there is nothing to
-        read back.
-        """
+    async def step(self, lab: LabRecord | None) -> None:
+        """Run the step of ``lab``'s state (a spawn past its deadline times out)."""
         if lab is None:
             return
-        if begun_here and lab.state is LabState.DELETING:
-            self._state.delete_steps[lab.id] = DeleteSteps(lab.operation)
         step = self._steps().get(lab.state)
         if step is None:
             await self._store.update(lab.id, {"next_attempt_at": None})
@@ -413,13 +406,16 @@ class LabSteps:
             if steps:
                 await self._emit(lab, *steps)
                 recorded.add(steps)
+            recorded.row = None  # The retry's bookkeeping is read back.
             await self._retry_later(lab, "delete step failed, will retry", exc)
             return
         if not gone:
             # The watches move the lab along; the recheck is for a change
             # they missed (a watch reconnecting, another replica's watch).
             recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
-            await self._store.update(lab.id, {"next_attempt_at": recheck}, events=steps)
+            recorded.row = await self._store.update(
+                lab.id, {"next_attempt_at": recheck}, events=steps
+            )
             recorded.add(steps)
             return
         await self._store.transition(
@@ -444,7 +440,14 @@ class LabSteps:
         The watches call this (the caller holds the lab's lock); a lab no
         longer being deleted is left alone.
         """
-        lab = await self._store.find_lab(lab_id)
+        kept = self._state.delete_steps.get(lab_id)
+        if kept is not None and kept.row is not None and self._signals.sole_writer:
+            # This process wrote the row last (no other process writes
+            # SQLite); were it stale all the same, the version check of the
+            # next transition would say so.
+            lab: LabRecord | None = kept.row
+        else:
+            lab = await self._store.find_lab(lab_id)
         if lab is None or lab.state is not LabState.DELETING:
             if self._state.deleting.get(namespace) == lab_id:
                 del self._state.deleting[namespace]
@@ -456,8 +459,12 @@ class LabSteps:
         """The steps of the lab's delete recorded so far: kept here, else read."""
         kept = self._state.delete_steps.get(lab.id)
         if kept is None or kept.operation != lab.operation:
-            events = await self._store.events(lab.id, lab.operation)
-            kept = DeleteSteps(lab.operation, {e.step: e.created_at for e in events if e.step})
+            if self._signals.take_begun(lab):
+                kept = DeleteSteps(lab.operation)  # Begun here: nothing recorded yet.
+            else:
+                events = await self._store.events(lab.id, lab.operation)
+                reached = {e.step: e.created_at for e in events if e.step}
+                kept = DeleteSteps(lab.operation, reached)
             self._state.delete_steps[lab.id] = kept
         return kept
 

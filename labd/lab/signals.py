@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Final
@@ -66,6 +66,10 @@ _SCHEDULE_BACKSTOP: Final = 5.0
 falls due wakes the scheduler): a backstop only, for a claimer that died."""
 
 
+_BEGUN_KEPT: Final = 10_000
+"""Operations begun here that are remembered until their first step."""
+
+
 class LabSignals:
     """Per-lab wake-ups, plus one for the scheduler.
 
@@ -83,13 +87,15 @@ class LabSignals:
         self._followers: Counter[str] = Counter()
         self._latest: dict[str, LabRecord] = {}
         self._handed: deque[tuple[float, LabRecord]] = deque()
+        self._begun: OrderedDict[str, int] = OrderedDict()
         self._sole_writer = sole_writer
         self.scheduler = asyncio.Event()
         """Set when there may be new work for the scheduler."""
         self.complete = complete
         """Whether every change of every lab reaches `notify` (see the module docstring)."""
-        self.taking_over = False
-        """Whether a scheduler in this process takes labs handed over (`hand_over`)."""
+        self.hand_over_limit = 0
+        """Labs handed over that may wait for the scheduler at once: its
+        free slots at most, so none waits long; 0 while no scheduler runs."""
 
     @property
     def follow_interval(self) -> float:
@@ -131,6 +137,11 @@ class LabSignals:
         if event is not None:
             event.set()
 
+    @property
+    def sole_writer(self) -> bool:
+        """Whether this process is the only writer of the labs (SQLite)."""
+        return self._sole_writer
+
     @contextlib.contextmanager
     def following(self, lab_id: str) -> Iterator[None]:
         """Keep the rows of ``lab_id`` written here for `latest`, while in the block."""
@@ -142,6 +153,23 @@ class LabSignals:
             if not self._followers[lab_id]:
                 del self._followers[lab_id]
                 self._latest.pop(lab_id, None)
+
+    def began(self, lab: LabRecord) -> None:
+        """Note that this process has just begun the current operation of ``lab``.
+
+        Its steps then know that nothing of it is recorded yet, without
+        reading its events back (`take_begun`).  Only the newest
+        `_BEGUN_KEPT` are kept: an operation another replica steps is never
+        taken here.
+        """
+        self._begun[lab.id] = lab.operation
+        self._begun.move_to_end(lab.id)
+        if len(self._begun) > _BEGUN_KEPT:
+            self._begun.popitem(last=False)
+
+    def take_begun(self, lab: LabRecord) -> bool:
+        """Whether this process began the current operation of ``lab`` (asked once)."""
+        return self._begun.pop(lab.id, None) == lab.operation
 
     def seen(self, lab_id: str, lab: LabRecord | None) -> None:
         """Take ``lab`` as the row of ``lab_id`` just committed here.
@@ -159,6 +187,11 @@ class LabSignals:
     def latest(self, lab_id: str) -> LabRecord | None:
         """The newest row of a followed lab, if this process wrote it (else read it)."""
         return self._latest.get(lab_id)
+
+    @property
+    def taking_over(self) -> bool:
+        """Whether this process's scheduler would take a lab handed over now."""
+        return len(self._handed) < self.hand_over_limit
 
     def hand_over(self, lab: LabRecord) -> None:
         """Give a lab just leased by its recording write to this process's scheduler."""
