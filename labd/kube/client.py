@@ -35,6 +35,7 @@ which other code (the sim's kubelet in ``labd dev``) may rely on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import random
@@ -45,9 +46,11 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import structlog
+from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import load_incluster_config, load_kube_config
+from yarl import URL
 
 from labd.config import KubernetesConfig
 
@@ -278,7 +281,37 @@ async def create_api_client(config: KubernetesConfig) -> ApiClient:
     )
     client = ApiClient(configuration)
     client.user_agent = USER_AGENT
+    _look_up_environment_once(client, configuration)
     return client
+
+
+def _look_up_environment_once(client: ApiClient, configuration: Configuration) -> None:
+    """Read the proxy from the environment once, not on every request.
+
+    kubernetes-asyncio's HTTP session trusts the environment, so aiohttp
+    looks up ``HTTPS_PROXY``/``NO_PROXY`` and ``~/.netrc`` for every request,
+    each time on a worker thread: two thread round trips per call, a sixth
+    of labd's CPU in a burst of spawns.  The cluster's address does not
+    change, so labd takes the environment's proxy for it (if any, and if the
+    kubeconfig named none) now, and the session stops looking.  A kube
+    client never authenticates with ``~/.netrc``: its credentials are the
+    kubeconfig's.
+    """
+    rest = client.rest_client
+    if not rest.proxy and configuration.host:
+        with contextlib.suppress(LookupError):
+            proxy, auth = get_env_proxy_for_url(URL(configuration.host))
+            rest.proxy = str(proxy)
+            if auth is not None:
+                rest.proxy_headers = {
+                    **(rest.proxy_headers or {}),
+                    "Proxy-Authorization": auth.encode(),
+                }
+    session: aiohttp.ClientSession = rest.pool_manager
+    # The only switch there is: ClientSession takes trust_env at construction,
+    # which kubernetes-asyncio does itself (tests/kube/test_client.py checks
+    # that the attribute is still there and still read).
+    session._trust_env = False
 
 
 class KubeApi:

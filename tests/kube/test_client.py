@@ -26,6 +26,7 @@ from labd.sim import SimCluster, write_kubeconfig
 from labd.sim.tls import generate
 from tests.kube.conftest import FAST_RETRY
 from tests.support.labs import lab_build
+from tests.support.processes import free_port
 
 
 def test_error_text_names_the_call() -> None:
@@ -261,5 +262,53 @@ async def test_client_verifies_the_clusters_ca(
         kube = KubeApi(client, request_timeout=5, retry=RetryPolicy(attempts=1))
         with pytest.raises(KubeError, match="certificate verify failed"):
             await kube.call("list", "Namespace", CoreV1Api(client).list_namespace)
+    finally:
+        await client.close()
+
+
+PROXY_VARIABLES = [
+    f"{scheme}_{what}"
+    for scheme in ("http", "https", "HTTP", "HTTPS")
+    for what in ("proxy", "PROXY")
+] + ["NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"]
+
+
+async def test_the_environment_is_read_once_when_the_client_is_made(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiohttp would look up the proxy variables and ~/.netrc for every
+    # request, on a worker thread. labd reads the proxy once: a proxy set
+    # later (here one where nothing listens) changes nothing.
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    client = await create_api_client(config.kubernetes)
+    try:
+        assert client.rest_client.pool_manager.trust_env is False
+        assert not client.rest_client.proxy
+        for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
+        namespaces = await CoreV1Api(client).list_namespace()
+        assert namespaces.items is not None
+    finally:
+        await client.close()
+
+
+async def test_a_proxy_in_the_environment_is_taken_at_start(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://proxy-user:proxy-pass@127.0.0.1:3128")
+    client = await create_api_client(config.kubernetes)
+    try:
+        assert client.rest_client.proxy == "http://127.0.0.1:3128"
+        assert client.rest_client.proxy_headers["Proxy-Authorization"].startswith("Basic ")
+    finally:
+        await client.close()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    client = await create_api_client(config.kubernetes)
+    try:
+        assert not client.rest_client.proxy
     finally:
         await client.close()
