@@ -264,6 +264,10 @@ class Labd:
         """Return why labd is not ready, or `None` when it is."""
         if self._not_ready:
             return self._not_ready
+        if self.database.is_sqlite and self.leader.on_duty_since is None:
+            # The only labd leads: until its reconcile has run and its
+            # watches have started, no pod change moves a lab along.
+            return "the reconcile has not succeeded yet (is Kubernetes reachable?); retrying"
         try:
             await check_schema(self.database)
         except Exception as exc:

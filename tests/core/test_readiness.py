@@ -11,12 +11,14 @@ runs.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from labd.daemon.factory import Labd
 from labd.lab.machine import LabState
 from labd.lab.records import Actor
 from labd.sim import SimCluster
-from tests.support.core import LabdFactory, spec, wait_state
+from tests.support.core import LabdFactory, make_config, spec, wait_state
+from tests.support.waiting import eventually
 
 
 async def pod_is_running_unready(sim: SimCluster, namespace: str) -> bool:
@@ -62,3 +64,28 @@ async def test_an_internal_url_can_name_the_pod(
     pod_ip = pod["status"]["podIP"]
     assert lab.internal_url == f"http://{pod_ip}:8888/user/alice/"
     assert (await labd.service.get_state("alice")).internal_url == lab.internal_url
+
+
+async def test_a_lone_labd_is_ready_only_once_its_reconcile_has_run(
+    database_url: str, tmp_path: Path
+) -> None:
+    # On SQLite labd is the only process: until its first reconcile succeeds
+    # and its watches run, no pod change would move a lab along, so /readyz
+    # says why it is not ready (and labd keeps trying). On PostgreSQL another
+    # replica may lead: a replica serves either way.
+    async with SimCluster(pod_start_delay=0.05, seed=7) as sim:
+        sim.faults.add_error("list", "namespaces", rate=1.0, status=403)
+        config = make_config(database_url, sim.write_kubeconfig(tmp_path / "kubeconfig"))
+        labd = await Labd.create(config)
+        await labd.start()
+        try:
+            why = await labd.readiness()
+            if labd.database.is_sqlite:
+                assert why is not None and "reconcile has not succeeded" in why
+            else:
+                assert why is None
+            sim.faults.clear()
+            await eventually(lambda: labd.leader.on_duty_since is not None, within=10)
+            assert await labd.readiness() is None
+        finally:
+            await labd.stop()
