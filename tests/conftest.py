@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import os
 import shutil
@@ -38,6 +39,8 @@ pytest_plugins = ["tests.support.core"]
 POSTGRES_ADMIN_URL = os.environ.get(
     "LABD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
+
+_empty_databases = itertools.count()
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -85,6 +88,23 @@ class PostgresDatabases:
     def drop_all(self) -> None:
         for name in self._names:
             asyncio.run(_drop_postgres_database(name))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_databases: PostgresDatabases
+) -> str:
+    """URL of a database with no schema at all."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    return postgres_databases.create(f"empty_{next(_empty_databases)}")
+
+
+@pytest.fixture
+async def empty_database(empty_url: str) -> AsyncIterator[Database]:
+    database = Database(empty_url)
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,8 @@ history plays an older labd.
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,9 +29,6 @@ from labd.db.migrate import (
 )
 from labd.db.revision import SCHEMA_REVISIONS, SchemaError, check_schema, current_revision
 from labd.db.schema import labd_schema_compat
-from tests.conftest import PostgresDatabases
-
-_counter = itertools.count()
 
 LATER: tuple[str, ...] = (*SCHEMA_REVISIONS, "0008", "0009", "0010")
 """The history of the throw-away release."""
@@ -93,23 +88,6 @@ def later_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     location = _later_scripts(tmp_path)
     monkeypatch.setattr(labd.db.migrate, "_script_location", lambda: location)
     return location
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_databases: PostgresDatabases
-) -> str:
-    """URL of a database with no schema at all."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-    return postgres_databases.create(f"compat_{next(_counter)}")
-
-
-@pytest.fixture
-async def empty_database(empty_url: str) -> AsyncIterator[Database]:
-    database = Database(empty_url)
-    yield database
-    await database.dispose()
 
 
 async def recorded(database: Database) -> str | None:

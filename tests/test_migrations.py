@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -30,28 +27,8 @@ from labd.db.revision import (
 from labd.db.schema import labs
 from labd.db.store import LabStore
 from labd.lab.progress import Step
-from tests.conftest import PostgresDatabases
-
-_counter = itertools.count()
 
 TABLES = {"labs", "lab_transitions", "lab_events", "labd_leader", "labd_schema_compat"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_databases: PostgresDatabases
-) -> str:
-    """URL of a database with no schema at all."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
-    return postgres_databases.create(f"empty_{next(_counter)}")
-
-
-@pytest.fixture
-async def empty_database(empty_url: str) -> AsyncIterator[Database]:
-    database = Database(empty_url)
-    yield database
-    await database.dispose()
 
 
 async def table_names(database: Database) -> set[str]:
