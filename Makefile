@@ -26,6 +26,7 @@ test: $(STAMP)
 	./scripts/kube-apiserver/build || echo "real apiserver unavailable: tests/realk8s will be skipped"
 	./scripts/ensure-registry || echo "docker-registry unavailable: tests/images registry tests will be skipped"
 	./scripts/ensure-browser || echo "chromium or chromedriver unavailable: browser tests will be skipped"
+	./scripts/ensure-haproxy || echo "haproxy unavailable: the replica tests behind a load balancer will be skipped"
 	./scripts/ensure-postgres
 	LABD_REALNODE=$${LABD_REALNODE-1} $(BIN)/pytest
 
