@@ -94,8 +94,8 @@ class LabSignals:
         self.complete = complete
         """Whether every change of every lab reaches `notify` (see the module docstring)."""
         self.hand_over_limit = 0
-        """Labs handed over that may wait for the scheduler at once: its
-        free slots at most, so none waits long; 0 while no scheduler runs."""
+        """Labs handed over that may wait for the scheduler at once: as many
+        as it steps at once, so none waits long; 0 while no scheduler runs."""
 
     @property
     def follow_interval(self) -> float:
@@ -181,7 +181,8 @@ class LabSignals:
         known = self._latest.get(lab_id)
         if lab is None or not self._sole_writer:
             self._latest.pop(lab_id, None)
-        elif known is None or known.version < lab.version:
+        elif known is None or known.version <= lab.version:
+            # Rows arrive in commit order; an update keeps the version.
             self._latest[lab_id] = lab
 
     def latest(self, lab_id: str) -> LabRecord | None:
