@@ -424,7 +424,7 @@ class LabService:
             if current.state not in (LabState.FAILED, LabState.EXITED):
                 raise LabExistsConflictError(f"Lab already exists for {username}")
             try:
-                await self._store.transition(
+                cleaning = await self._store.transition(
                     current.id,
                     Trigger.CLEANUP,
                     actor=actor,
@@ -435,6 +435,7 @@ class LabService:
                 )
             except (StaleLabError, InvalidTransitionError):
                 continue
+            self._signals.began(cleaning)
             self._signals.notify(current.id)
             return current.id
 

@@ -112,11 +112,11 @@ class ControlState:
         task.add_done_callback(self.running.discard)
         task.add_done_callback(self._report_crash)
 
-    def forget_delete(self, lab: LabRecord) -> None:
-        """Drop what was kept about the delete of ``lab``, which has ended."""
-        if self.deleting.get(lab.namespace) == lab.id:
-            del self.deleting[lab.namespace]
-        self.delete_steps.pop(lab.id, None)
+    def forget_delete(self, lab_id: str, namespace: str) -> None:
+        """Drop what was kept about the delete of ``lab_id``, which has ended."""
+        if self.deleting.get(namespace) == lab_id:
+            del self.deleting[namespace]
+        self.delete_steps.pop(lab_id, None)
 
     def forget_spawn(self, lab: LabRecord) -> None:
         """Drop what was kept about the spawn of ``lab``, which has ended."""

@@ -372,7 +372,7 @@ class LabSteps:
 
     async def _deleting(self, lab: LabRecord) -> None:
         if lab.deadline_at is not None and utcnow() >= lab.deadline_at:
-            self._state.forget_delete(lab)
+            self._state.forget_delete(lab.id, lab.namespace)
             await self._delete_failed(
                 lab, f"Lab delete timed out after {self._config.timeouts.delete:g} s"
             )
@@ -426,7 +426,7 @@ class LabSteps:
             changes={"next_attempt_at": None, "pod_phase": None, "internal_url": None},
             events=[*steps, NewEvent.at(Step.DELETED, lab.username, terminal=True)],
         )
-        self._state.forget_delete(lab)
+        self._state.forget_delete(lab.id, lab.namespace)
         self._state.pods.pop(lab.id, None)
         self._state.forget_spawn(lab)
         if lab.deadline_at is not None:
@@ -449,9 +449,7 @@ class LabSteps:
         else:
             lab = await self._store.find_lab(lab_id)
         if lab is None or lab.state is not LabState.DELETING:
-            if self._state.deleting.get(namespace) == lab_id:
-                del self._state.deleting[namespace]
-            self._state.delete_steps.pop(lab_id, None)
+            self._state.forget_delete(lab_id, namespace)
             return
         await self.step(lab)
 

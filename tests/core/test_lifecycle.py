@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -266,9 +267,22 @@ async def test_exited_lab_is_replaced(labd: Labd, sim: SimCluster) -> None:
     lab = await wait_state(labd, "fred", LabState.EXITED)
     assert "OOMKilled" in (lab.last_error or "")
     sim.rules.clear()
+    # The service began the cleanup, so its steps read none of its events back
+    # (the new lab's steps read them to say how the old one's delete goes).
+    read_by: list[str] = []
+    read_events = labd.store.events
+
+    async def events(lab_id: str, operation: int, **kwargs: Any) -> list[EventRecord]:
+        if lab_id == first.id:
+            read_by.append(sys._getframe(1).f_code.co_name)
+        return await read_events(lab_id, operation, **kwargs)
+
+    labd.store.events = events  # type: ignore[method-assign]
     await labd.service.create("fred", spec(), actor=Actor.HUB)
     await wait_state(labd, "fred", LabState.RUNNING)
     assert (await labd.store.get_lab(first.id)).state is LabState.DELETED
+    assert "_previous_gone" in read_by
+    assert "_delete_steps" not in read_by
 
 
 async def test_spawn_timeout(labd_factory: LabdFactory, sim: SimCluster) -> None:
