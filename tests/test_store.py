@@ -217,6 +217,29 @@ async def test_update_changes_bookkeeping_only(database: Database) -> None:
     assert [e.message for e in await store.events(lab.id, 1)][-1] == "Pulling image"
 
 
+async def test_a_claim_leases_and_a_release_frees_only_the_lease_still_held(
+    database: Database,
+) -> None:
+    store = LabStore(database)
+    kept, moved = await new_lab(store), await new_lab(store)
+    for lab in (kept, moved):
+        await store.update(lab.id, {"next_attempt_at": datetime.now(tz=UTC)})
+    claimed = {lab.id: lab for lab in await store.claim_due(limit=10, lease=30)}
+    assert claimed.keys() == {kept.id, moved.id}
+    for lab in claimed.values():  # The records say the lease, as the rows do.
+        assert lab.next_attempt_at == (await store.get_lab(lab.id)).next_attempt_at
+        assert lab.next_attempt_at is not None
+        assert lab.next_attempt_at > datetime.now(tz=UTC) + timedelta(seconds=29)
+    later = datetime.now(tz=UTC) + timedelta(seconds=10)
+    await store.update(moved.id, {"next_attempt_at": later})  # Its step rescheduled it.
+    leases = {lab.id: lab.next_attempt_at for lab in claimed.values() if lab.next_attempt_at}
+    assert await store.release_leases(leases) == 1
+    released = (await store.get_lab(kept.id)).next_attempt_at
+    assert released is not None
+    assert released <= datetime.now(tz=UTC)
+    assert (await store.get_lab(moved.id)).next_attempt_at == later
+
+
 async def test_events_follow_operations(database: Database) -> None:
     store = LabStore(database)
     lab = await lab_in(store, S.RUNNING)

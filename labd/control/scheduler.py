@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
+from typing import Final
 
 import structlog
 
@@ -38,6 +40,9 @@ from labd.lab.signals import STEP_LEASE, LabSignals
 __all__ = ["Scheduler"]
 
 _logger = structlog.get_logger()
+
+_RELEASE_TIMEOUT: Final = 5.0
+"""Seconds that releasing the leases at stop may take."""
 
 
 class Scheduler:
@@ -78,6 +83,9 @@ class Scheduler:
         self._slots = asyncio.Semaphore(config.kubernetes.max_concurrent_operations)
         self._stopping = False
         self._spawning_loaded = False
+        self._leases: dict[str, datetime] = {}
+        """Lab id -> until when its claim leases it, for each step not yet
+        ended (a step cancelled at stop stays: `release_leases` frees it)."""
         self.heartbeat = time.monotonic()
         """When the loop last went round (the systemd watchdog reads it)."""
 
@@ -92,8 +100,8 @@ class Scheduler:
         try:
             await self._loop()
         finally:
-            # Labs handed over and not started wait for their lease to run
-            # out; then the next start (or another replica) claims them.
+            # Labs handed over from now on wait for their lease to run out,
+            # or for `release_leases`.
             self._signals.hand_over_limit = 0
 
     async def _loop(self) -> None:
@@ -139,6 +147,33 @@ class Scheduler:
         """
         await self._state.drain(grace=grace)
 
+    async def release_leases(self) -> None:
+        """Free the labs leased to steps that this process will not run or finish.
+
+        Called once the loop has stopped and in-flight steps are drained:
+        labs handed over and not started, and steps cancelled, would
+        otherwise wait for their lease (`STEP_LEASE`) to run out before
+        another replica, or the next start, took them on.  Best effort:
+        if the database cannot be reached, the leases run out as before.
+        """
+        leases = dict(self._leases)
+        for lab in self._signals.drop_handed():
+            if lab.next_attempt_at is not None:
+                leases[lab.id] = lab.next_attempt_at
+        if not leases:
+            return
+        try:
+            async with asyncio.timeout(_RELEASE_TIMEOUT):
+                released = await self._store.release_leases(leases)
+        except Exception as exc:
+            _logger.warning(
+                "could not release leases; they run out instead",
+                labs=len(leases),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        _logger.info("leases released", labs=released)
+
     def _step_handed(self) -> bool:
         """Start a step for labs handed over; say whether any was."""
         handed = self._signals.take_handed(self._free_slots())
@@ -159,6 +194,8 @@ class Scheduler:
         return bool(claimed) and len(claimed) == free
 
     def _start_step(self, lab: LabRecord) -> None:
+        if lab.next_attempt_at is not None:
+            self._leases[lab.id] = lab.next_attempt_at
         self._state.locks.in_flight.add(lab.id)
         self._state.track(self._run_step(lab), name=f"step-{lab.id}")
 
@@ -180,6 +217,7 @@ class Scheduler:
     async def _run_step(self, claimed: LabRecord) -> None:
         lab_id = claimed.id
         locks = self._state.locks
+        cancelled = False
         try:
             async with self._slots:
                 # Step from the row as claimed, unless a pod update holds the
@@ -193,7 +231,12 @@ class Scheduler:
             # Another writer moved the lab while we worked: decide again.
             _logger.debug("step lost a race", lab_id=lab_id, error=str(exc))
             await self._store.update(lab_id, {"next_attempt_at": utcnow()})
+        except asyncio.CancelledError:
+            cancelled = True  # Stopping: the lease is released, not used.
+            raise
         finally:
+            if not cancelled:
+                self._leases.pop(lab_id, None)
             locks.in_flight.discard(lab_id)
             self._signals.notify(lab_id)
             self._signals.wake_scheduler()

@@ -255,6 +255,7 @@ class Labd:
             await tasks.cancel_and_wait(list(pending))
         await tasks.cancel_and_wait(self._tasks)
         await self.scheduler.drain(grace=_STOP_GRACE)
+        await self.scheduler.release_leases()
         await self.alerts.stop()
         await self.images.aclose()
         await self.api_client.close()

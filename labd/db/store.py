@@ -30,8 +30,9 @@ lab's history.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -459,17 +460,47 @@ class LabStore:
         if exclude:
             statement = statement.where(labs.c.id.not_in(list(exclude)))
 
+        leased = now + timedelta(seconds=lease)
+
         def work(conn: Connection) -> list[Row[Any]]:
             rows = conn.execute(statement).all()
             if rows:
                 conn.execute(
                     update(labs)
                     .where(labs.c.id.in_([row.id for row in rows]))
-                    .values(next_attempt_at=now + timedelta(seconds=lease))
+                    .values(next_attempt_at=leased)
                 )
             return list(rows)
 
-        return [_lab(row) for row in await self._db.run_write(work)]
+        # Each record as it now stands: leased until ``leased``.
+        return [
+            dataclasses.replace(_lab(row), next_attempt_at=leased)
+            for row in await self._db.run_write(work)
+        ]
+
+    async def release_leases(self, leases: Mapping[str, datetime]) -> int:
+        """Make due now the labs still leased until the given times; return how many.
+
+        For a process that stops with leases it will not use (steps handed
+        over or cancelled): the next claimer, on this replica or another,
+        need not wait for them to run out.  A lab whose ``next_attempt_at``
+        moved since (its step rescheduled it, another claim took it after
+        the lease ran out) is left alone.
+        """
+        now = utcnow()
+
+        def work(conn: Connection) -> int:
+            released = 0
+            for lab_id, lease in leases.items():
+                result = conn.execute(
+                    update(labs)
+                    .where(labs.c.id == lab_id, labs.c.next_attempt_at == lease)
+                    .values(next_attempt_at=now)
+                )
+                released += result.rowcount
+            return released
+
+        return await self._db.run_write(work)
 
     async def due_summary(self) -> tuple[int, datetime | None]:
         """Return how many labs are due now and the oldest due time."""

@@ -213,6 +213,12 @@ class LabSignals:
                 taken.append(lab)
         return taken
 
+    def drop_handed(self) -> list[LabRecord]:
+        """Take every lab handed over and not started: the scheduler has stopped."""
+        dropped = [lab for _, lab in self._handed]
+        self._handed.clear()
+        return dropped
+
     def wake_scheduler(self) -> None:
         """Tell the scheduler to look for due work now."""
         self.scheduler.set()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from labd.daemon import factory
 from labd.daemon.factory import Labd
 from labd.lab.errors import (
     LabExistsConflictError,
@@ -25,6 +26,7 @@ from labd.lab.machine import LabState
 from labd.lab.records import Actor, EventRecord, EventType, LabRecord
 from labd.sim import SimCluster
 from tests.support.core import LabdFactory, make_config, spec, stream, wait_state
+from tests.support.waiting import eventually
 
 OBJECT_KINDS = ["configmaps", "secrets", "networkpolicies", "services", "pods"]
 
@@ -208,6 +210,40 @@ async def test_a_delete_waiting_at_shutdown_is_not_ready_and_goes_on(
             await asyncio.wait_for(deleting, 1)
         await wait_state(labd, "bob", LabState.DELETED)
         assert (await labd.store.get_lab(lab.id)).state is LabState.DELETED
+
+
+async def test_a_stop_frees_the_labs_whose_steps_it_will_not_finish(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ada's step is cut off by the stop, and bob's lab, handed over, waits
+    # for a free slot. Both are leased for 30 s (STEP_LEASE): without the
+    # release at stop, the next start would leave them alone that long.
+    monkeypatch.setattr(factory, "_STOP_GRACE", 0.5)
+    async with SimCluster(pod_start_delay=0.05, seed=7) as sim:
+        config = make_config(
+            database_url,
+            sim.write_kubeconfig(tmp_path / "kubeconfig"),
+            kubernetes={"request_timeout": 60, "max_concurrent_operations": 1},
+        )
+        sim.faults.add_latency("create", "namespaces", seconds=60)
+        labd = await Labd.create(config)
+        await labd.start()
+        try:
+            await labd.service.create("ada", spec(), actor=Actor.HUB)
+            await labd.service.create("bob", spec(), actor=Actor.HUB)
+            await eventually(
+                lambda: sim.stats.requests["create namespaces"] > 0, what="ada's step under way"
+            )
+        finally:
+            await labd.stop()
+        sim.faults.clear()
+        labd = await Labd.create(config)
+        await labd.start()
+        try:
+            for username in ("ada", "bob"):
+                await wait_state(labd, username, LabState.RUNNING, within=10)
+        finally:
+            await labd.stop()
 
 
 async def test_concurrent_deletes_share_one_operation(labd: Labd) -> None:
