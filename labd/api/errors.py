@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import asyncpg
 import sqlalchemy.exc
 import structlog
 from pydantic import ValidationError
@@ -36,13 +35,13 @@ from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, 
 
 from labd.alerts import Alerts
 from labd.api.models import ErrorBody, ErrorDetail
+from labd.db.database import DATABASE_UNREACHABLE, database_unreachable
 from labd.db.store import LabExistsError, LabNotFoundError
 from labd.lab.errors import LabdError, LabExistsConflictError, NotReadyError, UnknownUserError
 
 __all__ = [
     "ErrorBoundary",
     "RequestValidationError",
-    "database_unreachable",
     "error_response",
     "exception_handlers",
 ]
@@ -54,37 +53,6 @@ _HTTP_TYPES: Final = {
     405: ("method_not_allowed", "Method not allowed on this route"),
     413: ("request_too_large", "Request body too large"),
 }
-
-_DATABASE_UNREACHABLE: Final = (
-    OSError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
-)
-"""Failures that mean the database is out of reach for now, not a bug.
-
-asyncpg raises a refused connection as a bare `ConnectionRefusedError`;
-SQLAlchemy wraps a server that is shutting down or starting
-(`CannotConnectNowError`) in a plain `DBAPIError`, and lost connections in
-its `OperationalError` and `InterfaceError`.
-"""
-
-
-def database_unreachable(exc: BaseException) -> bool:
-    """Whether ``exc``, or what it wraps, says the database is out of reach."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, _DATABASE_UNREACHABLE):
-            return True
-        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 class RequestValidationError(Exception):
@@ -170,7 +138,7 @@ def exception_handlers() -> dict[Any, ExceptionHandler]:
         HTTPException: _http_error,
         LabNotFoundError: _lab_vanished,
         LabExistsError: _lab_exists,
-        **dict.fromkeys((*_DATABASE_UNREACHABLE, sqlalchemy.exc.DBAPIError), _database_error),
+        **dict.fromkeys((*DATABASE_UNREACHABLE, sqlalchemy.exc.DBAPIError), _database_error),
     }
 
 

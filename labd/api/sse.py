@@ -51,9 +51,9 @@ import structlog
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from labd.api.errors import database_unreachable
 from labd.api.models import MAX_ID
 from labd.config import HttpConfig
+from labd.db.database import database_unreachable
 from labd.lab.errors import TooManyStreamsError
 from labd.lab.records import EventRecord, EventType
 

@@ -32,6 +32,7 @@ from labd.alerts import Alerts
 from labd.config import Config
 from labd.control.state import ControlState
 from labd.control.steps import LabSteps
+from labd.db.database import database_unreachable
 from labd.db.store import LabStore, StaleLabError
 from labd.lab.machine import InvalidTransitionError, LabState
 from labd.lab.records import LabRecord, utcnow
@@ -120,8 +121,14 @@ class Scheduler:
                 else:
                     pause = await self._pause()
             except Exception as exc:
-                _logger.exception("scheduler pass failed; trying again")
-                self._alerts.unexpected("the scheduler loop", exc)
+                if database_unreachable(exc):
+                    _logger.warning(
+                        "scheduler pass: the database is out of reach; trying again",
+                        error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                    )
+                else:
+                    _logger.exception("scheduler pass failed; trying again")
+                    self._alerts.unexpected("the scheduler loop", exc)
                 pause = 1.0
             await self._idle(pause)
 

@@ -15,13 +15,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from labd import tasks
 from labd.alerts import Alerts
+from labd.db.database import database_unreachable
 from labd.kube.watching import PodEvent, PodUpdate
 from labd.lab.progress import Step
 from labd.lab.records import LabRecord, NewEvent, utcnow
 
 __all__ = ["ControlState", "DeleteSteps", "LabLocks"]
+
+_logger = structlog.get_logger()
 
 
 class LabLocks:
@@ -106,8 +111,13 @@ class ControlState:
         self._alerts = alerts
 
     def track(self, coro: Coroutine[Any, Any, Any], *, name: str) -> None:
-        """Run ``coro`` as a task that stopping waits for, and alert if it crashes."""
-        task = tasks.spawn(coro, name=name)
+        """Run ``coro`` as a task that stopping waits for, and alert if it crashes.
+
+        A database outage (PostgreSQL restarting, say) is not a crash: the
+        work is logged as left over, and what it would have written comes
+        from the lab's next step, once its lease or recheck falls due.
+        """
+        task = tasks.spawn(_outlasting_outages(coro, name), name=name)
         self.running.add(task)
         task.add_done_callback(self.running.discard)
         task.add_done_callback(self._report_crash)
@@ -139,3 +149,16 @@ class ControlState:
         error = None if task.cancelled() else task.exception()
         if error is not None:
             self._alerts.unexpected(f"task {task.get_name()}", error)
+
+
+async def _outlasting_outages(coro: Coroutine[Any, Any, Any], name: str) -> None:
+    try:
+        await coro
+    except Exception as exc:
+        if not database_unreachable(exc):
+            raise
+        _logger.warning(
+            "left over: the database is out of reach",
+            task=name,
+            error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+        )

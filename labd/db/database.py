@@ -45,13 +45,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
+import asyncpg
+import sqlalchemy.exc
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-__all__ = ["SUPPORTED_DRIVERS", "Database"]
+__all__ = ["DATABASE_UNREACHABLE", "SUPPORTED_DRIVERS", "Database", "database_unreachable"]
 
 SUPPORTED_DRIVERS: Final = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
@@ -309,3 +311,35 @@ def _install_sqlite_handlers(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+DATABASE_UNREACHABLE: Final = (
+    OSError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.InterfaceError,
+)
+"""Failures that mean the database is out of reach for now, not a bug.
+
+asyncpg raises a refused connection as a bare `ConnectionRefusedError`;
+SQLAlchemy wraps a server that is shutting down or starting
+(`CannotConnectNowError`) in a plain `DBAPIError`, and lost connections in
+its `OperationalError` and `InterfaceError`.
+"""
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc``, or what it wraps, says the database is out of reach."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DATABASE_UNREACHABLE):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

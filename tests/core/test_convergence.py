@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
+import structlog.testing
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from labd.daemon.factory import Labd
@@ -16,7 +17,7 @@ from labd.kube.builder import LabBuild, build_lab_objects
 from labd.kube.client import create_api_client
 from labd.kube.storage import LabKube
 from labd.lab.machine import LabState, Trigger
-from labd.lab.records import Actor, LabRecord
+from labd.lab.records import Actor, LabRecord, utcnow
 from labd.lab.spec import LabSpec
 from labd.sim import SimCluster
 from tests.support.core import IMAGE, LabdFactory, spec, wait_state
@@ -168,6 +169,41 @@ async def test_the_pod_watch_follows_on_from_the_first_reconcile(
     assert sim.stats.requests["list pods"] == 1
 
 
+async def test_a_step_that_meets_a_database_outage_is_left_over_not_a_crash(
+    labd: Labd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL restarting under a step is an outage, not a bug: a warning,
+    # no "unexpected error" alert, and the lab's next step takes it on.
+    transition = labd.store.transition
+    failures = 1
+    alerts: list[str] = []
+
+    async def flaky_transition(*args: Any, **kwargs: Any) -> LabRecord:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OSError("connection to the database lost")
+        return await transition(*args, **kwargs)
+
+    monkeypatch.setattr(labd.store, "transition", flaky_transition)
+    monkeypatch.setattr(labd.alerts, "unexpected", lambda where, _error: alerts.append(where))
+    with structlog.testing.capture_logs() as logs:
+        lab = await labd.service.create("outage", spec(), actor=Actor.HUB)
+        await eventually(lambda: failures == 0, what="the step's failed write")
+        await eventually(
+            lambda: any(log["event"] == "left over: the database is out of reach" for log in logs),
+            what="the warning",
+        )
+    assert alerts == []
+    left_over = [log for log in logs if log["event"].startswith("left over")]
+    assert left_over[0]["task"] == f"step-{lab.id}"
+    assert left_over[0]["log_level"] == "warning"
+    # Its lease would run out in 30 s; made due now, the lab goes on.
+    await labd.store.update(lab.id, {"next_attempt_at": utcnow()})
+    labd.signals.wake_scheduler()
+    await wait_state(labd, "outage", LabState.RUNNING)
+
+
 async def test_scheduler_outlives_database_errors(
     labd: Labd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -182,7 +218,10 @@ async def test_scheduler_outlives_database_errors(
             raise OSError("connection to the database lost")
         return await claim_due(**kwargs)
 
+    alerts: list[str] = []
     monkeypatch.setattr(labd.store, "claim_due", flaky_claim_due)
+    monkeypatch.setattr(labd.alerts, "unexpected", lambda where, _error: alerts.append(where))
     await labd.service.create("steady", spec(), actor=Actor.HUB)
     await wait_state(labd, "steady", LabState.RUNNING, within=20)
     assert failures == 0
+    assert alerts == [], "an outage is no unexpected error"
