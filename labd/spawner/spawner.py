@@ -229,6 +229,40 @@ async def read_events(lines: AsyncIterator[str]) -> AsyncGenerator[LabEvent, Non
         fields, data = {}, []
 
 
+@dataclass(frozen=True, slots=True)
+class _StreamEnd:
+    """How a stream read ahead ended: cleanly (no error) or with an error."""
+
+    error: Exception | None = None
+
+
+async def _read_ahead(
+    response: httpx.Response, read: asyncio.Queue[LabEvent | _StreamEnd]
+) -> None:
+    """Put the events of ``response`` into ``read``, then how the stream ended.
+
+    Nothing here waits but httpx's reads: the queue has no bound (a spawn's
+    events are few), so a cancellation always lands in a read.
+    """
+    try:
+        async for event in read_events(response.aiter_lines()):
+            read.put_nowait(event)
+    except Exception as error:
+        read.put_nowait(_StreamEnd(error))
+    else:
+        read.put_nowait(_StreamEnd())
+
+
+async def _events_read(
+    read: asyncio.Queue[LabEvent | _StreamEnd],
+) -> AsyncGenerator[LabEvent, None]:
+    """The events `_read_ahead` puts into ``read``; raises the error the stream ended with."""
+    while not isinstance(item := await read.get(), _StreamEnd):
+        yield item
+    if item.error is not None:
+        raise item.error
+
+
 def _event(fields: dict[str, str], data: str) -> LabEvent:
     try:
         payload = json.loads(data)
@@ -408,8 +442,16 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
         return state
 
     @asynccontextmanager
-    async def _event_stream(self, last_id: str | None) -> AsyncIterator[AsyncIterator[str]]:
-        """Open the current operation's event stream; its lines.
+    async def _event_stream(self, last_id: str | None) -> AsyncIterator[AsyncIterator[LabEvent]]:
+        """Open the current operation's event stream; its events.
+
+        A task of its own reads the stream ahead and is cancelled on the way
+        out. The cancellation lands in httpx's innermost read, so the
+        generators httpx nests under a stream end there and then. Closed
+        from above instead, at a ``yield``, they would be left to the
+        garbage collector, which closes each in a task of its own, and a hub
+        shutting down destroys those unfinished ("Task was destroyed but it
+        is pending!").
 
         Raises `_NoOperationError` on 404, `httpx.HTTPStatusError` on any other
         answer but 200, and `httpx.TransportError` when the connection fails.
@@ -428,7 +470,14 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
                 raise httpx.HTTPStatusError(
                     f"HTTP {response.status_code}", request=response.request, response=response
                 )
-            yield response.aiter_lines()
+            read: asyncio.Queue[LabEvent | _StreamEnd] = asyncio.Queue()
+            reader = asyncio.create_task(_read_ahead(response, read), name="labd-events")
+            try:
+                async with aclosing(_events_read(read)) as events:
+                    yield events
+            finally:
+                reader.cancel()
+                await asyncio.wait([reader])
 
     async def _follow(self) -> AsyncGenerator[LabEvent, None]:
         """The current operation's events, each once, until its last one.
@@ -447,9 +496,9 @@ class LabdSpawner(Spawner):  # type: ignore[misc]  # jupyterhub is untyped
         while True:
             try:
                 try:
-                    async with self._event_stream(last_id) as lines:
+                    async with self._event_stream(last_id) as events:
                         retry.answered()
-                        async for event in read_events(lines):
+                        async for event in events:
                             retry.progressed()
                             last_id = event.id or last_id
                             yield event

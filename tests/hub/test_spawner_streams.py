@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,6 +76,35 @@ async def test_progress_resumes_after_each_way_a_stream_breaks(
     assert labd.last_event_ids == [None, "1", "2", "3", "3", "4", "5"]
     assert "labd event stream for ada broke" in caplog.text
     assert "hub-token" not in caplog.text
+
+
+async def test_progress_closed_midway_closes_its_stream_readers_at_once() -> None:
+    # A generator left to the garbage collector is closed in a task of its
+    # own, which a hub shutting down destroys unfinished ("Task was destroyed
+    # but it is pending!"). Closing progress ends every generator under it,
+    # the spawner's and those httpx nests under the stream, there and then.
+    finalized: list[str] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def finalizer(agen: Any) -> None:
+        finalized.append(agen.__qualname__)
+        if hooks.finalizer is not None:
+            hooks.finalizer(agen)
+
+    sys.set_asyncgen_hooks(hooks.firstiter, finalizer)
+    try:
+        async with breaking_labd(SPAWN, [Break(2, "silence")]) as labd:
+            spawner = hubless_spawner(labd.url, "hub-token", "ada", stream_read_timeout=30)
+            spawner._created.set()
+            progress = spawner.progress()
+            assert [await anext(progress), await anext(progress)] == [
+                _update(event) for event in SPAWN[:2]
+            ]
+            await progress.aclose()
+            gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert finalized == []
 
 
 async def test_start_resumes_and_ends_with_labds_verdict() -> None:
