@@ -40,6 +40,8 @@ States, with the API status each is reported as:
 from __future__ import annotations
 
 import enum
+import functools
+import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -273,6 +275,7 @@ def _machine_kwargs() -> dict[str, Any]:
 
 
 _MACHINE: Final = Machine(model=None, initial=None, **_machine_kwargs())
+_MACHINE_LOCK: Final = threading.Lock()
 
 
 def next_state(state: str, trigger: str, *, pod_phase: str | None = None) -> LabState:
@@ -301,17 +304,33 @@ def next_state(state: str, trigger: str, *, pod_phase: str | None = None) -> Lab
     if trigger not in TRIGGERS or state not in _MACHINE.states:
         raise InvalidTransitionError(state, trigger)
     # transitions names Enum members by their names: hand it plain strings.
-    lab = _Lab(state=str(state), pod_phase=pod_phase)
-    _MACHINE.add_model(lab, initial=lab.state)
-    try:
-        moved = _MACHINE.events[str(trigger)].trigger(lab)
-    except MachineError as exc:
-        raise InvalidTransitionError(state, trigger) from exc
-    finally:
-        _MACHINE.remove_model(lab)
-    if not moved:
+    destination = _destination(str(state), str(trigger), pod_phase)
+    if destination is None:
         raise InvalidTransitionError(state, trigger)
-    return LabState(lab.state)
+    return LabState(destination)
+
+
+@functools.cache
+def _destination(state: str, trigger: str, pod_phase: str | None) -> str | None:
+    """Where the machine takes ``state`` on ``trigger``; `None` if it refuses.
+
+    The machine never changes, so each answer is worked out once (a few
+    hundred at most: states by triggers by pod phases): attaching a model
+    to a `transitions` machine defines a method per trigger on it, which
+    bursts of transitions paid for every time.  The lock keeps the shared
+    machine to one model at a time: transitions run on the SQLite writer's
+    thread as well as on the event loop.
+    """
+    lab = _Lab(state=state, pod_phase=pod_phase)
+    with _MACHINE_LOCK:
+        _MACHINE.add_model(lab, initial=lab.state)
+        try:
+            moved = _MACHINE.events[trigger].trigger(lab)
+        except MachineError:
+            return None
+        finally:
+            _MACHINE.remove_model(lab)
+    return lab.state if moved else None
 
 
 def mermaid_diagram() -> str:
