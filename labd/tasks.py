@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["cancel_and_wait", "spawn"]
+__all__ = ["cancel_and_wait", "describe_error", "spawn"]
 
 _logger = structlog.get_logger()
 _running: set[asyncio.Task[Any]] = set()
@@ -41,6 +41,29 @@ def spawn(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
     _running.add(task)
     task.add_done_callback(_finished)
     return task
+
+
+def describe_error(exc: BaseException, *, first_line: bool = False) -> str:
+    """An error in a few words, for a warning logged without its traceback.
+
+    Parameters
+    ----------
+    exc
+        The error.
+    first_line
+        Keep the first line only: SQLAlchemy's errors go on with the
+        statement and a "Background on this error" link.
+
+    Returns
+    -------
+    str
+        ``"<type>: <message>"``, or the type alone for an error without a
+        message (a bare `TimeoutError`).
+    """
+    message = str(exc)
+    if first_line:
+        message = message.partition("\n")[0]
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _finished(task: asyncio.Task[Any]) -> None:

@@ -388,7 +388,7 @@ class Alerts:
         self.alert(
             AlertKind.UNEXPECTED_ERROR,
             f"Unexpected error in {where}",
-            detail=f"{type(error).__name__}: {error}",
+            detail=tasks.describe_error(error),
         )
 
     def _post(self, notice: Notice) -> None:

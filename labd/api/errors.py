@@ -38,6 +38,7 @@ from labd.api.models import ErrorBody, ErrorDetail
 from labd.db.database import DATABASE_UNREACHABLE, database_unreachable
 from labd.db.store import LabExistsError, LabNotFoundError
 from labd.lab.errors import LabdError, LabExistsConflictError, NotReadyError, UnknownUserError
+from labd.tasks import describe_error
 
 __all__ = [
     "ErrorBoundary",
@@ -110,7 +111,7 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     if not database_unreachable(exc):
         raise exc  # A real failure: `ErrorBoundary` logs it and answers 500.
     _logger.warning(
-        "database unreachable", path=request.url.path, error=f"{type(exc).__name__}: {exc}"
+        "database unreachable", path=request.url.path, error=describe_error(exc, first_line=True)
     )
     return await _labd_error(request, NotReadyError("Database unavailable; retry later"))
 

@@ -56,6 +56,7 @@ from labd.config import HttpConfig
 from labd.db.database import database_unreachable
 from labd.lab.errors import TooManyStreamsError
 from labd.lab.records import EventRecord, EventType
+from labd.tasks import describe_error
 
 __all__ = ["DEFAULT_KEEPALIVE", "EventStreams", "parse_last_event_id"]
 
@@ -239,7 +240,7 @@ class EventStreams:
             _logger.warning(
                 "event stream ended: the database is out of reach",
                 last_event_id=after,
-                error=f"{type(exc).__name__}: {exc}",
+                error=describe_error(exc, first_line=True),
             )
         finally:
             self._closing.discard(closing)

@@ -112,7 +112,7 @@ class Leader:
                 except Exception as exc:
                     _logger.warning(
                         "could not try to take leadership",
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=tasks.describe_error(exc),
                     )
                     term = None
                 if term is None:

@@ -37,6 +37,7 @@ from labd.db.store import LabStore, StaleLabError
 from labd.lab.machine import InvalidTransitionError, LabState
 from labd.lab.records import LabRecord, utcnow
 from labd.lab.signals import STEP_LEASE, LabSignals
+from labd.tasks import describe_error
 
 __all__ = ["Scheduler"]
 
@@ -124,7 +125,7 @@ class Scheduler:
                 if database_unreachable(exc):
                     _logger.warning(
                         "scheduler pass: the database is out of reach; trying again",
-                        error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+                        error=describe_error(exc, first_line=True),
                     )
                 else:
                     _logger.exception("scheduler pass failed; trying again")
@@ -176,7 +177,7 @@ class Scheduler:
             _logger.warning(
                 "could not release leases; they run out instead",
                 labs=len(leases),
-                error=f"{type(exc).__name__}: {exc}",
+                error=describe_error(exc),
             )
             return
         _logger.info("leases released", labs=released)

@@ -160,5 +160,5 @@ async def _outlasting_outages(coro: Coroutine[Any, Any, Any], name: str) -> None
         _logger.warning(
             "left over: the database is out of reach",
             task=name,
-            error=f"{type(exc).__name__}: {exc}".splitlines()[0],
+            error=tasks.describe_error(exc, first_line=True),
         )

@@ -40,6 +40,7 @@ from sqlalchemy.engine import URL
 
 from labd.db.status import StatusCache
 from labd.lab.signals import LabSignals
+from labd.tasks import describe_error
 
 __all__ = [
     "APPLICATION",
@@ -122,7 +123,7 @@ class ChangeListener:
                 except Exception as exc:
                     _logger.warning(
                         "lab change listener lost its connection; status reads go to SQL",
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=describe_error(exc),
                     )
                 failures = 1 if self._listened else failures + 1
                 await asyncio.sleep(min(_RETRY[0] * 2 ** (failures - 1), _RETRY[1]))
@@ -208,6 +209,6 @@ async def warm_status(status: StatusCache) -> None:
     try:
         added = await status.warm()
     except Exception as exc:
-        _logger.warning("could not preload lab status", error=f"{type(exc).__name__}: {exc}")
+        _logger.warning("could not preload lab status", error=describe_error(exc, first_line=True))
     else:
         _logger.debug("preloaded lab status", labs=added)

@@ -49,6 +49,7 @@ from sqlalchemy.engine import URL, Connection
 from labd.db.database import Database
 from labd.db.schema import labd_leader
 from labd.lab.records import utcnow
+from labd.tasks import describe_error
 
 __all__ = [
     "APPLICATION",
@@ -188,7 +189,7 @@ class AdvisoryLeaderLock:
                 return "ping timeout"
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self._drop()
-                return f"connection lost: {type(exc).__name__}: {exc}"
+                return f"connection lost: {describe_error(exc)}"
 
     async def confirm(self, term: int) -> None:
         """Check on the lock's own connection that ``term`` is still the current one.
