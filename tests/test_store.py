@@ -616,3 +616,46 @@ async def test_a_spec_row_written_now_is_the_layout_older_labd_reads(database: D
             )
         assert json.loads(stored) == json.loads(ROWS[name])
         assert (await store.get_lab(lab.id)).spec == lab.spec
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_pooled_connections_the_server_closed_are_replaced_before_use(
+    database: Database, database_url: str
+) -> None:
+    """A server restart or ``pg_terminate_backend`` costs no reader or writer an error."""
+
+    async def backend_pid() -> int:
+        async with database.read() as conn:
+            pid: int = (await conn.execute(text("SELECT pg_backend_pid(), pg_sleep(0.05)"))).one()[
+                0
+            ]
+        return pid
+
+    # Four at once leave four connections in the pool.
+    closed = set(await asyncio.gather(*(backend_pid() for _ in range(4))))
+    assert len(closed) == 4
+    other = Database(database_url)
+    try:
+        async with other.write() as conn:
+            await conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"),
+                {"pids": sorted(closed)},
+            )
+        while True:
+            async with other.read() as conn:
+                left = await conn.scalar(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:pids AS integer[]))"),
+                    {"pids": sorted(closed)},
+                )
+            if not left:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await other.dispose()
+    await asyncio.sleep(0.2)  # The event loop reads each closed socket's end.
+
+    opened = set(await asyncio.gather(*(backend_pid() for _ in range(4))))
+    assert not opened & closed
+    store = LabStore(database)
+    lab = await new_lab(store)
+    assert (await store.get_lab(lab.id)).version == lab.version

@@ -113,14 +113,8 @@ class Database:
             )
         self.url = parsed
         self.dialect: Final = parsed.get_backend_name()
-        # No SQL parameters in logs or errors, ever: some are secrets.  A
-        # pooled PostgreSQL connection may have been dropped by the server
-        # (pinged before use); an SQLite file cannot drop one.
-        options: dict[str, Any] = {
-            "echo": echo,
-            "pool_pre_ping": self.dialect != "sqlite",
-            "hide_parameters": True,
-        }
+        # No SQL parameters in logs or errors, ever: some are secrets.
+        options: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.dialect == "sqlite":
             options["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:
@@ -136,6 +130,7 @@ class Database:
         which sign the notifications its commits send (`labd.db.changes`)."""
         if self.dialect != "sqlite":
             _track_backends(self.engine.sync_engine, self.backend_pids)
+            _drop_closed_connections(self.engine.sync_engine)
         if self.dialect == "sqlite":
             _install_sqlite_handlers(self.engine.sync_engine)
             # The writer thread's own engine: the standard library driver on
@@ -288,6 +283,25 @@ def _track_backends(engine: Engine, pids: set[int]) -> None:
 
     event.listen(engine, "close", _on_close)
     event.listen(engine, "invalidate", _on_close)
+
+
+def _drop_closed_connections(engine: Engine) -> None:
+    """Replace a pooled PostgreSQL connection the server has closed, on checkout.
+
+    A server that restarts, or ends a session (``pg_terminate_backend``,
+    ``idle_session_timeout``), closes its connections; asyncpg sees the
+    socket close the moment the event loop reads it, and then says so
+    without a round trip.  SQLAlchemy's ``pool_pre_ping`` asks the server
+    instead, in three round trips per checkout (``BEGIN``, an empty query,
+    ``ROLLBACK``): 7 % of the event loop's time in a burst of 1,000 spawns.
+    A connection that dies after this check fails its statement, and that
+    invalidates it, as a ping that came a moment too early would have.
+    """
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: DBAPIConnection, *_: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise sqlalchemy.exc.DisconnectionError("the server closed the connection")
 
 
 def _install_sqlite_handlers(engine: Engine) -> None:
