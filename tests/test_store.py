@@ -154,16 +154,47 @@ async def test_stale_version_is_refused_and_nothing_written(database: Database) 
     store = LabStore(database)
     lab = await lab_in(store, S.RUNNING)
     await store.update(lab.id, {"pod_phase": "Running"})
-    moved = await store.transition(lab.id, T.DELETE, actor=Actor.HUB, expected_version=lab.version)
+    moved = await store.transition(lab.id, T.DELETE, actor=Actor.HUB, expected=lab)
     with pytest.raises(StaleLabError) as info:
-        await store.transition(
-            lab.id, T.POD_EXITED, actor=Actor.WATCHER, expected_version=lab.version
-        )
+        await store.transition(lab.id, T.POD_EXITED, actor=Actor.WATCHER, expected=lab)
     assert (info.value.expected, info.value.actual) == (lab.version, moved.version)
     assert await store.get_lab(lab.id) == moved
     with pytest.raises(StaleLabError):
         await store.update(lab.id, {"attempts": 3}, expected_version=lab.version)
     assert (await store.get_lab(lab.id)).attempts == 0
+
+
+async def test_a_transition_from_the_current_row_neither_locks_nor_reads_it_first(
+    database: Database,
+) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.RUNNING)
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    for engine in database.sync_engines:
+        event.listen(engine, "before_cursor_execute", seen)
+    try:
+        moved = await store.transition(lab.id, T.DELETE, actor=Actor.HUB, expected=lab)
+        quick = list(statements)
+        # A row changed within its version (here its pod phase) is locked
+        # and read: the machine answers from what the row holds now.
+        await store.update(moved.id, {"pod_phase": "Running"})
+        statements.clear()
+        gone = await store.transition(moved.id, T.DELETED, actor=Actor.SCHEDULER, expected=moved)
+    finally:
+        for engine in database.sync_engines:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert not [s for s in quick if s.startswith("SELECT labs.")], quick
+    assert [s for s in quick if s.startswith("UPDATE labs")], quick
+    assert [s for s in statements if s.startswith("SELECT labs.")], statements
+    assert (gone.state, gone.version) == (S.DELETED, moved.version + 1)
+    assert [t.version for t in await store.lab_history(lab.id)][-2:] == [
+        lab.version + 1,
+        gone.version,
+    ]
 
 
 async def test_unknown_lab(database: Database) -> None:
@@ -341,7 +372,7 @@ async def test_racing_transitions_have_one_winner(database: Database, database_u
                     lab.id,
                     T.DELETE if i % 2 else T.POD_EXITED,
                     actor=Actor.HUB,
-                    expected_version=lab.version if i < CONTENDERS // 2 else None,
+                    expected=lab if i < CONTENDERS // 2 else None,
                 )
                 for i, s in enumerate(stores)
             ),
@@ -638,13 +669,18 @@ async def test_pooled_connections_the_server_closed_are_replaced_before_use(
     try:
         async with other.write() as conn:
             await conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"),
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"
+                ),
                 {"pids": sorted(closed)},
             )
         while True:
             async with other.read() as conn:
                 left = await conn.scalar(
-                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:pids AS integer[]))"),
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE pid = ANY(CAST(:pids AS integer[]))"
+                    ),
                     {"pids": sorted(closed)},
                 )
             if not left:

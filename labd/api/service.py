@@ -228,8 +228,12 @@ class LabService:
         self, username: str, *, actor: Actor, following: contextlib.ExitStack | None = None
     ) -> LabRecord:
         check_username(username)
+        raced: LabRecord | None = None
         while True:
             lab = await self._store.get_current_lab(username)
+            if lab is None and raced is not None:
+                # The writer that moved the lab first deleted it, all the way.
+                return raced
             if lab is None:
                 raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
             if following is not None:
@@ -243,13 +247,14 @@ class LabService:
                     Trigger.DELETE,
                     actor=actor,
                     reason="Delete requested",
-                    expected_version=lab.version,
+                    expected=lab,
                     new_operation=True,
                     final_events=[spawn_cancelled_event()] if lab.state in SPAWNING_STATES else [],
                     changes=self._delete_changes(handed=handed),
                 )
             except (StaleLabError, InvalidTransitionError):
-                continue  # Someone else moved the lab; look again.
+                raced = lab  # Someone else moved the lab; look again.
+                continue
             _logger.info("lab delete requested", username=username, lab_id=lab.id)
             self._signals.began(lab)
             self._step_soon(lab, handed=handed)
@@ -429,7 +434,7 @@ class LabService:
                     Trigger.CLEANUP,
                     actor=actor,
                     reason="Replaced by a new lab",
-                    expected_version=current.version,
+                    expected=current,
                     new_operation=True,
                     changes=self._delete_changes(handed=False),
                 )

@@ -152,7 +152,7 @@ class LabSteps:
             lab.id,
             Trigger.START,
             actor=Actor.SCHEDULER,
-            expected_version=lab.version,
+            expected=lab,
             # ``next_attempt_at`` keeps the claim's lease while this step
             # creates the objects: a lab due now would be claimed by a
             # replica woken by ``labd_lab_due``.
@@ -202,7 +202,7 @@ class LabSteps:
             lab.id,
             Trigger.OBJECTS_READY,
             actor=Actor.SCHEDULER,
-            expected_version=lab.version,
+            expected=lab,
             changes={
                 "internal_url": internal_url(lab.namespace, env, self._config),
                 "attempts": 0,
@@ -249,7 +249,7 @@ class LabSteps:
             trigger,
             actor=Actor.SCHEDULER,
             reason=reason,
-            expected_version=lab.version,
+            expected=lab,
             changes={
                 "last_error": reason,
                 "next_attempt_at": utcnow() + timedelta(seconds=_REPORT_GRACE),
@@ -305,7 +305,7 @@ class LabSteps:
                 lab.id,
                 Trigger.POD_RUNNING,
                 actor=Actor.WATCHER,
-                expected_version=lab.version,
+                expected=lab,
                 changes=changes,
                 events=[
                     NewEvent.at(Step.STARTED, lab.username, type=EventType.COMPLETE, terminal=True)
@@ -330,7 +330,7 @@ class LabSteps:
             trigger,
             actor=Actor.WATCHER,
             reason=reason,
-            expected_version=lab.version,
+            expected=lab,
             changes={
                 "pod_phase": None if pod.deleted else pod.phase,
                 "last_error": reason,
@@ -422,7 +422,7 @@ class LabSteps:
             lab.id,
             Trigger.DELETED,
             actor=Actor.SCHEDULER,
-            expected_version=lab.version,
+            expected=lab,
             changes={"next_attempt_at": None, "pod_phase": None, "internal_url": None},
             events=[*steps, NewEvent.at(Step.DELETED, lab.username, terminal=True)],
         )
@@ -492,7 +492,7 @@ class LabSteps:
                 Trigger.DELETE_FAILED,
                 actor=Actor.SCHEDULER,
                 reason=reason,
-                expected_version=lab.version,
+                expected=lab,
                 changes={"last_error": reason, "next_attempt_at": retry},
                 events=[
                     NewEvent(EventType.ERROR, reason),
@@ -525,7 +525,7 @@ class LabSteps:
             Trigger.CLEANUP,
             actor=Actor.SCHEDULER,
             reason=f"Cleaning up {lab.state.value} lab",
-            expected_version=lab.version,
+            expected=lab,
             new_operation=True,
             changes=changes,
         )

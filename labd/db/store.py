@@ -30,6 +30,7 @@ lab's history.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -46,6 +47,7 @@ from labd.db.schema import lab_events, lab_transitions, labd_leader, labs
 from labd.lab.machine import (
     LIVE_STATES,
     SECRET_STATES,
+    InvalidTransitionError,
     LabState,
     Trigger,
     next_state,
@@ -250,7 +252,7 @@ class LabStore:
         actor: Actor,
         reason: str | None = None,
         details: dict[str, Any] | None = None,
-        expected_version: int | None = None,
+        expected: LabRecord | None = None,
         changes: LabChanges | None = None,
         events: Sequence[NewEvent] = (),
         new_operation: bool = False,
@@ -266,9 +268,11 @@ class LabStore:
             What happened.
         actor, reason, details
             Recorded in the audit row.
-        expected_version
-            The version the caller based its decision on; `StaleLabError` if
-            the lab has moved on since.
+        expected
+            The row the caller based its decision on; `StaleLabError` if the
+            lab has moved on since (a newer version).  While it is current,
+            the transition is one ``UPDATE`` conditional on it, without
+            locking and reading the row first.
         changes
             Other columns to set in the same transaction.
         events
@@ -293,25 +297,26 @@ class LabStore:
         LabNotFoundError
             If there is no such lab.
         StaleLabError
-            If ``expected_version`` is given and not current.
+            If ``expected`` is given and not current.
         LabExistsError
             If the transition would give the user two current labs.
         """
         changes = changes or {}
-        current: LabRecord | None = None
+        current: LabRecord | None = expected
 
-        def work(conn: Connection) -> Row[Any]:
-            nonlocal current
-            current = self._lock(conn, lab_id, expected_version)
-            state = next_state(
-                current.state,
-                trigger,
-                pod_phase=changes.get("pod_phase", current.pod_phase),
-            )
+        def move(conn: Connection, lab: LabRecord) -> Row[Any] | None:
+            """Write the transition from ``lab``; `None` if the row is no longer ``lab``.
+
+            The row must still hold what the machine's answer depends on:
+            the state (a new state is a new version) and the pod phase (an
+            update may change it within a version).
+            """
+            pod_phase = changes.get("pod_phase", lab.pod_phase)
+            state = next_state(lab.state, trigger, pod_phase=pod_phase)
             now = utcnow()
             values: dict[str, Any] = {
                 "state": state.value,
-                "version": current.version + 1,
+                "version": lab.version + 1,
                 "updated_at": now,
                 **changes,
             }
@@ -321,19 +326,38 @@ class LabStore:
             if state is LabState.DELETED:
                 values["deleted_at"] = now
             if new_operation:
-                values["operation"] = current.operation + 1
-            self._insert_events(conn, current, final_events)
+                values["operation"] = lab.operation + 1
             statement = (
                 update(labs)
-                .where(labs.c.id == lab_id, labs.c.version == current.version)
+                .where(
+                    labs.c.id == lab_id,
+                    labs.c.version == lab.version,
+                    labs.c.pod_phase.is_not_distinct_from(lab.pod_phase),
+                )
                 .values(values)
                 .returning(labs)
             )
-            row = conn.execute(statement).one_or_none()
+            return conn.execute(statement).one_or_none()
+
+        def work(conn: Connection) -> Row[Any]:
+            nonlocal current
+            row = None
+            if expected is not None:
+                # The caller's row is usually still the lab's: then one
+                # statement does, and takes the row lock the events need.
+                with contextlib.suppress(InvalidTransitionError):
+                    row = move(conn, expected)
             if row is None:
-                # Unreachable while the row lock holds; kept so that a
-                # change of isolation can never let two writers win.
-                raise StaleLabError(lab_id, current.version, current.version + 1)
+                current = self._lock(conn, lab_id, expected.version if expected else None)
+                row = move(conn, current)
+                if row is None:
+                    # Unreachable while the row lock holds; kept so that a
+                    # change of isolation can never let two writers win.
+                    raise StaleLabError(lab_id, current.version, current.version + 1)
+            assert current is not None
+            # After the UPDATE, under its row lock: a lab's events commit in
+            # id order (see `add_events`).
+            self._insert_events(conn, current, final_events)
             self._record(
                 conn,
                 row,

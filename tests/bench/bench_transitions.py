@@ -61,9 +61,7 @@ async def run_one(url: str, labs: int, workers: int) -> dict[str, Any]:
                 username=name, slug=name, namespace=f"labd-{name}", spec=LabSpec(), actor=Actor.HUB
             )
             for trigger in LIFE:
-                lab = await store.transition(
-                    lab.id, trigger, actor=Actor.SCHEDULER, expected_version=lab.version
-                )
+                lab = await store.transition(lab.id, trigger, actor=Actor.SCHEDULER, expected=lab)
             done += 1 + len(LIFE)
         return done
 

@@ -257,6 +257,29 @@ async def test_concurrent_deletes_share_one_operation(labd: Labd) -> None:
     assert triggers[-1] == "deleted"
 
 
+async def test_a_delete_that_loses_its_race_to_a_finished_delete_succeeds(
+    labd: Labd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loser's transition finds the lab moved on; by the time it looks
+    # again, the winner's delete has ended: the lab is gone, as it asked.
+    await labd.service.create("cleo", spec(), actor=Actor.HUB)
+    await wait_state(labd, "cleo", LabState.RUNNING)
+    transition = labd.store.transition
+    raced = False
+
+    async def after_another_delete(*args: Any, **kwargs: Any) -> LabRecord:
+        nonlocal raced
+        if not raced:
+            raced = True
+            await asyncio.wait_for(labd.service.delete("cleo", actor=Actor.HUB), 15)
+        return await transition(*args, **kwargs)
+
+    monkeypatch.setattr(labd.store, "transition", after_another_delete)
+    await asyncio.wait_for(labd.service.delete("cleo", actor=Actor.HUB), 15)
+    assert raced
+    assert await labd.store.get_current_lab("cleo") is None
+
+
 async def test_concurrent_creates_one_wins(labd: Labd) -> None:
     results = await asyncio.gather(
         *(labd.service.create("dave", spec(), actor=Actor.HUB) for _ in range(5)),

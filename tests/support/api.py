@@ -116,7 +116,7 @@ class Driver:
             lab.id,
             trigger,
             actor=Actor.SCHEDULER,
-            expected_version=lab.version,
+            expected=lab,
             changes=changes,  # type: ignore[arg-type]
             events=events,
         )
