@@ -5,9 +5,10 @@ one write transaction:
 
 1. reads the lab row under a row lock (``SELECT ... FOR UPDATE`` on
    PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` already holds the write lock),
+   unless the caller passes the row it read and that row is still current,
 2. asks the state machine whether the trigger is legal and where it leads,
 3. updates the row with ``WHERE id = :id AND version = :version`` and bumps
-   the version,
+   the version (an update of no row sends a caller's row to step 1),
 4. appends one ``lab_transitions`` row carrying that new version, and any
    progress events.
 
@@ -16,11 +17,13 @@ So a trigger either happens with its audit row or not at all, and because
 has exactly one row per version: no gap, no duplicate.
 
 Optimistic concurrency: a caller that decided what to do from an earlier read
-passes ``expected_version``.  If another writer got there first, the versions
-differ and `StaleLabError` is raised with nothing written; the caller re-reads
-and decides again.  Two writers racing on one lab cannot both win: the second
-one either finds a new version (stale) or a new state (the trigger may now be
-illegal).
+passes the row it read (``expected``; ``expected_version`` for `LabStore.update`).
+If another writer got there first, the versions differ and `StaleLabError` is
+raised with nothing written; the caller re-reads and decides again.  While the
+caller's row is still the lab's, the transition is a single ``UPDATE``
+conditional on it, which takes the row lock itself.  Two writers racing on
+one lab cannot both win: the second one either finds a new version (stale) or
+a new state (the trigger may now be illegal).
 
 Bookkeeping that is not a state change (retry counters, the last pod phase
 seen, deadlines) goes through `LabStore.update`, which leaves the version
