@@ -24,6 +24,7 @@ from labd.db.store import LabExistsError, LabNotFoundError, LabStore, StaleLabEr
 from labd.lab.machine import InvalidTransitionError, LabState, Trigger
 from labd.lab.records import Actor, EventType, LabRecord, NewEvent
 from labd.lab.spec import LabSpec, SpecOptions
+from tests.support.databases import terminate_sessions
 from tests.support.specs import ROWS
 from tests.support.transitions import LEGAL
 
@@ -665,29 +666,9 @@ async def test_pooled_connections_the_server_closed_are_replaced_before_use(
     # Four at once leave four connections in the pool.
     closed = set(await asyncio.gather(*(backend_pid() for _ in range(4))))
     assert len(closed) == 4
-    other = Database(database_url)
-    try:
-        async with other.write() as conn:
-            await conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"
-                ),
-                {"pids": sorted(closed)},
-            )
-        while True:
-            async with other.read() as conn:
-                left = await conn.scalar(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity"
-                        " WHERE pid = ANY(CAST(:pids AS integer[]))"
-                    ),
-                    {"pids": sorted(closed)},
-                )
-            if not left:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        await other.dispose()
+    await terminate_sessions(
+        database_url, "pid = ANY(CAST(:pids AS integer[]))", pids=sorted(closed)
+    )
     await asyncio.sleep(0.2)  # The event loop reads each closed socket's end.
 
     opened = set(await asyncio.gather(*(backend_pid() for _ in range(4))))

@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from labd.daemon.factory import Labd
 from labd.db.changes import APPLICATION
-from labd.db.database import Database
 from labd.db.store import LabStore
 from labd.lab.machine import LabState
 from labd.lab.records import Actor, EventRecord, EventType, NewEvent
 from labd.sim import SimCluster
 from tests.support.core import make_config, spec
+from tests.support.databases import terminate_sessions
 from tests.support.waiting import eventually
 
 STREAMS = 50
@@ -148,18 +147,7 @@ async def test_a_replica_that_cannot_hear_polls(
         pytest.skip("SQLite has no change listener")
     labd = await replicas()
     assert labd.signals.complete
-    database = Database(database_url)
-    try:
-        async with database.write() as conn:
-            await conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = :name AND datname = current_database()"
-                ),
-                {"name": APPLICATION},
-            )
-    finally:
-        await database.dispose()
+    await terminate_sessions(database_url, "application_name = :name", name=APPLICATION)
     await eventually(lambda: not labd.signals.complete, what="polling")
     assert labd.signals.follow_interval == 2.0
     await eventually(lambda: labd.signals.complete, what="hearing again")

@@ -32,6 +32,7 @@ from labd.lab.signals import LabSignals
 from labd.lab.spec import LabSpec
 from labd.sim import SimCluster
 from tests.support.core import LabdFactory, spec, wait_state
+from tests.support.databases import terminate_sessions
 from tests.support.waiting import eventually
 
 SQLITE_HAS_NO_REPLICAS = "SQLite serves one labd process: no replicas"
@@ -192,22 +193,13 @@ async def _leader_lock_pid(database_url: str) -> int:
     return pid
 
 
-async def _terminate(database_url: str, pid: int) -> None:
-    database = Database(database_url)
-    try:
-        async with database.write() as conn:
-            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    finally:
-        await database.dispose()
-
-
 async def test_a_leader_whose_lock_connection_is_cut_stops_and_another_leads(
     pair: tuple[Labd, Labd], database_url: str
 ) -> None:
     old, new = pair
     term = old.leader.term
     assert term is not None
-    await _terminate(database_url, await _leader_lock_pid(database_url))
+    await terminate_sessions(database_url, "pid = :pid", pid=await _leader_lock_pid(database_url))
     await eventually(lambda: not old.leader.leading, within=5, what="the old leader to stop")
     # Its duties were cancelled and awaited before it said so.
     assert _gauge(old) == 0 and old.leader.on_duty_since is None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import text
 
 from labd.daemon.factory import Labd
 from labd.db.changes import APPLICATION
@@ -23,6 +22,7 @@ from labd.lab.machine import LabState, Trigger
 from labd.lab.records import Actor, LabRecord
 from labd.lab.spec import LabSpec
 from tests.support.core import LabdFactory, spec, wait_state
+from tests.support.databases import terminate_sessions
 from tests.support.waiting import eventually
 
 
@@ -172,14 +172,9 @@ async def test_lost_listener_turns_the_cache_off(labd: Labd, database_url: str) 
     try:
         lab = await create(LabStore(other), "dave")
         assert await status_of(labd, "dave") == "pending"
-        async with other.write() as conn:
-            terminated = await conn.scalar(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE application_name = :name AND datname = current_database()"
-                ),
-                {"name": APPLICATION},
-            )
+        terminated = await terminate_sessions(
+            database_url, "application_name = :name", name=APPLICATION
+        )
         assert terminated == 1
 
         async def off() -> bool:

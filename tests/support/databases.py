@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from labd.db.database import Database
 from labd.db.migrate import upgrade
 
-__all__ = ["POSTGRES_ADMIN_URL", "scratch_database"]
+__all__ = ["POSTGRES_ADMIN_URL", "scratch_database", "terminate_sessions"]
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "LABD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -22,6 +25,35 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def terminate_sessions(url: str, where: str, **params: Any) -> int:
+    """``pg_terminate_backend`` of the sessions on ``url``'s database that match ``where``.
+
+    ``where`` is a condition on ``pg_stat_activity`` with ``:name`` parameters
+    (``params``).  Returns how many, once every one of them has ended (a
+    client that reconnects meanwhile has a new session, not waited for).
+    """
+    database = Database(url)
+    matching = f"SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND ({where})"
+    ended = "pid = ANY(CAST(:pids AS integer[]))"
+    try:
+        async with database.write() as conn:
+            pids = list((await conn.execute(text(matching), params)).scalars())
+            await conn.execute(
+                text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {ended}"),
+                {"pids": pids},
+            )
+        while True:
+            async with database.read() as conn:
+                left = await conn.scalar(
+                    text(f"SELECT count(*) FROM pg_stat_activity WHERE {ended}"), {"pids": pids}
+                )
+            if not left:
+                return len(pids)
+            await asyncio.sleep(0.02)
+    finally:
+        await database.dispose()
 
 
 async def _drop(server_url: str, name: str) -> None:
