@@ -676,3 +676,35 @@ async def test_pooled_connections_the_server_closed_are_replaced_before_use(
     store = LabStore(database)
     lab = await new_lab(store)
     assert (await store.get_lab(lab.id)).version == lab.version
+
+
+async def test_bursts_of_reads_reuse_the_pool_instead_of_opening_connections(
+    database: Database,
+) -> None:
+    """The pool keeps every connection it opens: a burst costs no connect next time.
+
+    Connections beyond a smaller kept pool were closed as each burst ended and
+    opened again by the next one (a thread and four PRAGMAs each on SQLite,
+    a server process and asyncpg's set-up on PostgreSQL).
+    """
+    opened: list[object] = []
+
+    def connected(dbapi_connection: object, _record: object) -> None:
+        opened.append(dbapi_connection)
+
+    event.listen(database.engine.sync_engine, "connect", connected)
+
+    async def read() -> None:
+        async with database.read() as conn:
+            await conn.execute(text("SELECT 1"))
+            await asyncio.sleep(0.02)  # Held a while, so that the reads overlap.
+
+    try:
+        await asyncio.gather(*(read() for _ in range(40)))
+        first = len(opened)
+        assert 10 < first <= 20  # As many as the burst needed, up to the pool's size.
+        for _ in range(3):
+            await asyncio.gather(*(read() for _ in range(40)))
+        assert len(opened) == first
+    finally:
+        event.remove(database.engine.sync_engine, "connect", connected)
