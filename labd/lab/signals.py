@@ -22,7 +22,9 @@ Where this process is the only writer (SQLite), a reader need not even
 re-read: the store hands every row it commits to `LabSignals.seen`, and a
 reader that follows the lab (`LabSignals.following`) takes the newest row
 from `LabSignals.latest`.  With other writers about, a row written here may
-already be stale when its reader wakes, so readers read.
+already be stale when its reader wakes, so readers read; except a row in
+``deleted``, from which no transition leads: a delete waiting on
+PostgreSQL takes that one as SQLite's do.
 
 The service also hands the labs whose intent it has just recorded to this
 process's scheduler (`LabSignals.hand_over`), which steps them at once
@@ -41,6 +43,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Final
 
+from labd.lab.machine import LabState
 from labd.lab.records import LabRecord
 
 __all__ = ["STEP_LEASE", "LabSignals"]
@@ -179,14 +182,20 @@ class LabSignals:
         if lab_id not in self._followers:
             return
         known = self._latest.get(lab_id)
-        if lab is None or not self._sole_writer:
+        if lab is None or not (self._sole_writer or lab.state is LabState.DELETED):
+            # Another process may have written the lab since, unless it has
+            # reached `deleted`, from which no transition leads.
             self._latest.pop(lab_id, None)
         elif known is None or known.version <= lab.version:
             # Rows arrive in commit order; an update keeps the version.
             self._latest[lab_id] = lab
 
     def latest(self, lab_id: str) -> LabRecord | None:
-        """The newest row of a followed lab, if this process wrote it (else read it)."""
+        """The newest row of a followed lab, if this process wrote it (else read it).
+
+        Only this process writes SQLite, so there every row it wrote is
+        kept; on PostgreSQL only a `deleted` row, the last any lab has.
+        """
         return self._latest.get(lab_id)
 
     @property
