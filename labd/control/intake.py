@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -147,7 +147,7 @@ class WatchIntake:
             if update.deleted and self._state.deleting.get(update.namespace) == update.lab_id:
                 # Its lab is being deleted: the namespace can go now.
                 pods.pop(update.lab_id, None)
-                self._continue_delete(update.lab_id, update.namespace)
+                self._continue_delete(update.lab_id, update.namespace, gone="pod")
                 continue
             self._state.track(self.apply_pod_update(update), name=f"pod-{update.lab_id}")
 
@@ -156,7 +156,7 @@ class WatchIntake:
         async for namespace in gone:
             lab_id = self._state.deleting.get(namespace)
             if lab_id is not None:
-                self._continue_delete(lab_id, namespace)
+                self._continue_delete(lab_id, namespace, gone="namespace")
             else:
                 self._state.track(self._namespace_gone(namespace), name=f"gone-{namespace}")
 
@@ -191,11 +191,13 @@ class WatchIntake:
             self._signals.wake_scheduler()
         return bool(woken)
 
-    def _continue_delete(self, lab_id: str, namespace: str) -> None:
+    def _continue_delete(
+        self, lab_id: str, namespace: str, *, gone: Literal["pod", "namespace"]
+    ) -> None:
         async def under_lock() -> None:
             async with self._state.locks.hold(lab_id):
                 try:
-                    await self._steps.continue_delete(lab_id, namespace)
+                    await self._steps.continue_delete(lab_id, namespace, gone=gone)
                 except (StaleLabError, InvalidTransitionError):
                     self._signals.wake_scheduler()
                     return

@@ -69,6 +69,12 @@ class DeleteSteps:
     row: LabRecord | None = None
     """The lab's row as the last of these steps wrote it."""
 
+    pod_gone: bool = False
+    """Whether the pod watch has seen the pod gone, since it was deleted."""
+
+    namespace_gone: bool = False
+    """Whether the namespace watch has seen the namespace gone."""
+
     def add(self, events: list[NewEvent]) -> None:
         """Count the steps of ``events``, just recorded."""
         now = utcnow()

@@ -28,7 +28,7 @@ import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Literal
 
 import structlog
 
@@ -396,8 +396,8 @@ class LabSteps:
                 asked = utcnow()
                 steps.append(NewEvent.at(Step.POD_STOPPING, lab.username))
             if Step.NAMESPACE_DELETING in recorded.reached:
-                gone = await self._kube.namespace_gone(lab.namespace)
-            elif await self._pod_released(lab, asked):
+                gone = recorded.namespace_gone or await self._kube.namespace_gone(lab.namespace)
+            elif recorded.pod_gone or await self._pod_released(lab, asked):
                 gone = await self._kube.delete_namespace(lab.namespace)
                 steps.append(NewEvent.at(Step.NAMESPACE_DELETING, lab.username))
             else:
@@ -434,13 +434,21 @@ class LabSteps:
             self._metrics.delete_duration.observe((utcnow() - started).total_seconds())
         _logger.info("lab deleted", username=lab.username, lab_id=lab.id)
 
-    async def continue_delete(self, lab_id: str, namespace: str) -> None:
-        """Take the delete of ``lab_id`` on, now that its pod or namespace is gone.
+    async def continue_delete(
+        self, lab_id: str, namespace: str, *, gone: Literal["pod", "namespace"]
+    ) -> None:
+        """Take the delete of ``lab_id`` on, now that its pod or namespace is ``gone``.
 
         The watches call this (the caller holds the lab's lock); a lab no
-        longer being deleted is left alone.
+        longer being deleted is left alone.  The step takes the watch's word
+        for what is gone rather than asking the API server again.  A lab's
+        next namespace is made only once this lab is deleted (its spec's
+        ``previous_lab``), and a deleted pod of a deleting lab is not made
+        again, so what the watch saw gone stays gone.
         """
         kept = self._state.delete_steps.get(lab_id)
+        if gone == "pod" and kept is not None and Step.NAMESPACE_DELETING in kept.reached:
+            return  # Nothing waited for the pod: the namespace watch ends the delete.
         if kept is not None and kept.row is not None and self._signals.sole_writer:
             # This process wrote the row last (no other process writes
             # SQLite); were it stale all the same, the version check of the
@@ -451,6 +459,11 @@ class LabSteps:
         if lab is None or lab.state is not LabState.DELETING:
             self._state.forget_delete(lab_id, namespace)
             return
+        recorded = await self._delete_steps(lab)
+        if gone == "pod":
+            recorded.pod_gone = True
+        else:
+            recorded.namespace_gone = True
         await self.step(lab)
 
     async def _delete_steps(self, lab: LabRecord) -> DeleteSteps:

@@ -81,8 +81,18 @@ async def test_spawn_to_running(labd: Labd, sim: SimCluster) -> None:
 async def test_delete_to_gone(labd: Labd, sim: SimCluster) -> None:
     await labd.service.create("bob", spec(), actor=Actor.HUB)
     await wait_state(labd, "bob", LabState.RUNNING)
+    calls = sim.stats.requests.copy()
     await asyncio.wait_for(labd.service.delete("bob", actor=Actor.HUB), 15)
     assert not [ns for ns in sim.objects("namespaces") if ns["metadata"]["name"] == "labd-bob"]
+    # Delete the pod, see it gone, delete the namespace: the namespace watch
+    # says when it is gone, and the pod watch's word that the pod went, come
+    # after the namespace's delete, moves nothing.
+    made = sim.stats.requests - calls
+    assert {call: made[call] for call in made if call.endswith(("pods", "namespaces"))} == {
+        "delete pods": 1,
+        "get pods": 1,
+        "delete namespaces": 1,
+    }
     with pytest.raises(UnknownUserError):
         await labd.service.get_state("bob")
     with pytest.raises(UnknownUserError):
@@ -146,16 +156,17 @@ async def test_a_delete_waits_on_the_watches_not_on_polls(
     database_url: str, tmp_path: Path
 ) -> None:
     # The pod watch says when the pod is gone, the namespace watch when the
-    # namespace is. A delete reads each object once at the start and once to
-    # confirm, however long either takes, and ends long before the slow
-    # recheck (10 s) would have looked again.
+    # namespace is, and the steps they move along take their word for it: a
+    # delete reads the pod once, right after deleting it, and the namespace
+    # never, however long either takes. It ends long before the slow recheck
+    # (10 s) would have looked again.
     async with running_bob_slow_to_stop(database_url, tmp_path) as (labd, sim):
         reads = sim.stats.requests["get pods"], sim.stats.requests["get namespaces"]
         began = time.monotonic()
         await asyncio.wait_for(labd.service.delete("bob", actor=Actor.HUB), 8)
         assert time.monotonic() - began > 1.0, "the pod did not take its time to stop"
-        assert sim.stats.requests["get pods"] - reads[0] == 2
-        assert sim.stats.requests["get namespaces"] - reads[1] == 1
+        assert sim.stats.requests["get pods"] - reads[0] == 1
+        assert sim.stats.requests["get namespaces"] - reads[1] == 0
         assert "labd-bob" not in {ns["metadata"]["name"] for ns in sim.objects("namespaces")}
 
 
