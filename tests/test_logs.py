@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import structlog
 
+from labd.daemon import logs
 from labd.daemon.logs import configure_logging
 from labd.db.database import Database
 from labd.db.store import LabStore
@@ -40,6 +41,29 @@ def test_json_lines_with_context_and_redaction(
         "uvicorn.error",
         "warning",
     )
+
+
+def test_calls_below_the_level_stop_before_the_processors(
+    restore_logging: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every step logs at debug: at the default level those calls must cost
+    # next to nothing, not a timestamp and a redaction walk each.
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    redacted: list[str] = []
+    redact = logs._redact
+
+    def counting(logger: Any, method: str, event: Any) -> Any:
+        redacted.append(method)
+        return redact(logger, method, event)
+
+    monkeypatch.setattr(logs, "_redact", counting)
+    configure_logging(level="info", fmt="json")
+    log = structlog.get_logger("labd.test")
+    log.debug("step", lab_id="42")
+    assert redacted == []
+    log.info("lab running", lab_id="42")
+    assert redacted and set(redacted) == {"info"}
+    assert [line["event"] for line in lines(capsys.readouterr().out)] == ["lab running"]
 
 
 def test_journald_priority_prefix(

@@ -132,6 +132,10 @@ def configure_logging(
 
     structlog.configure(
         processors=[
+            # A call below the level ends here, before the processors run
+            # (the redaction walks every field): the standard library would
+            # only drop it after them.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
