@@ -10,6 +10,7 @@ import itertools
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -532,6 +533,40 @@ async def test_writes_queued_together_commit_together_and_fail_alone(
         assert commits <= 3, commits  # The holder's, then the 50 in one group.
     else:
         assert commits == 50  # The holder and the 49 that succeeded, each alone.
+
+
+async def test_writes_queued_together_that_all_succeed_take_no_savepoints(
+    database: Database,
+) -> None:
+    """A savepoint per write (two statements of a write's five or six) only when one fails."""
+    await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS grouped")))
+    await database.run_write(lambda conn: conn.execute(text("CREATE TABLE grouped (n INTEGER)")))
+    statements: list[str] = []
+
+    def executed(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    for engine in database.sync_engines:
+        event.listen(engine, "before_cursor_execute", executed)
+    try:
+        runs = Counter[int]()
+
+        def insert(n: int) -> Callable[[Connection], None]:
+            def work(conn: Connection) -> None:
+                runs[n] += 1
+                conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
+
+            return work
+
+        await asyncio.gather(*(database.run_write(insert(n)) for n in range(30)))
+    finally:
+        for engine in database.sync_engines:
+            event.remove(engine, "before_cursor_execute", executed)
+    assert [s for s in statements if "SAVEPOINT" in s.upper()] == []
+    assert set(runs.values()) == {1}
+    async with database.read() as conn:
+        stored = (await conn.execute(text("SELECT n FROM grouped ORDER BY n"))).scalars().all()
+    assert stored == list(range(30))
 
 
 SECRET = {"JUPYTERHUB_API_TOKEN": "hub-token-for-the-lab"}
