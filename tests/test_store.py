@@ -6,12 +6,13 @@ Every test here runs on SQLite and on PostgreSQL (the ``database`` fixture).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -166,11 +167,9 @@ async def test_stale_version_is_refused_and_nothing_written(database: Database) 
     assert (await store.get_lab(lab.id)).attempts == 0
 
 
-async def test_a_transition_from_the_current_row_neither_locks_nor_reads_it_first(
-    database: Database,
-) -> None:
-    store = LabStore(database)
-    lab = await lab_in(store, S.RUNNING)
+@contextlib.contextmanager
+def statements_run(database: Database) -> Iterator[list[str]]:
+    """Every statement run on the database's engines in the block, whitespace folded."""
     statements: list[str] = []
 
     def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
@@ -179,6 +178,24 @@ async def test_a_transition_from_the_current_row_neither_locks_nor_reads_it_firs
     for engine in database.sync_engines:
         event.listen(engine, "before_cursor_execute", seen)
     try:
+        yield statements
+    finally:
+        for engine in database.sync_engines:
+            event.remove(engine, "before_cursor_execute", seen)
+
+
+async def grouped_table(database: Database) -> None:
+    """An empty table ``grouped (n INTEGER)`` for the group-commit tests."""
+    await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS grouped")))
+    await database.run_write(lambda conn: conn.execute(text("CREATE TABLE grouped (n INTEGER)")))
+
+
+async def test_a_transition_from_the_current_row_neither_locks_nor_reads_it_first(
+    database: Database,
+) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.RUNNING)
+    with statements_run(database) as statements:
         moved = await store.transition(lab.id, T.DELETE, actor=Actor.HUB, expected=lab)
         quick = list(statements)
         # A row changed within its version (here its pod phase) is locked
@@ -186,9 +203,6 @@ async def test_a_transition_from_the_current_row_neither_locks_nor_reads_it_firs
         await store.update(moved.id, {"pod_phase": "Running"})
         statements.clear()
         gone = await store.transition(moved.id, T.DELETED, actor=Actor.SCHEDULER, expected=moved)
-    finally:
-        for engine in database.sync_engines:
-            event.remove(engine, "before_cursor_execute", seen)
     assert not [s for s in quick if s.startswith("SELECT labs.")], quick
     assert [s for s in quick if s.startswith("UPDATE labs")], quick
     assert [s for s in statements if s.startswith("SELECT labs.")], statements
@@ -487,8 +501,7 @@ async def test_writes_queued_together_commit_together_and_fail_alone(
     On PostgreSQL each write is a transaction of its own, with the same
     outcome for each caller.
     """
-    await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS grouped")))
-    await database.run_write(lambda conn: conn.execute(text("CREATE TABLE grouped (n INTEGER)")))
+    await grouped_table(database)
     commits = 0
 
     def committed(*_: object) -> None:
@@ -539,29 +552,18 @@ async def test_writes_queued_together_that_all_succeed_take_no_savepoints(
     database: Database,
 ) -> None:
     """A savepoint per write (two statements of a write's five or six) only when one fails."""
-    await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS grouped")))
-    await database.run_write(lambda conn: conn.execute(text("CREATE TABLE grouped (n INTEGER)")))
-    statements: list[str] = []
+    await grouped_table(database)
+    runs = Counter[int]()
 
-    def executed(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        statements.append(statement)
+    def insert(n: int) -> Callable[[Connection], None]:
+        def work(conn: Connection) -> None:
+            runs[n] += 1
+            conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
 
-    for engine in database.sync_engines:
-        event.listen(engine, "before_cursor_execute", executed)
-    try:
-        runs = Counter[int]()
+        return work
 
-        def insert(n: int) -> Callable[[Connection], None]:
-            def work(conn: Connection) -> None:
-                runs[n] += 1
-                conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
-
-            return work
-
+    with statements_run(database) as statements:
         await asyncio.gather(*(database.run_write(insert(n)) for n in range(30)))
-    finally:
-        for engine in database.sync_engines:
-            event.remove(engine, "before_cursor_execute", executed)
     assert [s for s in statements if "SAVEPOINT" in s.upper()] == []
     assert set(runs.values()) == {1}
     async with database.read() as conn:
