@@ -238,6 +238,10 @@ async def test_reads_a_lab_environment(kube: LabKube, config: Config, sim: SimCl
 
 
 @pytest.mark.sim(pod_stop_delay=0.5)
+# The namespace stays Terminating while its pod stops: long enough for the
+# four paged LISTs on a loaded machine (at the default 0.05 s it was gone
+# before them once, in CI).
+@pytest.mark.sim(pod_stop_delay=5.0)
 async def test_list_follows_pages_and_shows_deletion(
     api_client: ApiClient, config: Config, sim: SimCluster
 ) -> None:
