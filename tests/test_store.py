@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import bindparam, event, func, select, text
 from sqlalchemy.engine import Connection
 
-from labd.db.database import Database
+from labd.db.database import Database, database_unreachable
 from labd.db.schema import UTCDateTime, lab_events, lab_transitions, labs
 from labd.db.status import lab_state_model
 from labd.db.store import LabExistsError, LabNotFoundError, LabStore, StaleLabError
@@ -468,16 +468,24 @@ async def test_concurrent_writers_on_many_labs_never_see_database_locked(
     assert await count(database, lab_transitions) == CONTENDERS * 3
 
 
+def pause(conn: Connection, seconds: float) -> None:
+    """Keep the write transaction of ``conn`` open a while, the event loop free."""
+    if conn.dialect.name == "sqlite":
+        time.sleep(seconds)  # On the writer thread.
+    else:
+        conn.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": seconds})
+
+
 async def test_a_cancelled_write_is_settled_before_the_cancellation_arrives(
     database: Database,
 ) -> None:
-    """On SQLite the writer thread finishes a cancelled caller's transaction first."""
+    """The writer finishes a cancelled caller's transaction before the caller goes on."""
     await database.run_write(lambda conn: conn.execute(text("CREATE TABLE probe (n INTEGER)")))
     running = threading.Event()
 
     def slow_insert(conn: Connection) -> None:
         running.set()
-        time.sleep(0.3)
+        pause(conn, 0.3)
         conn.execute(text("INSERT INTO probe VALUES (1)"))
 
     writing = asyncio.ensure_future(database.run_write(slow_insert))
@@ -487,20 +495,13 @@ async def test_a_cancelled_write_is_settled_before_the_cancellation_arrives(
         await writing
     async with database.read() as conn:
         count = (await conn.execute(text("SELECT count(*) FROM probe"))).scalar_one()
-    # PostgreSQL runs the transaction on the event loop, so the sleep holds
-    # the loop and the cancellation meets the commit: either outcome is
-    # whole there.  SQLite's writer thread has always committed by now.
-    assert count == 1 if database.is_sqlite else count in (0, 1)
+    assert count == 1
 
 
 async def test_writes_queued_together_commit_together_and_fail_alone(
     database: Database,
 ) -> None:
-    """Group commit (SQLite): one COMMIT for writes queued at once; a failing one fails alone.
-
-    On PostgreSQL each write is a transaction of its own, with the same
-    outcome for each caller.
-    """
+    """Group commit: one COMMIT for writes queued at once; a failing one fails alone."""
     await grouped_table(database)
     commits = 0
 
@@ -511,12 +512,11 @@ async def test_writes_queued_together_commit_together_and_fail_alone(
     for engine in database.sync_engines:
         event.listen(engine, "commit", committed)
     running = threading.Event()
-    release = threading.Event()
 
     def hold(conn: Connection) -> None:
         # Keeps the writer busy while the others queue up behind it.
         running.set()
-        release.wait(5)
+        pause(conn, 0.3)
 
     def insert(n: int) -> Callable[[Connection], int]:
         def work(conn: Connection) -> int:
@@ -529,11 +529,10 @@ async def test_writes_queued_together_commit_together_and_fail_alone(
 
     holding = asyncio.ensure_future(database.run_write(hold))
     await asyncio.to_thread(running.wait, 5)
-    writes = [asyncio.ensure_future(database.run_write(insert(n))) for n in range(50)]
-    await asyncio.sleep(0.05)
-    release.set()
-    await holding
-    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    with statements_run(database) as statements:
+        writes = [asyncio.ensure_future(database.run_write(insert(n))) for n in range(50)]
+        await holding
+        outcomes = await asyncio.gather(*writes, return_exceptions=True)
     assert [o for o in outcomes if isinstance(o, Exception)] == [outcomes[13]]
     assert isinstance(outcomes[13], ValueError)
     assert [o for o in outcomes if not isinstance(o, Exception)] == [
@@ -542,10 +541,87 @@ async def test_writes_queued_together_commit_together_and_fail_alone(
     async with database.read() as conn:
         stored = (await conn.execute(text("SELECT n FROM grouped ORDER BY n"))).scalars().all()
     assert stored == [n for n in range(50) if n != 13]  # 13's insert was undone, alone.
-    if database.is_sqlite:
-        assert commits <= 3, commits  # The holder's, then the 50 in one group.
-    else:
-        assert commits == 50  # The holder and the 49 that succeeded, each alone.
+    assert commits <= 3, commits  # The holder's, then the 50 in one group.
+    # Done again, each in a savepoint, once 13 had failed the group.
+    assert sum(s.upper().startswith("SAVEPOINT") for s in statements) == 50
+
+
+async def test_groups_of_two_processes_that_deadlock_are_done_again(
+    database: Database, database_url: str
+) -> None:
+    """Two replicas' groups lock two rows in opposite orders: no write is lost.
+
+    PostgreSQL breaks the deadlock by failing one group's statement; that
+    group is done again, each write in a savepoint, once the other has
+    committed.  (SQLite's write lock lets one group in at a time.)
+    """
+    await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS tally")))
+    await database.run_write(
+        lambda conn: conn.execute(
+            text("CREATE TABLE tally (id INTEGER PRIMARY KEY, hits INTEGER NOT NULL)")
+        )
+    )
+    await database.run_write(lambda conn: conn.execute(text("INSERT INTO tally VALUES (1, 0)")))
+    await database.run_write(lambda conn: conn.execute(text("INSERT INTO tally VALUES (2, 0)")))
+
+    def hit(row: int, *, then_pause: bool) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            conn.execute(text("UPDATE tally SET hits = hits + 1 WHERE id = :id"), {"id": row})
+            if then_pause:
+                pause(conn, 0.3)  # Until the other group holds its first row too.
+            return row
+
+        return work
+
+    other = Database(database_url)
+    try:
+        with statements_run(database) as ours, statements_run(other) as theirs:
+            outcomes = await asyncio.gather(
+                database.run_write(hit(1, then_pause=True)),
+                database.run_write(hit(2, then_pause=False)),
+                other.run_write(hit(2, then_pause=True)),
+                other.run_write(hit(1, then_pause=False)),
+            )
+    finally:
+        await other.dispose()
+    assert list(outcomes) == [1, 2, 2, 1]
+    async with database.read() as conn:
+        hits = (await conn.execute(text("SELECT id, hits FROM tally ORDER BY id"))).all()
+    assert [tuple(row) for row in hits] == [(1, 2), (2, 2)]
+    if not database.is_sqlite:
+        redone = [s for s in [*ours, *theirs] if s.upper().startswith("SAVEPOINT")]
+        assert len(redone) == 2  # One group of two writes lost the deadlock.
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_group_that_loses_the_database_fails_whole_and_is_not_done_again(
+    database: Database,
+) -> None:
+    """Every write of the group gets an error that says the database is out of reach.
+
+    Nothing of it committed, as with a transaction each; doing the others
+    again, as after a failing write, would only meet the same outage.
+    """
+    await grouped_table(database)
+    runs = Counter[int]()
+
+    def insert(n: int) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            runs[n] += 1
+            conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
+            if n == 3:
+                conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+            return n
+
+        return work
+
+    outcomes = await asyncio.gather(
+        *(database.run_write(insert(n)) for n in range(6)), return_exceptions=True
+    )
+    assert all(isinstance(o, Exception) and database_unreachable(o) for o in outcomes), outcomes
+    assert runs == dict.fromkeys(range(4), 1)  # The group ended at 3, and was not redone.
+    async with database.read() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM grouped"))).scalar_one() == 0
 
 
 async def test_writes_queued_together_that_all_succeed_take_no_savepoints(
