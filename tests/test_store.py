@@ -546,6 +546,20 @@ async def test_writes_queued_together_commit_together_and_fail_alone(
     assert sum(s.upper().startswith("SAVEPOINT") for s in statements) == 50
 
 
+async def test_a_write_that_fails_in_a_group_of_its_own_runs_once(database: Database) -> None:
+    """Nothing to undo for others: its error is its own, without running it again."""
+    runs = 0
+
+    def work(conn: Connection) -> None:
+        nonlocal runs
+        runs += 1
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        await database.run_write(work)
+    assert runs == 1
+
+
 async def test_groups_of_two_processes_that_deadlock_are_done_again(
     database: Database, database_url: str
 ) -> None:
@@ -555,14 +569,7 @@ async def test_groups_of_two_processes_that_deadlock_are_done_again(
     group is done again, each write in a savepoint, once the other has
     committed.  (SQLite's write lock lets one group in at a time.)
     """
-    await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS tally")))
-    await database.run_write(
-        lambda conn: conn.execute(
-            text("CREATE TABLE tally (id INTEGER PRIMARY KEY, hits INTEGER NOT NULL)")
-        )
-    )
-    await database.run_write(lambda conn: conn.execute(text("INSERT INTO tally VALUES (1, 0)")))
-    await database.run_write(lambda conn: conn.execute(text("INSERT INTO tally VALUES (2, 0)")))
+    await tally(database)
 
     def hit(row: int, *, then_pause: bool) -> Callable[[Connection], int]:
         def work(conn: Connection) -> int:
@@ -585,9 +592,7 @@ async def test_groups_of_two_processes_that_deadlock_are_done_again(
     finally:
         await other.dispose()
     assert list(outcomes) == [1, 2, 2, 1]
-    async with database.read() as conn:
-        hits = (await conn.execute(text("SELECT id, hits FROM tally ORDER BY id"))).all()
-    assert [tuple(row) for row in hits] == [(1, 2), (2, 2)]
+    assert await hits(database) == [(1, 2), (2, 2)]
     if not database.is_sqlite:
         redone = [s for s in [*ours, *theirs] if s.upper().startswith("SAVEPOINT")]
         assert len(redone) == 2  # One group of two writes lost the deadlock.
@@ -622,6 +627,67 @@ async def test_a_group_that_loses_the_database_fails_whole_and_is_not_done_again
     assert runs == dict.fromkeys(range(4), 1)  # The group ended at 3, and was not redone.
     async with database.read() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM grouped"))).scalar_one() == 0
+
+
+async def tally(database: Database) -> None:
+    """A table ``tally (id, hits)`` with rows 1 and 2 at 0 hits."""
+    await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS tally")))
+    await database.run_write(
+        lambda conn: conn.execute(
+            text("CREATE TABLE tally (id INTEGER PRIMARY KEY, hits INTEGER NOT NULL)")
+        )
+    )
+    await database.run_write(lambda conn: conn.execute(text("INSERT INTO tally VALUES (1, 0)")))
+    await database.run_write(lambda conn: conn.execute(text("INSERT INTO tally VALUES (2, 0)")))
+
+
+async def hits(database: Database) -> list[tuple[int, int]]:
+    async with database.read() as conn:
+        rows = (await conn.execute(text("SELECT id, hits FROM tally ORDER BY id"))).all()
+    return [(row.id, row.hits) for row in rows]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_row_locked_elsewhere_fails_its_write_after_the_lock_timeout_alone(
+    database_url: str,
+) -> None:
+    """A lock held outside labd holds up one write for the lock timeout, not every write.
+
+    An operator's open ``SELECT ... FOR UPDATE`` would otherwise hold the
+    writer, and so every write of the process, for as long as it stays
+    open.  The write that waited gets an error callers take for the
+    database being out of reach (a 503, a step retried), and is not run
+    again; the write queued beside it commits.
+    """
+    database = Database(database_url, lock_timeout=0.2)
+    runs = Counter[int]()
+
+    def hit(row: int) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            runs[row] += 1
+            conn.execute(text("UPDATE tally SET hits = hits + 1 WHERE id = :id"), {"id": row})
+            return row
+
+        return work
+
+    try:
+        await tally(database)
+        async with database.engine.connect() as operator:
+            await operator.execute(text("SELECT * FROM tally WHERE id = 1 FOR UPDATE"))
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(
+                    database.run_write(hit(1)), database.run_write(hit(2)), return_exceptions=True
+                ),
+                30,
+            )
+            await operator.rollback()
+        assert isinstance(outcomes[0], Exception)
+        assert database_unreachable(outcomes[0]), outcomes[0]
+        assert outcomes[1] == 2
+        assert runs == {1: 1, 2: 1}  # 1 waited once, and was not run again.
+        assert await hits(database) == [(1, 0), (2, 1)]
+    finally:
+        await database.dispose()
 
 
 async def test_writes_queued_together_that_all_succeed_take_no_savepoints(

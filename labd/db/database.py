@@ -76,6 +76,9 @@ _BACKEND_PID: Final = "labd_backend_pid"
 _GROUP_LIMIT: Final = 256
 """Writes committed together at most, so one group's transaction stays short."""
 
+_LOCK_TIMEOUT: Final = 5.0
+"""Seconds a PostgreSQL group waits for a lock held outside it (see `Database`)."""
+
 _T = TypeVar("_T")
 
 
@@ -103,10 +106,11 @@ class _QueuedWrite(Generic[_T]):
 
 
 class _GroupWriteError(Exception):
-    """A write of a group raised ``error``; the group's transaction is rolled back."""
+    """The write at ``index`` of a group raised ``error``; the group is rolled back."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, index: int, error: Exception) -> None:
         super().__init__(str(error))
+        self.index = index
         self.error = error
 
 
@@ -124,11 +128,26 @@ class Database:
         opened them again for the next (on SQLite a thread and four
         ``PRAGMA`` each, on PostgreSQL a server process and asyncpg's
         set-up: 144 connects in a burst of 1,000 spawns and 1,000 deletes).
+    lock_timeout
+        PostgreSQL: seconds a group of writes waits for a lock held outside
+        it (a row another replica is writing, or that an operator's open
+        ``SELECT ... FOR UPDATE`` holds).  The write that waited fails with
+        ``LockNotAvailableError``, which callers take for the database
+        being out of reach (a 503, a step retried); the others of its group
+        are done again without it.  Without a limit the one writer would
+        hold up every write of this process behind one lock.
     echo
         Log every statement (debugging only).
     """
 
-    def __init__(self, url: str, *, pool_size: int = 20, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 20,
+        lock_timeout: float = _LOCK_TIMEOUT,
+        echo: bool = False,
+    ) -> None:
         parsed = make_url(url)
         if parsed.drivername not in SUPPORTED_DRIVERS:
             raise ValueError(
@@ -149,6 +168,7 @@ class Database:
         self._sqlite_thread: ThreadPoolExecutor | None = None
         self._queued: deque[_QueuedWrite[Any]] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._group_setup = f"SET LOCAL lock_timeout = '{round(lock_timeout * 1000)}ms'"
         self.backend_pids: set[int] = set()
         """PostgreSQL: the server process ids of this engine's open connections,
         which sign the notifications its commits send (`labd.db.changes`)."""
@@ -284,7 +304,7 @@ class Database:
                 outcomes: list[tuple[bool, Any]]
                 try:
                     async with self._write_engine.connect() as conn:
-                        outcomes = await conn.run_sync(_commit_group, group)
+                        outcomes = await conn.run_sync(_commit_group, group, self._group_setup)
                 except Exception as exc:  # Not even a connection: nothing was written.
                     outcomes = [(False, exc)] * len(group)
                 for queued, (ok, value) in zip(group, outcomes, strict=True):
@@ -311,28 +331,55 @@ class Database:
             thread.shutdown()
 
 
-def _commit_group(conn: Connection, group: list[_QueuedWrite[Any]]) -> list[tuple[bool, Any]]:
+def _commit_group(
+    conn: Connection, group: list[_QueuedWrite[Any]], setup: str | None = None
+) -> list[tuple[bool, Any]]:
     """Run a group's writes in one transaction and commit it: each write's outcome, in order.
 
     First without savepoints, which are two statements of a write's five or
-    six; if a write raises, the group is rolled back and done again with
-    each write in a savepoint of its own, so that only the failing write is
-    undone.  A group of one write fails with its own error, and a group
-    that lost the database fails whole with that error.
+    six.  If a write raises, the group is rolled back and done again with
+    each write in a savepoint of its own, so that a write that fails then
+    is undone alone: a write can fail on what the writes before it in the
+    group did, and a deadlock with another replica's group is over once
+    either has rolled back.  Two failures are not done again: a write that
+    waited out the lock timeout fails as it is (it would only wait again),
+    and a group that lost the database fails whole with that error; a group
+    of one write fails with its own error.
+    ``setup`` is run first in each transaction.
     """
     try:
         try:
             with conn.begin():
+                if setup is not None:
+                    conn.exec_driver_sql(setup)
                 return _run_group(conn, group, each_in_savepoint=False)
         except _GroupWriteError as failed:
-            if len(group) == 1 or database_unreachable(failed.error):
+            error = failed.error
+            if _lock_timed_out(error):
+                skipped: int | None = failed.index
+            elif len(group) == 1 or database_unreachable(error):
                 # Rolled back whole: its own error, or the database's.
-                return [(False, failed.error)] * len(group)
-            with conn.begin():
-                return _run_group(conn, group, each_in_savepoint=True)
+                return [(False, error)] * len(group)
+            else:
+                skipped = None
+            again = [queued for index, queued in enumerate(group) if index != skipped]
+            outcomes: list[tuple[bool, Any]] = []
+            if again:
+                with conn.begin():
+                    if setup is not None:
+                        conn.exec_driver_sql(setup)
+                    outcomes = _run_group(conn, again, each_in_savepoint=True)
+            if skipped is not None:
+                outcomes.insert(skipped, (False, error))
+            return outcomes
     except Exception as exc:
         # The commit itself failed: nothing of the group was written.
         return [(False, exc)] * len(group)
+
+
+def _lock_timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or wraps, PostgreSQL's ``lock_timeout`` error."""
+    return _caused_by(exc, asyncpg.exceptions.LockNotAvailableError)
 
 
 def _run_group(
@@ -345,12 +392,12 @@ def _run_group(
     own statements and the others go on.
     """
     outcomes: list[tuple[bool, Any]] = []
-    for queued in group:
+    for index, queued in enumerate(group):
         if not each_in_savepoint:
             try:
                 outcomes.append((True, queued.work(conn)))
             except Exception as exc:
-                raise _GroupWriteError(exc) from exc
+                raise _GroupWriteError(index, exc) from exc
             continue
         try:
             with conn.begin_nested():
@@ -427,9 +474,13 @@ DATABASE_UNREACHABLE: Final = (
     sqlalchemy.exc.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.LockNotAvailableError,
     asyncpg.InterfaceError,
 )
 """Failures that mean the database is out of reach for now, not a bug.
+
+A write that waited out the lock timeout (`Database`) is one: what it
+needs is held elsewhere, for now.
 
 asyncpg raises a refused connection as a bare `ConnectionRefusedError`;
 SQLAlchemy wraps a server that is shutting down or starting
@@ -440,13 +491,25 @@ its `OperationalError` and `InterfaceError`.
 
 def database_unreachable(exc: BaseException) -> bool:
     """Whether ``exc``, or what it wraps, says the database is out of reach."""
+    return _caused_by(
+        exc,
+        DATABASE_UNREACHABLE,
+        also=lambda e: isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated,
+    )
+
+
+def _caused_by(
+    exc: BaseException,
+    kinds: type[BaseException] | tuple[type[BaseException], ...],
+    *,
+    also: Callable[[BaseException], bool] | None = None,
+) -> bool:
+    """Whether ``exc`` or an exception it was raised from is one of ``kinds`` (or ``also``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, DATABASE_UNREACHABLE):
-            return True
-        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+        if isinstance(current, kinds) or (also is not None and also(current)):
             return True
         current = current.__cause__ or current.__context__
     return False
