@@ -31,6 +31,16 @@ async def wait_for_namespace_gone(kube: LabKube, namespace: str) -> None:
     await eventually(lambda: kube.namespace_gone(namespace))
 
 
+async def wait_for_pod_running(sim: SimCluster, namespace: str) -> None:
+    """Wait until the sim's kubelet runs the pod: one not yet running stops at once."""
+
+    def running() -> bool:
+        pods = sim.objects("pods", namespace)
+        return bool(pods) and pods[0].get("status", {}).get("phase") == "Running"
+
+    await eventually(running, what=f"pod in {namespace} Running")
+
+
 async def test_create_makes_every_object(kube: LabKube, config: Config, sim: SimCluster) -> None:
     objects = alice(config)
     await kube.create_lab_objects(objects)
@@ -138,7 +148,8 @@ async def test_terminating_namespace_raises_distinct_error(
 ) -> None:
     old = alice(config, lab_id="00000000-0000-4000-8000-000000000001")
     await kube.create_lab_objects(old)
-    # The namespace stays Terminating while its pod takes 0.5 s to stop.
+    await wait_for_pod_running(sim, "labd-alice")
+    # The namespace stays Terminating while its running pod takes 0.5 s to stop.
     await kube.delete_namespace("labd-alice")
     namespace = sim.objects("namespaces")
     assert any(
@@ -159,6 +170,7 @@ async def test_objects_refused_in_terminating_namespace(
 ) -> None:
     objects = alice(config)
     await kube.create_lab_objects(objects)
+    await wait_for_pod_running(sim, "labd-alice")
     await kube.delete_namespace("labd-alice")
     fresh = dataclasses.replace(objects, config_map={**objects.config_map})
     fresh.config_map["metadata"] = {**fresh.config_map["metadata"], "name": "other-env"}
