@@ -1339,6 +1339,14 @@ class Config(BaseSettings):
             "or `postgresql+asyncpg`."
         ),
     )
+    database_lock_timeout: Seconds = Field(
+        default=5,
+        description=(
+            "PostgreSQL: seconds a write waits for a row lock held outside this labd "
+            "process before it fails as an unreachable database does (503 `not_ready`, "
+            "a step retried)."
+        ),
+    )
     bind_address: str = Field(
         default="127.0.0.1:8080",
         description="`host:port` the HTTP API listens on (`[::1]:8080` for IPv6; port 0 "

@@ -159,7 +159,7 @@ class Labd:
         SchemaError
             If labd cannot run on the database's schema.
         """
-        database = Database(config.database_url)
+        database = Database(config.database_url, lock_timeout=config.database_lock_timeout)
         try:
             revision = await check_schema(database)
             if revision != SCHEMA_REVISION:

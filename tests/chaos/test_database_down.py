@@ -8,6 +8,7 @@ retries.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,15 +16,19 @@ import asyncpg
 import httpx
 import pytest
 import sqlalchemy.exc
+from sqlalchemy import text
 
 from labd.api import Authenticator, create_app, hash_token
 from labd.api.service import LabService
 from labd.config import Config
-from labd.db.database import Database
+from labd.daemon.factory import Labd
+from labd.db.database import Database, database_unreachable
 from labd.db.store import LabStore
 from labd.images.catalog import ImageCatalog
+from labd.lab.machine import LabState
+from labd.lab.records import Actor
 from labd.lab.signals import LabSignals
-from tests.support.core import IMAGE
+from tests.support.core import IMAGE, LabdFactory, spec, wait_state
 from tests.support.processes import free_port
 
 TOKEN = "hub-token"
@@ -141,3 +146,31 @@ async def test_other_database_errors_stay_internal_errors(
     response = await http.get("/spawner/v1/labs/alice")
     assert response.status_code == 500
     assert response.json()["detail"][0]["type"] == "internal_error"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_delete_behind_a_lock_held_elsewhere_fails_as_not_ready_and_loses_nothing(
+    labd_factory: LabdFactory,
+) -> None:
+    """An operator's open ``SELECT ... FOR UPDATE`` on a lab's row.
+
+    The delete's write waits ``database_lock_timeout`` for the lock, then
+    fails as an unreachable database does, which the API answers with 503
+    ``not_ready`` (above) and the hub retries; the lab is untouched.  Once
+    the lock is gone the retried delete goes through.
+    """
+    labd: Labd = await labd_factory(database_lock_timeout=0.2)
+    await labd.service.create("alice", spec(), actor=Actor.HUB)
+    await wait_state(labd, "alice", LabState.RUNNING)
+    async with labd.database.engine.connect() as operator:
+        await operator.execute(text("SELECT id FROM labs WHERE username = 'alice' FOR UPDATE"))
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as caught:
+            # Well inside the default timeout of 5 s: the setting is what ends the wait.
+            await asyncio.wait_for(labd.service.delete("alice", actor=Actor.HUB), 3)
+        await operator.rollback()
+    assert database_unreachable(caught.value), caught.value
+    lab = await labd.store.get_current_lab("alice")
+    assert lab is not None
+    assert lab.state is LabState.RUNNING
+    await asyncio.wait_for(labd.service.delete("alice", actor=Actor.HUB), 30)
+    assert await labd.store.get_current_lab("alice") is None
