@@ -190,6 +190,13 @@ async def grouped_table(database: Database) -> None:
     await database.run_write(lambda conn: conn.execute(text("CREATE TABLE grouped (n INTEGER)")))
 
 
+async def grouped_rows(database: Database) -> list[int]:
+    """The values of ``grouped``, in order."""
+    async with database.read() as conn:
+        rows = await conn.execute(text("SELECT n FROM grouped ORDER BY n"))
+        return list(rows.scalars())
+
+
 async def test_a_transition_from_the_current_row_neither_locks_nor_reads_it_first(
     database: Database,
 ) -> None:
@@ -538,9 +545,7 @@ async def test_writes_queued_together_commit_together_and_fail_alone(
     assert [o for o in outcomes if not isinstance(o, Exception)] == [
         n for n in range(50) if n != 13
     ]
-    async with database.read() as conn:
-        stored = (await conn.execute(text("SELECT n FROM grouped ORDER BY n"))).scalars().all()
-    assert stored == [n for n in range(50) if n != 13]  # 13's insert was undone, alone.
+    assert await grouped_rows(database) == [n for n in range(50) if n != 13]  # 13 undone alone.
     assert commits <= 3, commits  # The holder's, then the 50 in one group.
     # Done again, each in a savepoint, once 13 had failed the group.
     assert sum(s.upper().startswith("SAVEPOINT") for s in statements) == 50
@@ -625,8 +630,7 @@ async def test_a_group_that_loses_the_database_fails_whole_and_is_not_done_again
     )
     assert all(isinstance(o, Exception) and database_unreachable(o) for o in outcomes), outcomes
     assert runs == dict.fromkeys(range(4), 1)  # The group ended at 3, and was not redone.
-    async with database.read() as conn:
-        assert (await conn.execute(text("SELECT count(*) FROM grouped"))).scalar_one() == 0
+    assert await grouped_rows(database) == []
 
 
 async def tally(database: Database) -> None:
@@ -708,9 +712,7 @@ async def test_writes_queued_together_that_all_succeed_take_no_savepoints(
         await asyncio.gather(*(database.run_write(insert(n)) for n in range(30)))
     assert [s for s in statements if "SAVEPOINT" in s.upper()] == []
     assert set(runs.values()) == {1}
-    async with database.read() as conn:
-        stored = (await conn.execute(text("SELECT n FROM grouped ORDER BY n"))).scalars().all()
-    assert stored == list(range(30))
+    assert await grouped_rows(database) == list(range(30))
 
 
 SECRET = {"JUPYTERHUB_API_TOKEN": "hub-token-for-the-lab"}

@@ -50,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -379,7 +379,9 @@ def _commit_group(
 
 def _lock_timed_out(exc: BaseException) -> bool:
     """Whether ``exc`` is, or wraps, PostgreSQL's ``lock_timeout`` error."""
-    return _caused_by(exc, asyncpg.exceptions.LockNotAvailableError)
+    return any(
+        isinstance(cause, asyncpg.exceptions.LockNotAvailableError) for cause in _causes(exc)
+    )
 
 
 def _run_group(
@@ -491,25 +493,18 @@ its `OperationalError` and `InterfaceError`.
 
 def database_unreachable(exc: BaseException) -> bool:
     """Whether ``exc``, or what it wraps, says the database is out of reach."""
-    return _caused_by(
-        exc,
-        DATABASE_UNREACHABLE,
-        also=lambda e: isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated,
+    return any(
+        isinstance(cause, DATABASE_UNREACHABLE)
+        or (isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated)
+        for cause in _causes(exc)
     )
 
 
-def _caused_by(
-    exc: BaseException,
-    kinds: type[BaseException] | tuple[type[BaseException], ...],
-    *,
-    also: Callable[[BaseException], bool] | None = None,
-) -> bool:
-    """Whether ``exc`` or an exception it was raised from is one of ``kinds`` (or ``also``)."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, innermost last."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, kinds) or (also is not None and also(current)):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
