@@ -220,6 +220,35 @@ async def test_a_transition_from_the_current_row_neither_locks_nor_reads_it_firs
     ]
 
 
+async def test_each_lab_keeps_its_own_spec_through_the_spec_cache(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Specs are validated once per lab and kept by id; none is served for another lab."""
+    store = LabStore(database)
+    monkeypatch.setattr(type(store._specs), "kept", 2)
+    sizes = ["small", "medium", "large"]
+    made = []
+    for size in sizes:
+        made.append(
+            await store.create_lab(
+                username=f"spec-{size}",
+                slug=f"spec-{size}",
+                namespace=f"labd-spec-{size}",
+                spec=LabSpec(options=SpecOptions(size=size)),
+                actor=Actor.HUB,
+            )
+        )
+    # Two rounds: by the second, each spec was dropped for the later labs'.
+    for trigger in (Trigger.START, Trigger.FAIL):
+        for lab, size in zip(made, sizes, strict=True):
+            assert (await store.get_lab(lab.id)).spec.options.size == size
+            moved = await store.transition(lab.id, trigger, actor=Actor.SCHEDULER)
+            assert moved.spec.options.size == size
+            listed = {each.id: each for each in await store.list_labs()}
+            assert [listed[lab.id].spec.options.size for lab in made] == sizes
+    assert len(store._specs._specs) == 2
+
+
 async def test_unknown_lab(database: Database) -> None:
     store = LabStore(database)
     with pytest.raises(LabNotFoundError):

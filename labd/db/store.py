@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Row, bindparam, func, insert, null, select, update
+from sqlalchemy import Row, Update, bindparam, func, insert, null, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -115,6 +118,40 @@ _LOCK_LAB = _SELECT_LAB.with_for_update()
 _LOCK_TERM = select(labd_leader.c.term).where(labd_leader.c.id == 1).with_for_update(read=True)
 _INSERT_TRANSITION = insert(lab_transitions)
 _INSERT_EVENT = insert(lab_events).returning(lab_events)
+_SELECT_CURRENT = (
+    select(labs)
+    .where(labs.c.username == bindparam("username"), labs.c.state != LabState.DELETED.value)
+    .order_by(*_CURRENT_FIRST)
+    .limit(1)
+)
+
+
+@functools.cache
+def _update_lab(columns: tuple[str, ...], nulls: tuple[str, ...], *, conditional: bool) -> Update:
+    """``UPDATE labs`` of one lab, setting ``columns`` and ``nulls`` to SQL NULL, returning it.
+
+    Built once per shape, as the statements above (a write's shape is one of
+    a few dozen).  Parameters: ``lab_id``, ``set_<column>`` for each of
+    ``columns`` and, if ``conditional``, ``was_version`` and
+    ``was_pod_phase``: the row must still hold them.
+    """
+    where = [labs.c.id == bindparam("lab_id")]
+    if conditional:
+        where += [
+            labs.c.version == bindparam("was_version"),
+            labs.c.pod_phase.is_not_distinct_from(bindparam("was_pod_phase")),
+        ]
+    values: dict[str, Any] = {
+        column: bindparam(f"set_{column}", type_=labs.c[column].type) for column in columns
+    }
+    # SQL NULL, not JSON null: `secret_env IS NULL` finds them all.
+    values.update(dict.fromkeys(nulls, null()))
+    return update(labs).where(*where).values(values).returning(labs)
+
+
+def _update_params(lab_id: str, values: Mapping[str, Any], **where: Any) -> dict[str, Any]:
+    """The parameters of an `_update_lab` statement."""
+    return {"lab_id": lab_id, **where, **{f"set_{column}": v for column, v in values.items()}}
 
 
 class LabStore:
@@ -138,6 +175,12 @@ class LabStore:
         """Called, before ``on_change``, with the lab id and the row as committed
         after every write of a lab row, or `None` if the write failed (and
         may or may not have committed)."""
+        self._specs = _Specs()
+
+    def _lab(self, row: Row[Any]) -> LabRecord:
+        return LabRecord(
+            **{**row._mapping, "state": LabState(row.state), "spec": self._specs.of(row)}
+        )
 
     def _written(self, username: str, lab_id: str, lab: LabRecord | None) -> None:
         for callback in self.on_write:
@@ -238,7 +281,7 @@ class LabStore:
 
         created: LabRecord | None = None
         try:
-            created = _lab(await self._db.run_write(work))
+            created = self._lab(await self._db.run_write(work))
         except IntegrityError as exc:
             if _is_live_username_violation(exc):
                 raise LabExistsError(username) from exc
@@ -323,24 +366,19 @@ class LabStore:
                 "updated_at": now,
                 **changes,
             }
+            nulls: tuple[str, ...] = ()
             if state not in SECRET_STATES:
-                # SQL NULL, not JSON null: `secret_env IS NULL` finds them all.
-                values["secret_env"] = null()
+                values.pop("secret_env", None)
+                nulls = ("secret_env",)
             if state is LabState.DELETED:
                 values["deleted_at"] = now
             if new_operation:
                 values["operation"] = lab.operation + 1
-            statement = (
-                update(labs)
-                .where(
-                    labs.c.id == lab_id,
-                    labs.c.version == lab.version,
-                    labs.c.pod_phase.is_not_distinct_from(lab.pod_phase),
-                )
-                .values(values)
-                .returning(labs)
+            statement = _update_lab(tuple(values), nulls, conditional=True)
+            params = _update_params(
+                lab_id, values, was_version=lab.version, was_pod_phase=lab.pod_phase
             )
-            return conn.execute(statement).one_or_none()
+            return conn.execute(statement, params).one_or_none()
 
         def work(conn: Connection) -> Row[Any]:
             nonlocal current
@@ -375,7 +413,7 @@ class LabStore:
 
         moved: LabRecord | None = None
         try:
-            moved = _lab(await self._db.run_write(work))
+            moved = self._lab(await self._db.run_write(work))
         except IntegrityError as exc:
             if current is not None and _is_live_username_violation(exc):
                 raise LabExistsError(current.username) from exc
@@ -407,19 +445,15 @@ class LabStore:
         def work(conn: Connection) -> Row[Any]:
             nonlocal current
             current = self._lock(conn, lab_id, expected_version)
-            statement = (
-                update(labs)
-                .where(labs.c.id == lab_id)
-                .values({**changes, "updated_at": utcnow()})
-                .returning(labs)
-            )
-            row = conn.execute(statement).one()
+            values = {**changes, "updated_at": utcnow()}
+            statement = _update_lab(tuple(values), (), conditional=False)
+            row = conn.execute(statement, _update_params(lab_id, values)).one()
             self._insert_events(conn, row, events)
             return row
 
         updated: LabRecord | None = None
         try:
-            updated = _lab(await self._db.run_write(work))
+            updated = self._lab(await self._db.run_write(work))
         finally:
             if current is not None:
                 self._written(current.username, lab_id, updated)
@@ -501,7 +535,7 @@ class LabStore:
 
         # Each record as it now stands: leased until ``leased``.
         return [
-            dataclasses.replace(_lab(row), next_attempt_at=leased)
+            dataclasses.replace(self._lab(row), next_attempt_at=leased)
             for row in await self._db.run_write(work)
         ]
 
@@ -556,7 +590,7 @@ class LabStore:
             row = (await conn.execute(_SELECT_LAB, {"lab_id": lab_id})).one_or_none()
         if row is None:
             raise LabNotFoundError(lab_id)
-        return _lab(row)
+        return self._lab(row)
 
     async def find_lab(self, lab_id: str) -> LabRecord | None:
         """Return one lab by id, or `None` if there is no such lab."""
@@ -571,15 +605,9 @@ class LabStore:
         A live lab wins over a deleting one (a new spawn may wait for the
         previous lab's cleanup).
         """
-        statement = (
-            select(labs)
-            .where(labs.c.username == username, labs.c.state != LabState.DELETED.value)
-            .order_by(*_CURRENT_FIRST)
-            .limit(1)
-        )
         async with self._db.read() as conn:
-            row = (await conn.execute(statement)).one_or_none()
-        return None if row is None else _lab(row)
+            row = (await conn.execute(_SELECT_CURRENT, {"username": username})).one_or_none()
+        return None if row is None else self._lab(row)
 
     async def list_current_labs(
         self, *, after: str = "", limit: int | None = None
@@ -606,7 +634,7 @@ class LabStore:
         current: dict[str, LabRecord] = {}
         for row in rows:
             if row.username not in current:
-                current[row.username] = _lab(row)
+                current[row.username] = self._lab(row)
         return list(current.values())
 
     async def get_latest_lab(self, username: str) -> LabRecord | None:
@@ -619,7 +647,7 @@ class LabStore:
         )
         async with self._db.read() as conn:
             row = (await conn.execute(statement)).one_or_none()
-        return None if row is None else _lab(row)
+        return None if row is None else self._lab(row)
 
     async def list_labs(self, states: Iterable[LabState] | None = None) -> list[LabRecord]:
         """Return labs, optionally only those in some states, by username."""
@@ -628,7 +656,7 @@ class LabStore:
             statement = statement.where(labs.c.state.in_([s.value for s in states]))
         async with self._db.read() as conn:
             rows = (await conn.execute(statement)).all()
-        return [_lab(row) for row in rows]
+        return [self._lab(row) for row in rows]
 
     async def list_lab_summaries(self, states: Iterable[LabState]) -> list[LabSummary]:
         """Return where the labs in ``states`` stand, without their specs."""
@@ -661,7 +689,7 @@ class LabStore:
         )
         async with self._db.read() as conn:
             row = (await conn.execute(statement)).one_or_none()
-        return None if row is None else _lab(row)
+        return None if row is None else self._lab(row)
 
     async def deleting_in(self, namespace: str) -> list[str]:
         """Return the ids of the labs being deleted in ``namespace``."""
@@ -777,7 +805,7 @@ class LabStore:
         row = conn.execute(_LOCK_LAB, {"lab_id": lab_id}).one_or_none()
         if row is None:
             raise LabNotFoundError(lab_id)
-        current = _lab(row)
+        current = self._lab(row)
         if expected_version is not None and current.version != expected_version:
             raise StaleLabError(lab_id, expected_version, current.version)
         return current
@@ -809,7 +837,7 @@ class LabStore:
                 "created_at": row.updated_at,
             },
         )
-        self._insert_events(conn, _lab(row), events)
+        self._insert_events(conn, self._lab(row), events)
 
     def _insert_events(
         self, conn: Connection, lab: LabRecord | Row[Any], events: Sequence[NewEvent]
@@ -849,10 +877,35 @@ def _is_live_username_violation(exc: IntegrityError) -> bool:
     return "uq_labs_username_live" in text or "labs.username" in text
 
 
-def _lab(row: Row[Any]) -> LabRecord:
-    return LabRecord(
-        **{**row._mapping, "state": LabState(row.state), "spec": LabSpec.from_row(row.spec)}
-    )
+class _Specs:
+    """Lab specs as validated from rows, kept by lab id: a lab's spec never changes.
+
+    Validation was a fifth of the work of making a row a `LabRecord`, done
+    on every read and write of a lab (five times in a delete).  Used from
+    the event loop and from SQLite's writer thread.
+    """
+
+    kept: Final = 4096
+    """Specs kept, the most recently used: more than the labs in flight in a
+    burst of 1,000 spawns or deletes."""
+
+    def __init__(self) -> None:
+        self._specs: OrderedDict[str, LabSpec] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, row: Row[Any]) -> LabSpec:
+        """The spec of ``row``, a row of ``labs``."""
+        with self._lock:
+            spec = self._specs.get(row.id)
+            if spec is not None:
+                self._specs.move_to_end(row.id)
+                return spec
+        spec = LabSpec.from_row(row.spec)
+        with self._lock:
+            self._specs[row.id] = spec
+            if len(self._specs) > self.kept:
+                self._specs.popitem(last=False)
+        return spec
 
 
 def _transition(row: Row[Any]) -> TransitionRecord:
