@@ -385,19 +385,20 @@ class LabSteps:
         try:
             # Each step is recorded once its delete was accepted (both deletes
             # are idempotent), so a later pass (or a restart) goes on from there.
-            if Step.POD_STOPPING in recorded.reached:
-                asked = recorded.reached[Step.POD_STOPPING]
-            else:
-                await self._kube.delete_pod(
+            released = recorded.pod_gone
+            asked = recorded.reached.get(Step.POD_STOPPING)
+            if asked is None:
+                # A pod that takes its grace period: the pod watch says when
+                # it is gone (asking right away would only find it there).
+                released = await self._kube.delete_pod(
                     lab.namespace,
                     pod_name(lab.slug),
                     grace_seconds=self._config.lab.pod_delete_grace,
                 )
-                asked = utcnow()
                 steps.append(NewEvent.at(Step.POD_STOPPING, lab.username))
             if Step.NAMESPACE_DELETING in recorded.reached:
                 gone = recorded.namespace_gone or await self._kube.namespace_gone(lab.namespace)
-            elif recorded.pod_gone or await self._pod_released(lab, asked):
+            elif released or (asked is not None and await self._pod_released(lab, asked)):
                 gone = await self._kube.delete_namespace(lab.namespace)
                 steps.append(NewEvent.at(Step.NAMESPACE_DELETING, lab.username))
             else:

@@ -235,6 +235,22 @@ def _metadata(
     )
 
 
+def _deleted_at_once(obj: Mapping[str, Any]) -> bool:
+    """Whether the object a DELETE answered with was removed, not marked for deletion.
+
+    The API server removes an object at once when it has no finalizers and
+    no grace period: it answers with the object as it was (no
+    ``deletionTimestamp``) or, having first set a grace period of 0, with
+    ``deletionGracePeriodSeconds: 0``.  An object kept for its grace period
+    or its finalizers is answered marked with a longer period, or with its
+    finalizers.
+    """
+    meta = obj.get("metadata") or {}
+    if meta.get("finalizers"):
+        return False
+    return not meta.get("deletionTimestamp") or meta.get("deletionGracePeriodSeconds") == 0
+
+
 def _is_terminating_refusal(error: KubeError) -> bool:
     """Whether a 403 says the namespace is being terminated."""
     return error.status == 403 and "being terminated" in error.message
@@ -517,7 +533,7 @@ class LabKube:
 
     # Deletion ------------------------------------------------------------
 
-    async def delete_pod(self, namespace: str, name: str, *, grace_seconds: int) -> None:
+    async def delete_pod(self, namespace: str, name: str, *, grace_seconds: int) -> bool:
         """Ask for a pod's deletion; a missing pod is already deleted.
 
         Parameters
@@ -529,12 +545,21 @@ class LabKube:
         grace_seconds
             Seconds the lab gets to shut down.
 
+        Returns
+        -------
+        bool
+            Whether the pod is gone: it was missing, or the API server
+            removed it at once (grace 0, a pod not bound to a node or
+            finished), as the object it answers with tells.  Otherwise the
+            pod takes its grace period, and the pod watch tells when it is
+            gone.
+
         Raises
         ------
         KubeError
             If the call failed after its retries.
         """
-        await self.api.call(
+        reply = await self.api.call(
             "delete",
             "Pod",
             self._core.delete_namespaced_pod,
@@ -545,6 +570,7 @@ class LabKube:
             name=name,
             accept=(404,),
         )
+        return reply.status == 404 or _deleted_at_once(reply.body)
 
     async def delete_namespace(self, namespace: str) -> bool:
         """Ask for a namespace's deletion, which removes everything in it.

@@ -17,7 +17,7 @@ from kubernetes_asyncio.client import (
 from labd.config import Config, LabConfig, VolumeConfig
 from labd.kube.builder import LAB_ID_LABEL, LabObjects, build_lab_objects
 from labd.kube.client import KubeError
-from labd.kube.storage import LabKube, NamespaceTerminatingError, pod_status
+from labd.kube.storage import LabKube, NamespaceTerminatingError, _deleted_at_once, pod_status
 from labd.sim import SimCluster
 from tests.support.labs import lab_build
 from tests.support.waiting import eventually
@@ -190,10 +190,42 @@ async def test_pod_waits_for_the_service_account(
 
 
 async def test_delete_missing_objects_is_fine(kube: LabKube) -> None:
-    await kube.delete_pod("labd-nobody", "nobody-nb", grace_seconds=0)
+    assert await kube.delete_pod("labd-nobody", "nobody-nb", grace_seconds=0)
     await kube.delete_namespace("labd-nobody")
     assert await kube.pod_gone("labd-nobody", "nobody-nb")
     assert await kube.namespace_gone("labd-nobody")
+
+
+@pytest.mark.sim(pod_stop_delay=0.5)
+async def test_a_pod_delete_says_whether_the_pod_is_gone(
+    kube: LabKube, config: Config, sim: SimCluster
+) -> None:
+    """Gone at once with grace 0; kept, marked, for a grace period (the watch says when)."""
+    await kube.create_lab_objects(alice(config))
+    await kube.create_lab_objects(build_lab_objects(lab_build("bob"), config))
+    await wait_for_pod_running(sim, "labd-alice")
+    await wait_for_pod_running(sim, "labd-bob")
+    assert not await kube.delete_pod("labd-alice", "alice-nb", grace_seconds=30)
+    (marked,) = sim.objects("pods", "labd-alice")
+    assert marked["metadata"]["deletionGracePeriodSeconds"] == 30
+    assert await kube.delete_pod("labd-bob", "bob-nb", grace_seconds=0)
+    assert sim.objects("pods", "labd-bob") == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "gone"),
+    [
+        ({"name": "nb"}, True),  # Removed at once, answered as it was.
+        ({"deletionTimestamp": "2026-12-06T00:00:00Z", "deletionGracePeriodSeconds": 0}, True),
+        ({"deletionTimestamp": "2026-12-06T00:00:30Z", "deletionGracePeriodSeconds": 30}, False),
+        ({"deletionTimestamp": "2026-12-06T00:00:00Z", "finalizers": ["example.com/keep"]}, False),
+        ({"finalizers": ["example.com/keep"]}, False),
+    ],
+)
+def test_what_a_delete_answers_tells_whether_the_object_is_gone(
+    metadata: dict[str, Any], gone: bool
+) -> None:
+    assert _deleted_at_once({"kind": "Pod", "metadata": metadata}) is gone
 
 
 async def test_delete_pod_then_namespace(kube: LabKube, config: Config) -> None:
