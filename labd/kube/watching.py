@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
@@ -261,7 +262,7 @@ class _Follower:
 
     async def _watch_once(self) -> AsyncGenerator[_Changed | None, None]:
         """Run one watch connection; yield `None` for a bookmark."""
-        async with watch.Watch(return_type="object") as stream:
+        async with _Watch(return_type="object") as stream:
             events = stream.stream(
                 self._method,
                 resource_version=self.resource_version,
@@ -283,6 +284,38 @@ class _Follower:
                     self.resource_version = str(version)
                 kind = str(event.get("type", ""))
                 yield None if kind == "BOOKMARK" else _Changed(kind, obj)
+
+
+class _Watch(watch.Watch):
+    """kubernetes-asyncio's watch, each event's object handed over as parsed once.
+
+    The library parses each line, then, to build the object's model, turns
+    the object back into JSON and parses that again, even when there is no
+    model to build (``return_type="object"``): three JSON passes per event
+    where one does, and a pod is several kilobytes.  Lines that are not
+    events (a proxy's error page, an ``ERROR`` event, a ``Status``) still
+    take the library's own path and its errors.
+    """
+
+    def unmarshal_event(self, data: str | bytes, response_type: str | None) -> Any:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return data
+        if (
+            not isinstance(event, dict)
+            or not isinstance(event.get("object"), dict)
+            or str(event.get("type", "")).upper() not in _EVENT_TYPES
+        ):
+            return super().unmarshal_event(data, response_type)
+        event["raw_object"] = event["object"]
+        version = (event["object"].get("metadata") or {}).get("resourceVersion")
+        if version:
+            self.resource_version = version
+        return event
+
+
+_EVENT_TYPES: Final = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK"})
 
 
 def _api(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -13,12 +14,19 @@ from kubernetes_asyncio.client import (
     V1Pod,
     V1PodSpec,
 )
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from labd.config import Config
 from labd.kube.builder import build_lab_objects
 from labd.kube.client import RetryPolicy
 from labd.kube.storage import LabKube
-from labd.kube.watching import NamespaceWatcher, PodEventWatcher, PodUpdate, PodWatcher
+from labd.kube.watching import (
+    NamespaceWatcher,
+    PodEventWatcher,
+    PodUpdate,
+    PodWatcher,
+    _Watch,
+)
 from labd.sim import SimCluster
 from tests.support.labs import lab_build
 from tests.support.streams import collecting, wait_for
@@ -314,3 +322,23 @@ async def test_watches_stream_over_tls(
         await wait_for(updates, is_pod("alice", "Running"))
         seen = await wait_for(events, lambda e: e.reason == "Started")
     assert seen[0].reason == "Scheduled"
+
+
+async def test_a_watch_event_is_parsed_once_and_errors_stay_the_librarys() -> None:
+    stream = _Watch(return_type="object")
+    line = json.dumps(
+        {"type": "MODIFIED", "object": {"kind": "Pod", "metadata": {"resourceVersion": "42"}}}
+    )
+    event = stream.unmarshal_event(line, "object")
+    # The library would have built `object` anew from JSON of `raw_object`.
+    assert event["object"] is event["raw_object"]
+    assert event["type"] == "MODIFIED"
+    version: object = stream.resource_version  # Typed as always None by the library.
+    assert version == "42"
+    gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
+    with pytest.raises(ApiException) as caught:
+        stream.unmarshal_event(json.dumps({"type": "ERROR", "object": gone}), "object")
+    assert caught.value.status == 410
+    page = "<html>bad gateway</html>"
+    assert stream.unmarshal_event(page, "object") == page
+    await stream.close()
