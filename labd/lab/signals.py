@@ -200,7 +200,13 @@ class LabSignals:
 
     @property
     def taking_over(self) -> bool:
-        """Whether this process's scheduler would take a lab handed over now."""
+        """Whether this process's scheduler would take a lab handed over now.
+
+        Decided before the write that records the lab: a burst of writes
+        under way at once may all be handed over.  Steps taken from the
+        queue are cheaper than claims, and a lab that waits too long in it
+        is made due for a claim (`Scheduler`).
+        """
         return len(self._handed) < self.hand_over_limit
 
     def hand_over(self, lab: LabRecord) -> None:
@@ -208,19 +214,21 @@ class LabSignals:
         self._handed.append((time.monotonic(), lab))
         self.scheduler.set()
 
-    def take_handed(self, limit: int) -> list[LabRecord]:
-        """Up to ``limit`` labs handed over, oldest first.
+    def take_handed(self, limit: int) -> tuple[list[LabRecord], list[LabRecord]]:
+        """Up to ``limit`` labs handed over, oldest first, and those dropped on the way.
 
         A lab that waited here for half its lease is dropped: its lease may
-        run out before its step could finish, and then a claim takes it.
+        run out before its step could finish, and another replica's claim
+        then step it too.  The caller makes the dropped labs due at once
+        (`LabStore.release_leases`), for a claim.
         """
         fresh = time.monotonic() - STEP_LEASE.total_seconds() / 2
         taken: list[LabRecord] = []
+        dropped: list[LabRecord] = []
         while self._handed and len(taken) < limit:
             handed_at, lab = self._handed.popleft()
-            if handed_at >= fresh:
-                taken.append(lab)
-        return taken
+            (taken if handed_at >= fresh else dropped).append(lab)
+        return taken, dropped
 
     def drop_handed(self) -> list[LabRecord]:
         """Take every lab handed over and not started: the scheduler has stopped."""

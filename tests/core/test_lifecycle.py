@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import event
 
 from labd.daemon import factory
 from labd.daemon.factory import Labd
+from labd.lab import signals
 from labd.lab.errors import (
     LabExistsConflictError,
     NotReadyError,
@@ -266,6 +268,36 @@ async def test_a_stop_frees_the_labs_whose_steps_it_will_not_finish(
         try:
             for username in ("ada", "bob"):
                 await wait_state(labd, username, LabState.RUNNING, within=10)
+        finally:
+            await labd.stop()
+
+
+async def test_a_lab_handed_over_that_waits_too_long_is_claimed_at_once(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bob's lab is handed over while ada's step holds the only slot for 2 s,
+    # longer than half a (shortened) lease. The scheduler drops it from its
+    # queue, as a claim may take it once its lease (30 s in SQL) runs out:
+    # it is made due at once instead of waiting for that.
+    monkeypatch.setattr(signals, "STEP_LEASE", timedelta(seconds=1))
+    async with SimCluster(pod_start_delay=0.05, seed=7) as sim:
+        config = make_config(
+            database_url,
+            sim.write_kubeconfig(tmp_path / "kubeconfig"),
+            kubernetes={"max_concurrent_operations": 1},
+        )
+        sim.faults.add_latency("create", "namespaces", seconds=2)
+        labd = await Labd.create(config)
+        await labd.start()
+        try:
+            await labd.service.create("ada", spec(), actor=Actor.HUB)
+            await eventually(
+                lambda: sim.stats.requests["create namespaces"] > 0, what="ada's step under way"
+            )
+            bob = await labd.service.create("bob", spec(), actor=Actor.HUB)
+            assert bob.next_attempt_at is not None
+            assert bob.next_attempt_at - bob.created_at >= timedelta(seconds=29)  # Leased.
+            await wait_state(labd, "bob", LabState.RUNNING, within=15)
         finally:
             await labd.stop()
 
