@@ -177,10 +177,11 @@ class LabStore:
         may or may not have committed)."""
         self._specs = _Specs()
 
-    def _lab(self, row: Row[Any]) -> LabRecord:
-        return LabRecord(
-            **{**row._mapping, "state": LabState(row.state), "spec": self._specs.of(row)}
-        )
+    def _lab(self, row: Row[Any], *, keep: bool = True) -> LabRecord:
+        """The row as a record; ``keep=False`` for the rows of lists, whose
+        specs would push out those of the labs being worked on."""
+        spec = self._specs.of(row, keep=keep)
+        return LabRecord(**{**row._mapping, "state": LabState(row.state), "spec": spec})
 
     def _written(self, username: str, lab_id: str, lab: LabRecord | None) -> None:
         for callback in self.on_write:
@@ -634,7 +635,7 @@ class LabStore:
         current: dict[str, LabRecord] = {}
         for row in rows:
             if row.username not in current:
-                current[row.username] = self._lab(row)
+                current[row.username] = self._lab(row, keep=False)
         return list(current.values())
 
     async def get_latest_lab(self, username: str) -> LabRecord | None:
@@ -656,7 +657,7 @@ class LabStore:
             statement = statement.where(labs.c.state.in_([s.value for s in states]))
         async with self._db.read() as conn:
             rows = (await conn.execute(statement)).all()
-        return [self._lab(row) for row in rows]
+        return [self._lab(row, keep=False) for row in rows]
 
     async def list_lab_summaries(self, states: Iterable[LabState]) -> list[LabSummary]:
         """Return where the labs in ``states`` stand, without their specs."""
@@ -885,22 +886,24 @@ class _Specs:
     the event loop and from SQLite's writer thread.
     """
 
-    kept: Final = 4096
-    """Specs kept, the most recently used: more than the labs in flight in a
-    burst of 1,000 spawns or deletes."""
+    kept: Final = 1024
+    """Specs kept, the most recently used: the labs in flight in a burst of
+    1,000 spawns or deletes.  A spec takes about 3.7 KB: 4 MB in all."""
 
     def __init__(self) -> None:
         self._specs: OrderedDict[str, LabSpec] = OrderedDict()
         self._lock = threading.Lock()
 
-    def of(self, row: Row[Any]) -> LabSpec:
-        """The spec of ``row``, a row of ``labs``."""
+    def of(self, row: Row[Any], *, keep: bool = True) -> LabSpec:
+        """The spec of ``row``, a row of ``labs``; kept for next time if ``keep``."""
         with self._lock:
             spec = self._specs.get(row.id)
             if spec is not None:
                 self._specs.move_to_end(row.id)
                 return spec
         spec = LabSpec.from_row(row.spec)
+        if not keep:
+            return spec
         with self._lock:
             self._specs[row.id] = spec
             if len(self._specs) > self.kept:
