@@ -838,7 +838,7 @@ class LabStore:
                 "created_at": row.updated_at,
             },
         )
-        self._insert_events(conn, self._lab(row), events)
+        self._insert_events(conn, row, events)
 
     def _insert_events(
         self, conn: Connection, lab: LabRecord | Row[Any], events: Sequence[NewEvent]

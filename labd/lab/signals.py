@@ -219,7 +219,7 @@ class LabSignals:
 
         A lab that waited here for half its lease is dropped: its lease may
         run out before its step could finish, and another replica's claim
-        then step it too.  The caller makes the dropped labs due at once
+        would then step it too.  The caller makes the dropped labs due at once
         (`LabStore.release_leases`), for a claim.
         """
         fresh = time.monotonic() - STEP_LEASE.total_seconds() / 2
