@@ -167,6 +167,22 @@ async def test_stale_version_is_refused_and_nothing_written(database: Database) 
     assert (await store.get_lab(lab.id)).attempts == 0
 
 
+async def test_an_update_is_one_statement_that_reads_no_row_first(database: Database) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.RUNNING)
+    event = NewEvent(EventType.INFO, "Still here")
+    with statements_run(database) as statements:
+        updated = await store.update(lab.id, {"attempts": 2}, events=[event])
+    assert not [s for s in statements if s.startswith("SELECT")], statements
+    assert sum(s.startswith("UPDATE labs") for s in statements) == 1, statements
+    assert (updated.attempts, updated.version) == (2, lab.version)
+    assert (await store.get_lab(lab.id)).attempts == 2
+    with pytest.raises(LabNotFoundError):
+        await store.update("no-such-lab", {"attempts": 1})
+    with pytest.raises(LabNotFoundError):
+        await store.update("no-such-lab", {"attempts": 1}, expected_version=1)
+
+
 @contextlib.contextmanager
 def statements_run(database: Database) -> Iterator[list[str]]:
     """Every statement run on the database's engines in the block, whitespace folded."""

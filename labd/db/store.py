@@ -127,20 +127,21 @@ _SELECT_CURRENT = (
 
 
 @functools.cache
-def _update_lab(columns: tuple[str, ...], nulls: tuple[str, ...], *, conditional: bool) -> Update:
+def _update_lab(
+    columns: tuple[str, ...], nulls: tuple[str, ...], *, held: tuple[str, ...] = ()
+) -> Update:
     """``UPDATE labs`` of one lab, setting ``columns`` and ``nulls`` to SQL NULL, returning it.
 
     Built once per shape, as the statements above (a write's shape is one of
     a few dozen).  Parameters: ``lab_id``, ``set_<column>`` for each of
-    ``columns`` and, if ``conditional``, ``was_version`` and
-    ``was_pod_phase``: the row must still hold them.
+    ``columns`` and ``was_<column>`` for each of ``held``, the columns
+    (``version``, ``pod_phase``) that the row must still hold.
     """
     where = [labs.c.id == bindparam("lab_id")]
-    if conditional:
-        where += [
-            labs.c.version == bindparam("was_version"),
-            labs.c.pod_phase.is_not_distinct_from(bindparam("was_pod_phase")),
-        ]
+    for name in held:
+        column = labs.c[name]
+        was = bindparam(f"was_{name}", type_=column.type)
+        where.append(column.is_not_distinct_from(was) if column.nullable else column == was)
     values: dict[str, Any] = {
         column: bindparam(f"set_{column}", type_=labs.c[column].type) for column in columns
     }
@@ -375,7 +376,7 @@ class LabStore:
                 values["deleted_at"] = now
             if new_operation:
                 values["operation"] = lab.operation + 1
-            statement = _update_lab(tuple(values), nulls, conditional=True)
+            statement = _update_lab(tuple(values), nulls, held=("version", "pod_phase"))
             params = _update_params(
                 lab_id, values, was_version=lab.version, was_pod_phase=lab.pod_phase
             )
@@ -441,14 +442,23 @@ class LabStore:
         StaleLabError
             If ``expected_version`` is given and not current.
         """
-        current: LabRecord | None = None
+        held: tuple[str, ...] = ()
+        where: dict[str, Any] = {}
+        if expected_version is not None:
+            held, where = ("version",), {"was_version": expected_version}
+        statement = _update_lab((*changes, "updated_at"), (), held=held)
+        username: str | None = None
 
         def work(conn: Connection) -> Row[Any]:
-            nonlocal current
-            current = self._lock(conn, lab_id, expected_version)
+            nonlocal username
             values = {**changes, "updated_at": utcnow()}
-            statement = _update_lab(tuple(values), (), conditional=False)
-            row = conn.execute(statement, _update_params(lab_id, values)).one()
+            # One statement, which takes the row lock the events need; the
+            # row is read only to say why nothing was updated.
+            row = conn.execute(statement, _update_params(lab_id, values, **where)).one_or_none()
+            if row is None:
+                current = self._lock(conn, lab_id, expected_version)
+                raise StaleLabError(lab_id, expected_version or 0, current.version)
+            username = row.username
             self._insert_events(conn, row, events)
             return row
 
@@ -456,8 +466,8 @@ class LabStore:
         try:
             updated = self._lab(await self._db.run_write(work))
         finally:
-            if current is not None:
-                self._written(current.username, lab_id, updated)
+            if username is not None:
+                self._written(username, lab_id, updated)
         return updated
 
     async def add_events(
