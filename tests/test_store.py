@@ -596,6 +596,23 @@ async def test_writes_queued_together_commit_together_and_fail_alone(
     assert sum(s.upper().startswith("SAVEPOINT") for s in statements) == 50
 
 
+async def test_a_fetch_reads_what_is_committed_without_waiting_for_a_writer(
+    database: Database,
+) -> None:
+    """Reads run beside an open write transaction and see only what was committed."""
+    await grouped_table(database)
+    await database.run_write(lambda conn: conn.execute(text("INSERT INTO grouped VALUES (1)")))
+    count = select(func.count()).select_from(text("grouped"))
+    async with database.write() as conn:
+        await conn.execute(text("INSERT INTO grouped VALUES (2)"))
+        reading = asyncio.gather(*(database.fetch(count) for _ in range(8)))
+        reads = await asyncio.wait_for(reading, 5)
+        assert [rows[0][0] for rows in reads] == [1] * 8
+    assert (await database.fetch(count))[0][0] == 2
+    await database.dispose()  # Readers stop; a later read starts them again.
+    assert (await database.fetch(count))[0][0] == 2
+
+
 async def test_a_write_that_fails_in_a_group_of_its_own_runs_once(database: Database) -> None:
     """Nothing to undo for others: its error is its own, without running it again."""
     runs = 0

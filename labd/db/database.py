@@ -28,6 +28,14 @@ writers (see TRAPS.md):
   each write in a savepoint of its own, so that only the failing write is
   undone; a savepoint for every write cost two statements of the five or
   six a write has.
+* Reads of one statement (`Database.fetch`, the store's hot reads) run on
+  a few reader threads with the same driver, one hop each way.  Through
+  aiosqlite a read was five hops between the event loop and its thread
+  (``BEGIN``, cursor, execute, fetch, rollback), each a wake-up of the
+  loop through its self-pipe and a hand-over of the interpreter lock: in
+  a burst of deletes, whose only read is the lab's row, the aiosqlite
+  threads used more CPU than the event loop spent on the two Kubernetes
+  calls.
 * WAL lets readers proceed while a writer commits; foreign keys are off
   unless asked for on every connection.
 
@@ -50,7 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -58,7 +66,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import asyncpg
 import sqlalchemy.exc
-from sqlalchemy import create_engine, event
+from sqlalchemy import Executable, Row, create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -72,6 +80,10 @@ _SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
 _WRITE_OPTION: Final = "labd_write"
 _BACKEND_PID: Final = "labd_backend_pid"
 """Where a pooled PostgreSQL connection keeps its server process id."""
+
+_SQLITE_READERS: Final = 4
+"""Threads that run `Database.fetch` on SQLite: SQLite reads in parallel
+under WAL, but a read is mostly Python, which holds the interpreter lock."""
 
 _GROUP_LIMIT: Final = 256
 """Writes committed together at most, so one group's transaction stays short."""
@@ -166,6 +178,7 @@ class Database:
         self._sqlite_writer = asyncio.Lock() if self.dialect == "sqlite" else None
         self._sqlite_sync: Engine | None = None
         self._sqlite_thread: ThreadPoolExecutor | None = None
+        self._sqlite_readers: ThreadPoolExecutor | None = None
         self._queued: deque[_QueuedWrite[Any]] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._group_setup = f"SET LOCAL lock_timeout = '{round(lock_timeout * 1000)}ms'"
@@ -177,8 +190,9 @@ class Database:
             _drop_closed_connections(self.engine.sync_engine)
         if self.dialect == "sqlite":
             _install_sqlite_handlers(self.engine.sync_engine)
-            # The writer thread's own engine: the standard library driver on
-            # the same file, used only from that thread.
+            # The engine of the writer thread and of the reader threads
+            # (`fetch`): the standard library driver on the same file, each
+            # connection used by one thread at a time.
             sync_options = {
                 **options,
                 "connect_args": {**options["connect_args"], "check_same_thread": False},
@@ -195,9 +209,9 @@ class Database:
     def sync_engines(self) -> list[Engine]:
         """Every synchronous engine beneath this database, for event hooks.
 
-        The async engine's, and on SQLite the writer thread's: a hook on
-        ``before_cursor_execute`` (a statement counter) sees every statement
-        only when it listens on both.
+        The async engine's, and on SQLite that of the writer and reader
+        threads: a hook on ``before_cursor_execute`` (a statement counter)
+        sees every statement only when it listens on both.
         """
         engines = [self.engine.sync_engine]
         if self._sqlite_sync is not None:
@@ -209,6 +223,34 @@ class Database:
         """Open a read transaction (rolled back at the end)."""
         async with self.engine.connect() as conn:
             yield conn
+
+    async def fetch(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[Any]]:
+        """Run one read-only statement in a read transaction of its own; its rows.
+
+        On SQLite on a reader thread, through the driver directly (see the
+        module docstring); on PostgreSQL as `read` would.
+        """
+        if self._sqlite_sync is None:
+            async with self.read() as conn:
+                return (await conn.execute(statement, params)).all()
+        if self._sqlite_readers is None:
+            self._sqlite_readers = ThreadPoolExecutor(
+                _SQLITE_READERS, thread_name_prefix="labd-sqlite-reader"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._sqlite_readers, self._fetch_sqlite, statement, params
+        )
+
+    def _fetch_sqlite(
+        self, statement: Executable, params: Mapping[str, Any] | None
+    ) -> Sequence[Row[Any]]:
+        """On a reader thread: the rows of ``statement``."""
+        assert self._sqlite_sync is not None
+        with self._sqlite_sync.connect() as conn:
+            return conn.execute(statement, params).all()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -323,12 +365,17 @@ class Database:
         if self._writer is not None:
             await asyncio.wait([self._writer])  # Its groups commit before the pool closes.
         await self.engine.dispose()
+        if self._sqlite_readers is not None:
+            readers, self._sqlite_readers = self._sqlite_readers, None
+            await asyncio.to_thread(readers.shutdown)  # Reads running end first.
         if self._sqlite_thread is not None and self._sqlite_sync is not None:
             thread, self._sqlite_thread = self._sqlite_thread, None
             # Queued behind any write still running; a later write starts a
             # new thread.
             await asyncio.get_running_loop().run_in_executor(thread, self._sqlite_sync.dispose)
             thread.shutdown()
+        elif self._sqlite_sync is not None:
+            self._sqlite_sync.dispose()  # Only read from: no writer to wait for.
 
 
 def _commit_group(

@@ -114,6 +114,7 @@ _CURRENT_FIRST = (labs.c.state.in_(_LIVE).desc(), labs.c.created_at.desc())
 # Statements of the hot paths, built once: SQLAlchemy then skips building
 # and hashing them again on every call (its compiled cache still applies).
 _SELECT_LAB = select(labs).where(labs.c.id == bindparam("lab_id"))
+_NEXT_DUE = select(func.min(labs.c.next_attempt_at))
 _LOCK_LAB = _SELECT_LAB.with_for_update()
 _LOCK_TERM = select(labd_leader.c.term).where(labd_leader.c.id == 1).with_for_update(read=True)
 _INSERT_TRANSITION = insert(lab_transitions)
@@ -585,9 +586,8 @@ class LabStore:
 
     async def next_due_time(self) -> datetime | None:
         """Return the earliest ``next_attempt_at`` of any lab, if one is set."""
-        async with self._db.read() as conn:
-            value: datetime | None = await conn.scalar(select(func.min(labs.c.next_attempt_at)))
-        return value
+        (value,) = (await self._db.fetch(_NEXT_DUE))[0]
+        return value  # type: ignore[no-any-return]
 
     async def get_lab(self, lab_id: str) -> LabRecord:
         """Return one lab by id.
@@ -597,11 +597,10 @@ class LabStore:
         LabNotFoundError
             If there is no such lab.
         """
-        async with self._db.read() as conn:
-            row = (await conn.execute(_SELECT_LAB, {"lab_id": lab_id})).one_or_none()
-        if row is None:
+        rows = await self._db.fetch(_SELECT_LAB, {"lab_id": lab_id})
+        if not rows:
             raise LabNotFoundError(lab_id)
-        return self._lab(row)
+        return self._lab(rows[0])
 
     async def find_lab(self, lab_id: str) -> LabRecord | None:
         """Return one lab by id, or `None` if there is no such lab."""
@@ -616,9 +615,8 @@ class LabStore:
         A live lab wins over a deleting one (a new spawn may wait for the
         previous lab's cleanup).
         """
-        async with self._db.read() as conn:
-            row = (await conn.execute(_SELECT_CURRENT, {"username": username})).one_or_none()
-        return None if row is None else self._lab(row)
+        rows = await self._db.fetch(_SELECT_CURRENT, {"username": username})
+        return self._lab(rows[0]) if rows else None
 
     async def list_current_labs(
         self, *, after: str = "", limit: int | None = None
@@ -640,8 +638,7 @@ class LabStore:
             .order_by(labs.c.username, *_CURRENT_FIRST)
             .limit(limit)
         )
-        async with self._db.read() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self._db.fetch(statement)
         current: dict[str, LabRecord] = {}
         for row in rows:
             if row.username not in current:
@@ -656,17 +653,15 @@ class LabStore:
             .order_by(labs.c.created_at.desc(), labs.c.id.desc())
             .limit(1)
         )
-        async with self._db.read() as conn:
-            row = (await conn.execute(statement)).one_or_none()
-        return None if row is None else self._lab(row)
+        rows = await self._db.fetch(statement)
+        return self._lab(rows[0]) if rows else None
 
     async def list_labs(self, states: Iterable[LabState] | None = None) -> list[LabRecord]:
         """Return labs, optionally only those in some states, by username."""
         statement = select(labs).order_by(labs.c.username, labs.c.created_at)
         if states is not None:
             statement = statement.where(labs.c.state.in_([s.value for s in states]))
-        async with self._db.read() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self._db.fetch(statement)
         return [self._lab(row, keep=False) for row in rows]
 
     async def list_lab_summaries(self, states: Iterable[LabState]) -> list[LabSummary]:
@@ -680,8 +675,7 @@ class LabStore:
             labs.c.pod_phase,
             labs.c.version,
         ).where(labs.c.state.in_([s.value for s in states]))
-        async with self._db.read() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self._db.fetch(statement)
         return [LabSummary(**{**row._mapping, "state": LabState(row.state)}) for row in rows]
 
     async def find_spawning(self, namespace: str) -> LabRecord | None:
@@ -698,9 +692,8 @@ class LabStore:
             .order_by(labs.c.created_at.desc())
             .limit(1)
         )
-        async with self._db.read() as conn:
-            row = (await conn.execute(statement)).one_or_none()
-        return None if row is None else self._lab(row)
+        rows = await self._db.fetch(statement)
+        return self._lab(rows[0]) if rows else None
 
     async def deleting_in(self, namespace: str) -> list[str]:
         """Return the ids of the labs being deleted in ``namespace``."""
@@ -742,10 +735,9 @@ class LabStore:
 
     async def count_by_state(self) -> dict[LabState, int]:
         """Return how many labs are in each state (deleted ones included)."""
-        statement = select(labs.c.state, func.count()).group_by(labs.c.state)
-        async with self._db.read() as conn:
-            rows = (await conn.execute(statement)).all()
-        return {LabState(state): count for state, count in rows}
+        statement = select(labs.c.state, func.count().label("labs")).group_by(labs.c.state)
+        rows = await self._db.fetch(statement)
+        return {LabState(row.state): row.labs for row in rows}
 
     async def history(
         self, username: str, *, limit: int = 100, before: int | None = None
@@ -769,8 +761,7 @@ class LabStore:
         )
         if before is not None:
             statement = statement.where(lab_transitions.c.id < before)
-        async with self._db.read() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self._db.fetch(statement)
         return [_transition(row) for row in rows]
 
     async def lab_history(self, lab_id: str) -> list[TransitionRecord]:
@@ -780,8 +771,7 @@ class LabStore:
             .where(lab_transitions.c.lab_id == lab_id)
             .order_by(lab_transitions.c.version)
         )
-        async with self._db.read() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self._db.fetch(statement)
         return [_transition(row) for row in rows]
 
     async def events(
@@ -805,8 +795,7 @@ class LabStore:
         )
         if after is not None:
             statement = statement.where(lab_events.c.id > after)
-        async with self._db.read() as conn:
-            rows = (await conn.execute(statement)).all()
+        rows = await self._db.fetch(statement)
         return [_event(row) for row in rows]
 
     def _lock(
