@@ -118,7 +118,7 @@ _NEXT_DUE = select(func.min(labs.c.next_attempt_at))
 _LOCK_LAB = _SELECT_LAB.with_for_update()
 _LOCK_TERM = select(labd_leader.c.term).where(labd_leader.c.id == 1).with_for_update(read=True)
 _INSERT_TRANSITION = insert(lab_transitions)
-_INSERT_EVENT = insert(lab_events).returning(lab_events)
+_INSERT_EVENT = insert(lab_events)
 _SELECT_CURRENT = (
     select(labs)
     .where(labs.c.username == bindparam("username"), labs.c.state != LabState.DELETED.value)
@@ -473,7 +473,7 @@ class LabStore:
 
     async def add_events(
         self, lab_id: str, events: Sequence[NewEvent], *, in_state: LabState | None = None
-    ) -> list[EventRecord]:
+    ) -> bool:
         """Append progress events to the lab's current operation.
 
         The lab row is locked while the events are inserted, so the events of
@@ -488,14 +488,20 @@ class LabStore:
             What to append.
         in_state
             Append only if the lab is in this state (checked under the lock);
-            otherwise append nothing and return an empty list.
+            otherwise append nothing.
+
+        Returns
+        -------
+        bool
+            Whether the events were appended.
         """
 
-        def work(conn: Connection) -> list[EventRecord]:
+        def work(conn: Connection) -> bool:
             current = self._lock(conn, lab_id)
             if in_state is not None and current.state is not in_state:
-                return []
-            return self._insert_events(conn, current, events)
+                return False
+            self._insert_events(conn, current, events)
+            return True
 
         try:
             return await self._db.run_write(work)
@@ -841,29 +847,29 @@ class LabStore:
 
     def _insert_events(
         self, conn: Connection, lab: LabRecord | Row[Any], events: Sequence[NewEvent]
-    ) -> list[EventRecord]:
+    ) -> None:
         if not events:
-            return []
+            return
         now = utcnow()
-        values = [
-            {
-                "lab_id": lab.id,
-                "operation": lab.operation,
-                "type": event.type.value,
-                "message": event.message,
-                "progress": event.progress,
-                "terminal": event.terminal,
-                "step": event.step,
-                "created_at": now,
-            }
-            for event in events
-        ]
-        # One INSERT per event keeps ids in list order on every database.
-        records = []
-        for value in values:
-            row = conn.execute(_INSERT_EVENT, value).one()
-            records.append(_event(row))
-        return records
+        # One statement, run once per event in list order (the driver's
+        # executemany), so ids follow the list on every database; nothing
+        # is read back: the followers read events by id (docs/api.md).
+        conn.execute(
+            _INSERT_EVENT,
+            [
+                {
+                    "lab_id": lab.id,
+                    "operation": lab.operation,
+                    "type": event.type.value,
+                    "message": event.message,
+                    "progress": event.progress,
+                    "terminal": event.terminal,
+                    "step": event.step,
+                    "created_at": now,
+                }
+                for event in events
+            ],
+        )
 
 
 def _check_term(conn: Connection, term: int) -> None:
