@@ -183,6 +183,30 @@ async def test_an_update_is_one_statement_that_reads_no_row_first(database: Data
         await store.update("no-such-lab", {"attempts": 1}, expected_version=1)
 
 
+async def test_events_are_one_statement_and_keep_their_order(database: Database) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.RUNNING)
+    messages = [f"step {n}" for n in range(5)]
+    with statements_run(database) as statements:
+        appended = await store.add_events(lab.id, [NewEvent(EventType.INFO, m) for m in messages])
+    assert appended
+    assert sum(s.startswith("INSERT INTO lab_events") for s in statements) == 1, statements
+    stored = await store.events(lab.id, lab.operation)
+    assert [e.message for e in stored[-len(messages) :]] == messages
+    assert [e.id for e in stored] == sorted(e.id for e in stored)
+    elsewhere = [NewEvent(EventType.INFO, "not while running")]
+    assert not await store.add_events(lab.id, elsewhere, in_state=S.DELETING)
+    assert await store.events(lab.id, lab.operation) == stored
+
+
+async def test_a_fetch_is_its_one_statement(database: Database) -> None:
+    store = LabStore(database)
+    lab = await lab_in(store, S.RUNNING)
+    with statements_run(database) as statements:
+        assert (await store.get_lab(lab.id)).id == lab.id
+    assert [s.split()[0] for s in statements] == ["SELECT"], statements
+
+
 @contextlib.contextmanager
 def statements_run(database: Database) -> Iterator[list[str]]:
     """Every statement run on the database's engines in the block, whitespace folded."""

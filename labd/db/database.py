@@ -78,6 +78,9 @@ SUPPORTED_DRIVERS: Final = ("sqlite+aiosqlite", "postgresql+asyncpg")
 
 _SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
 _WRITE_OPTION: Final = "labd_write"
+_ONE_STATEMENT_OPTION: Final = "labd_one_statement"
+"""On SQLite, a connection whose transaction is one read: no ``BEGIN``, since
+a statement outside one is a transaction of its own, with one snapshot."""
 _BACKEND_PID: Final = "labd_backend_pid"
 """Where a pooled PostgreSQL connection keeps its server process id."""
 
@@ -250,6 +253,7 @@ class Database:
         """On a reader thread: the rows of ``statement``."""
         assert self._sqlite_sync is not None
         with self._sqlite_sync.connect() as conn:
+            conn.execution_options(**{_ONE_STATEMENT_OPTION: True})
             return conn.execute(statement, params).all()
 
     @asynccontextmanager
@@ -512,8 +516,10 @@ def _install_sqlite_handlers(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_ONE_STATEMENT_OPTION, False):
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE_OPTION, False) else "BEGIN")
 
 
 DATABASE_UNREACHABLE: Final = (
