@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import defaultdict
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -67,7 +68,12 @@ class DeleteSteps:
     """Each step recorded, with the time it was."""
 
     row: LabRecord | None = None
-    """The lab's row as the last of these steps wrote it."""
+    """The lab's row as the last of these steps wrote it (or, with steps
+    `kept`, as the delete's step read it)."""
+
+    kept: list[NewEvent] = field(default_factory=list)
+    """Steps taken and not yet written, each with its time (SQLite only:
+    see `LabSteps`)."""
 
     pod_gone: bool = False
     """Whether the pod watch has seen the pod gone, since it was deleted."""
@@ -81,6 +87,12 @@ class DeleteSteps:
         for event in events:
             if event.step is not None:
                 self.reached.setdefault(event.step, now)
+
+    def keep(self, events: list[NewEvent]) -> None:
+        """Count the steps of ``events``, taken now, and keep them to be written later."""
+        now = utcnow()
+        self.kept.extend(dataclasses.replace(event, created_at=now) for event in events)
+        self.add(events)
 
 
 class ControlState:

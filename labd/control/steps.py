@@ -13,6 +13,10 @@
     Delete the pod; once it is gone, the namespace; then wait for the
     namespace to be gone.  The pod and namespace watches say when (through
     `LabSteps.continue_delete`); a slow recheck covers what they miss.
+    On SQLite the steps taken are kept in memory for a second and written
+    with ``deleted`` if the namespace is gone by then, each with its own
+    time: one write of three.  A crash meanwhile loses nothing the lease
+    does not bring back (both deletes are idempotent).
 ``failed``, ``exited``
     Clean up (``cleanup``), a while after the hub could see how it ended.
 
@@ -24,6 +28,7 @@ replica goes on from there.  The pod watch's changes apply here too
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable
@@ -66,6 +71,9 @@ cleans it up at once (see `LabService.get_state`)."""
 
 _DELETE_RECHECK: Final = 10.0
 """Seconds after which a delete the watches did not move along is looked at again."""
+
+_STEPS_KEPT: Final = 1.0
+"""Seconds a delete's steps wait to be written with its end (SQLite)."""
 
 _POD_GONE_WAIT: Final = 60.0
 """Seconds past its grace period that a deleted pod may hold its namespace's deletion."""
@@ -372,6 +380,9 @@ class LabSteps:
 
     async def _deleting(self, lab: LabRecord) -> None:
         if lab.deadline_at is not None and utcnow() >= lab.deadline_at:
+            kept = self._state.delete_steps.get(lab.id)
+            if kept is not None and kept.operation == lab.operation and kept.kept:
+                await self._emit(lab, *kept.kept)
             self._state.forget_delete(lab.id, lab.namespace)
             await self._delete_failed(
                 lab, f"Lab delete timed out after {self._config.timeouts.delete:g} s"
@@ -404,19 +415,33 @@ class LabSteps:
             else:
                 gone = False
         except KubeError as exc:
-            if steps:
-                await self._emit(lab, *steps)
+            if steps or recorded.kept:
+                await self._emit(lab, *recorded.kept, *steps)
+                recorded.kept = []
                 recorded.add(steps)
             recorded.row = None  # The retry's bookkeeping is read back.
             await self._retry_later(lab, "delete step failed, will retry", exc)
             return
+        if not gone and steps and self._signals.sole_writer:
+            # The watches move the lab along.  On SQLite, where no other
+            # process follows a delete, its steps wait here to be written
+            # with the transition to deleted: one write of three, when the
+            # namespace goes within `_STEPS_KEPT` (a restart meanwhile
+            # takes the steps again, from the lease).
+            recorded.keep(steps)
+            recorded.row = lab
+            self._state.track(
+                self._write_kept_steps(lab.id, recorded), name=f"delete-steps-{lab.id}"
+            )
+            return
         if not gone:
-            # The watches move the lab along; the recheck is for a change
-            # they missed (a watch reconnecting, another replica's watch).
+            # The recheck is for a change the watches missed (a watch
+            # reconnecting, another replica's watch).
             recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
             recorded.row = await self._store.update(
-                lab.id, {"next_attempt_at": recheck}, events=steps
+                lab.id, {"next_attempt_at": recheck}, events=[*recorded.kept, *steps]
             )
+            recorded.kept = []
             recorded.add(steps)
             return
         await self._store.transition(
@@ -425,7 +450,11 @@ class LabSteps:
             actor=Actor.SCHEDULER,
             expected=lab,
             changes={"next_attempt_at": None, "pod_phase": None, "internal_url": None},
-            events=[*steps, NewEvent.at(Step.DELETED, lab.username, terminal=True)],
+            events=[
+                *recorded.kept,
+                *steps,
+                NewEvent.at(Step.DELETED, lab.username, terminal=True),
+            ],
         )
         self._state.forget_delete(lab.id, lab.namespace)
         self._state.pods.pop(lab.id, None)
@@ -434,6 +463,19 @@ class LabSteps:
             started = lab.deadline_at - timedelta(seconds=self._config.timeouts.delete)
             self._metrics.delete_duration.observe((utcnow() - started).total_seconds())
         _logger.info("lab deleted", username=lab.username, lab_id=lab.id)
+
+    async def _write_kept_steps(self, lab_id: str, recorded: DeleteSteps) -> None:
+        """Write the delete's kept steps, with its recheck, unless it ended meanwhile."""
+        await asyncio.sleep(_STEPS_KEPT)
+        async with self._state.locks.hold(lab_id):
+            if self._state.delete_steps.get(lab_id) is not recorded or not recorded.kept:
+                return
+            recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
+            recorded.row = await self._store.update(
+                lab_id, {"next_attempt_at": recheck}, events=recorded.kept
+            )
+            recorded.kept = []
+            self._signals.notify(lab_id)
 
     async def continue_delete(
         self, lab_id: str, namespace: str, *, gone: Literal["pod", "namespace"]

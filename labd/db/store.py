@@ -865,7 +865,7 @@ class LabStore:
                     "progress": event.progress,
                     "terminal": event.terminal,
                     "step": event.step,
-                    "created_at": now,
+                    "created_at": event.created_at or now,
                 }
                 for event in events
             ],

@@ -88,6 +88,9 @@ class NewEvent:
     step: Step | None = None
     """The named step this event marks, if any (`labd.lab.progress`)."""
 
+    created_at: datetime | None = None
+    """When it happened, for an event written later than that; else when written."""
+
     @classmethod
     def at(
         cls,

@@ -26,7 +26,8 @@ from labd.lab.errors import (
     UnknownUserError,
 )
 from labd.lab.machine import LabState
-from labd.lab.records import Actor, EventRecord, EventType, LabRecord
+from labd.lab.progress import Step
+from labd.lab.records import Actor, EventRecord, EventType, LabRecord, utcnow
 from labd.sim import SimCluster
 from tests.support.core import LabdFactory, make_config, spec, stream, wait_state
 from tests.support.waiting import eventually
@@ -121,12 +122,68 @@ async def test_delete_to_gone(labd: Labd, sim: SimCluster) -> None:
     assert events[-1].terminal
 
 
+async def test_a_quick_delete_writes_its_steps_with_its_end(labd: Labd) -> None:
+    # On SQLite, where labd is the only writer, the steps of a delete whose
+    # namespace goes within a second are written with ``deleted``: two writes
+    # of the lab in all, not three.  Each step keeps the time it was taken.
+    await labd.service.create("bob", spec(), actor=Actor.HUB)
+    await wait_state(labd, "bob", LabState.RUNNING)
+    lab = await current(labd, "bob")
+    updates: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.startswith("UPDATE labs") and lab.id in str(parameters):
+            updates.append(statement)
+
+    for engine in labd.database.sync_engines:
+        event.listen(engine, "before_cursor_execute", seen)
+    try:
+        await asyncio.wait_for(labd.service.delete("bob", actor=Actor.HUB), 15)
+    finally:
+        for engine in labd.database.sync_engines:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert len(updates) == (2 if labd.database.is_sqlite else 3), updates
+    events = await labd.store.events(lab.id, lab.operation + 1)
+    assert [e.step for e in events] == [Step.POD_STOPPING, Step.NAMESPACE_DELETING, Step.DELETED]
+    assert [e.created_at for e in events] == sorted(e.created_at for e in events)
+
+
+async def test_a_delete_that_lasts_has_its_steps_written_meanwhile(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A step kept in memory is written within a second, with the recheck,
+    # when the delete goes on longer: here the pod takes two seconds to stop.
+    async with running_bob_slow_to_stop(database_url, tmp_path, stop_delay=2.0) as (labd, _sim):
+        lab = await current(labd, "bob")
+        deleting = asyncio.create_task(labd.service.delete("bob", actor=Actor.HUB))
+
+        async def stopping_written() -> bool:
+            events = await labd.store.events(lab.id, lab.operation + 1)
+            return Step.POD_STOPPING in {e.step for e in events}
+
+        await eventually(stopping_written, within=1.8)
+        assert not deleting.done()
+        written_at = utcnow()
+        row = await labd.store.get_lab(lab.id)
+        assert row.state is LabState.DELETING
+        assert row.next_attempt_at is not None
+        assert row.next_attempt_at > written_at + timedelta(seconds=8), "the recheck"
+        await asyncio.wait_for(deleting, 10)
+        events = await labd.store.events(lab.id, lab.operation + 1)
+        assert [e.step for e in events] == [
+            Step.POD_STOPPING,
+            Step.NAMESPACE_DELETING,
+            Step.DELETED,
+        ]
+        assert events[0].created_at < events[-1].created_at - timedelta(seconds=1)
+
+
 @contextlib.asynccontextmanager
 async def running_bob_slow_to_stop(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, *, stop_delay: float = 1.0
 ) -> AsyncIterator[tuple[Labd, SimCluster]]:
-    """labd with bob's lab running; the lab takes a second to stop after its SIGTERM."""
-    async with SimCluster(pod_start_delay=0.05, pod_stop_delay=1.0, seed=7) as sim:
+    """labd with bob's lab running; the lab takes ``stop_delay`` s to stop after its SIGTERM."""
+    async with SimCluster(pod_start_delay=0.05, pod_stop_delay=stop_delay, seed=7) as sim:
         config = make_config(
             database_url,
             sim.write_kubeconfig(tmp_path / "kubeconfig"),
@@ -197,14 +254,14 @@ async def test_a_delete_starts_at_once_and_reads_back_little(
         lab = await labd.store.get_current_lab("bob")
         assert lab is not None
         statements: list[str] = []
-        reads: list[str] = []  # On SQLite writes have an engine of their own.
-        reader = labd.database.engine.sync_engine
+        reads: list[str] = []
 
         def seen(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
             if lab.id in str(parameters):
                 statement = " ".join(statement.split())
                 statements.append(statement)
-                if conn.engine is reader and re.match(r"SELECT (?!.*FOR UPDATE)", statement):
+                writing = conn.get_execution_options().get("labd_write", False)
+                if not writing and statement.startswith("SELECT"):
                     reads.append(statement)
 
         for engine in labd.database.sync_engines:
