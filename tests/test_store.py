@@ -207,6 +207,48 @@ async def test_a_fetch_is_its_one_statement(database: Database) -> None:
     assert [s.split()[0] for s in statements] == ["SELECT"], statements
 
 
+async def test_a_transition_of_the_current_lab_reads_it_in_its_write(database: Database) -> None:
+    store = LabStore(database)
+    spawning = await lab_in(store, S.STARTING)
+    cancelled = NewEvent(EventType.FAILED, "Operation cancelled", terminal=True)
+
+    def deleting(lab: LabRecord) -> bool:
+        return lab.state is S.DELETING
+
+    def final(lab: LabRecord) -> list[NewEvent]:
+        return [cancelled] if lab.state is S.STARTING else []
+
+    with statements_run(database) as statements:
+        found = await store.transition_current(
+            spawning.username,
+            T.DELETE,
+            actor=Actor.HUB,
+            new_operation=True,
+            unless=deleting,
+            final_events=final,
+        )
+    assert found is not None
+    moved, did = found
+    assert did and moved.state is S.DELETING and moved.operation == spawning.operation + 1
+    # One write: the lab is read in it, under its lock, and never before it.
+    selects = [i for i, s in enumerate(statements) if s.startswith("SELECT")]
+    updates = [i for i, s in enumerate(statements) if s.startswith("UPDATE labs")]
+    assert len(selects) == 1 and len(updates) == 1 and selects[0] < updates[0], statements
+    assert database.is_sqlite or statements[selects[0]].endswith("FOR UPDATE"), statements
+    ended = await store.events(spawning.id, spawning.operation)
+    assert ended[-1].message == "Operation cancelled" and ended[-1].terminal
+    history = await store.lab_history(spawning.id)
+    assert (history[-1].from_state, history[-1].to_state) == ("starting", "deleting")
+
+    again = await store.transition_current(
+        spawning.username, T.DELETE, actor=Actor.HUB, unless=deleting, final_events=final
+    )
+    assert again is not None
+    assert again[0].version == moved.version and not again[1]
+    assert len(await store.lab_history(spawning.id)) == len(history)
+    assert await store.transition_current("nobody", T.DELETE, actor=Actor.HUB) is None
+
+
 @contextlib.contextmanager
 def statements_run(database: Database) -> Iterator[list[str]]:
     """Every statement run on the database's engines in the block, whitespace folded."""

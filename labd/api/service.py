@@ -77,6 +77,15 @@ def spawn_cancelled_event() -> NewEvent:
     return NewEvent(EventType.FAILED, "Operation cancelled", terminal=True)
 
 
+def _being_deleted(lab: LabRecord) -> bool:
+    return lab.state is LabState.DELETING
+
+
+def _cancelled_spawn(lab: LabRecord) -> list[NewEvent]:
+    """The event that ends the spawn a delete interrupts, if it does."""
+    return [spawn_cancelled_event()] if lab.state in SPAWNING_STATES else []
+
+
 @dataclass(frozen=True, slots=True)
 class FormChoices:
     """What the spawn form offers a user."""
@@ -228,37 +237,33 @@ class LabService:
         self, username: str, *, actor: Actor, following: contextlib.ExitStack | None = None
     ) -> LabRecord:
         check_username(username)
-        raced: LabRecord | None = None
-        while True:
-            lab = await self._store.get_current_lab(username)
-            if lab is None and raced is not None:
-                # The writer that moved the lab first deleted it, all the way.
-                return raced
-            if lab is None:
-                raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
-            if following is not None:
-                following.enter_context(self._signals.following(lab.id))
-            if lab.state is LabState.DELETING:
-                return lab
-            handed = self._signals.taking_over
-            try:
-                lab = await self._store.transition(
-                    lab.id,
-                    Trigger.DELETE,
-                    actor=actor,
-                    reason="Delete requested",
-                    expected=lab,
-                    new_operation=True,
-                    final_events=[spawn_cancelled_event()] if lab.state in SPAWNING_STATES else [],
-                    changes=self._delete_changes(handed=handed),
-                )
-            except (StaleLabError, InvalidTransitionError):
-                raced = lab  # Someone else moved the lab; look again.
-                continue
-            _logger.info("lab delete requested", username=username, lab_id=lab.id)
-            self._signals.began(lab)
-            self._step_soon(lab, handed=handed)
-            return lab
+        handed = self._signals.taking_over
+        # The lab is read in the delete's own write: no read before it, and
+        # no version that another writer could make stale in between.
+        found = await self._store.transition_current(
+            username,
+            Trigger.DELETE,
+            actor=actor,
+            reason="Delete requested",
+            new_operation=True,
+            changes=self._delete_changes(handed=handed),
+            unless=_being_deleted,
+            final_events=_cancelled_spawn,
+        )
+        if found is None:
+            raise UnknownUserError(f"Unknown user {username}", loc=["path", "username"])
+        lab, moved = found
+        if following is not None:
+            # Before any other write of the lab is heard: on SQLite the
+            # waiting then needs no read of it at all.
+            following.enter_context(self._signals.following(lab.id))
+            self._signals.seen(lab.id, lab)
+        if not moved:
+            return lab  # A delete in progress is joined.
+        _logger.info("lab delete requested", username=username, lab_id=lab.id)
+        self._signals.began(lab)
+        self._step_soon(lab, handed=handed)
+        return lab
 
     async def get_state(self, username: str) -> LabStateModel:
         """Return the user's lab as the API reports it.

@@ -125,6 +125,7 @@ _SELECT_CURRENT = (
     .order_by(*_CURRENT_FIRST)
     .limit(1)
 )
+_LOCK_CURRENT = _SELECT_CURRENT.with_for_update()
 
 
 @functools.cache
@@ -353,36 +354,6 @@ class LabStore:
         changes = changes or {}
         current: LabRecord | None = expected
 
-        def move(conn: Connection, lab: LabRecord) -> Row[Any] | None:
-            """Write the transition from ``lab``; `None` if the row is no longer ``lab``.
-
-            The row must still hold what the machine's answer depends on:
-            the state (a new state is a new version) and the pod phase (an
-            update may change it within a version).
-            """
-            pod_phase = changes.get("pod_phase", lab.pod_phase)
-            state = next_state(lab.state, trigger, pod_phase=pod_phase)
-            now = utcnow()
-            values: dict[str, Any] = {
-                "state": state.value,
-                "version": lab.version + 1,
-                "updated_at": now,
-                **changes,
-            }
-            nulls: tuple[str, ...] = ()
-            if state not in SECRET_STATES:
-                values.pop("secret_env", None)
-                nulls = ("secret_env",)
-            if state is LabState.DELETED:
-                values["deleted_at"] = now
-            if new_operation:
-                values["operation"] = lab.operation + 1
-            statement = _update_lab(tuple(values), nulls, held=("version", "pod_phase"))
-            params = _update_params(
-                lab_id, values, was_version=lab.version, was_pod_phase=lab.pod_phase
-            )
-            return conn.execute(statement, params).one_or_none()
-
         def work(conn: Connection) -> Row[Any]:
             nonlocal current
             row = None
@@ -390,28 +361,16 @@ class LabStore:
                 # The caller's row is usually still the lab's: then one
                 # statement does, and takes the row lock the events need.
                 with contextlib.suppress(InvalidTransitionError):
-                    row = move(conn, expected)
+                    row = _move(conn, expected, trigger, changes, new_operation=new_operation)
             if row is None:
                 current = self._lock(conn, lab_id, expected.version if expected else None)
-                row = move(conn, current)
+                row = _move(conn, current, trigger, changes, new_operation=new_operation)
                 if row is None:
                     # Unreachable while the row lock holds; kept so that a
                     # change of isolation can never let two writers win.
                     raise StaleLabError(lab_id, current.version, current.version + 1)
             assert current is not None
-            # After the UPDATE, under its row lock: a lab's events commit in
-            # id order (see `add_events`).
-            self._insert_events(conn, current, final_events)
-            self._record(
-                conn,
-                row,
-                from_state=current.state,
-                trigger=trigger,
-                actor=actor,
-                reason=reason,
-                details=details,
-                events=events,
-            )
+            self._moved(conn, current, row, trigger, actor, reason, details, events, final_events)
             return row
 
         moved: LabRecord | None = None
@@ -425,6 +384,78 @@ class LabStore:
             if current is not None:
                 self._written(current.username, lab_id, moved)
         return moved
+
+    async def transition_current(
+        self,
+        username: str,
+        trigger: Trigger,
+        *,
+        actor: Actor,
+        reason: str | None = None,
+        changes: LabChanges | None = None,
+        new_operation: bool = False,
+        unless: Callable[[LabRecord], bool] = lambda _: False,
+        final_events: Callable[[LabRecord], Sequence[NewEvent]] = lambda _: (),
+    ) -> tuple[LabRecord, bool] | None:
+        """Apply ``trigger`` to the user's current lab, read in the same write.
+
+        The lab is the one `get_current_lab` would return, locked; no read
+        before the write, and no version to go stale in between.
+
+        Parameters
+        ----------
+        username
+            The user.
+        trigger, actor, reason, changes, new_operation
+            As for `transition`.
+        unless
+            Leave a lab for which this is true as it is.
+        final_events
+            The events that end the operation being replaced, by the lab
+            as read (as `transition`'s ``final_events``).
+
+        Returns
+        -------
+        tuple of LabRecord and bool, or None
+            `None` if the user has no lab; else the lab after the
+            transition and `True`, or the lab as read and `False` where
+            ``unless`` left it.
+
+        Raises
+        ------
+        InvalidTransitionError
+            If the trigger is not legal from the lab's state; nothing is
+            written.
+        """
+        changes = changes or {}
+        current: LabRecord | None = None
+
+        def work(conn: Connection) -> tuple[Row[Any], bool] | None:
+            nonlocal current
+            found = conn.execute(_LOCK_CURRENT, {"username": username}).one_or_none()
+            if found is None:
+                return None
+            current = self._lab(found)
+            if unless(current):
+                return found, False
+            row = _move(conn, current, trigger, changes, new_operation=new_operation)
+            assert row is not None  # The row is locked.
+            self._moved(
+                conn, current, row, trigger, actor, reason, None, (), final_events(current)
+            )
+            return row, True
+
+        outcome: tuple[Row[Any], bool] | None = None
+        try:
+            outcome = await self._db.run_write(work)
+        finally:
+            if current is not None:
+                moved = self._lab(outcome[0]) if outcome is not None else None
+                self._written(username, current.id, moved)
+        if outcome is None:
+            return None
+        row, did = outcome
+        return self._lab(row), did
 
     async def update(
         self,
@@ -804,6 +835,33 @@ class LabStore:
         rows = await self._db.fetch(statement)
         return [_event(row) for row in rows]
 
+    def _moved(
+        self,
+        conn: Connection,
+        current: LabRecord,
+        row: Row[Any],
+        trigger: Trigger,
+        actor: Actor,
+        reason: str | None,
+        details: dict[str, Any] | None,
+        events: Sequence[NewEvent],
+        final_events: Sequence[NewEvent],
+    ) -> None:
+        """Record a transition just written from ``current`` to ``row``, with its events."""
+        # After the UPDATE, under its row lock: a lab's events commit in id
+        # order (see `add_events`).
+        self._insert_events(conn, current, final_events)
+        self._record(
+            conn,
+            row,
+            from_state=current.state,
+            trigger=trigger,
+            actor=actor,
+            reason=reason,
+            details=details,
+            events=events,
+        )
+
     def _lock(
         self, conn: Connection, lab_id: str, expected_version: int | None = None
     ) -> LabRecord:
@@ -870,6 +928,42 @@ class LabStore:
                 for event in events
             ],
         )
+
+
+def _move(
+    conn: Connection,
+    lab: LabRecord,
+    trigger: Trigger,
+    changes: LabChanges,
+    *,
+    new_operation: bool,
+) -> Row[Any] | None:
+    """Write the transition from ``lab``; `None` if the row is no longer ``lab``.
+
+    The row must still hold what the machine's answer depends on: the state
+    (a new state is a new version) and the pod phase (an update may change
+    it within a version).
+    """
+    pod_phase = changes.get("pod_phase", lab.pod_phase)
+    state = next_state(lab.state, trigger, pod_phase=pod_phase)
+    now = utcnow()
+    values: dict[str, Any] = {
+        "state": state.value,
+        "version": lab.version + 1,
+        "updated_at": now,
+        **changes,
+    }
+    nulls: tuple[str, ...] = ()
+    if state not in SECRET_STATES:
+        values.pop("secret_env", None)
+        nulls = ("secret_env",)
+    if state is LabState.DELETED:
+        values["deleted_at"] = now
+    if new_operation:
+        values["operation"] = lab.operation + 1
+    statement = _update_lab(tuple(values), nulls, held=("version", "pod_phase"))
+    params = _update_params(lab.id, values, was_version=lab.version, was_pod_phase=lab.pod_phase)
+    return conn.execute(statement, params).one_or_none()
 
 
 def _check_term(conn: Connection, term: int) -> None:

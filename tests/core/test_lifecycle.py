@@ -370,27 +370,23 @@ async def test_concurrent_deletes_share_one_operation(labd: Labd) -> None:
     assert triggers[-1] == "deleted"
 
 
-async def test_a_delete_that_loses_its_race_to_a_finished_delete_succeeds(
-    labd: Labd, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The loser's transition finds the lab moved on; by the time it looks
-    # again, the winner's delete has ended: the lab is gone, as it asked.
+async def test_a_delete_reads_its_lab_in_its_own_write(labd: Labd, sim: SimCluster) -> None:
+    # Nothing is read before the delete's write, so no other writer can
+    # move the lab in between: a delete whose write comes while another
+    # delete is under way joins it, and one that comes after it ended finds
+    # no lab.
     await labd.service.create("cleo", spec(), actor=Actor.HUB)
-    await wait_state(labd, "cleo", LabState.RUNNING)
-    transition = labd.store.transition
-    raced = False
-
-    async def after_another_delete(*args: Any, **kwargs: Any) -> LabRecord:
-        nonlocal raced
-        if not raced:
-            raced = True
-            await asyncio.wait_for(labd.service.delete("cleo", actor=Actor.HUB), 15)
-        return await transition(*args, **kwargs)
-
-    monkeypatch.setattr(labd.store, "transition", after_another_delete)
+    lab = await wait_state(labd, "cleo", LabState.RUNNING)
+    sim.faults.add_latency("delete", "namespaces", seconds=1.0)
+    first = asyncio.create_task(labd.service.delete("cleo", actor=Actor.HUB))
+    await wait_state(labd, "cleo", LabState.DELETING)
     await asyncio.wait_for(labd.service.delete("cleo", actor=Actor.HUB), 15)
-    assert raced
-    assert await labd.store.get_current_lab("cleo") is None
+    assert first.done() or (await labd.store.get_lab(lab.id)).state is LabState.DELETED
+    await first
+    history = await labd.store.lab_history(lab.id)
+    assert [t.trigger for t in history].count("delete") == 1
+    with pytest.raises(UnknownUserError):
+        await labd.service.delete("cleo", actor=Actor.HUB)
 
 
 async def test_concurrent_creates_one_wins(labd: Labd) -> None:
