@@ -3,9 +3,11 @@
 Two behaviours of real clusters that lab controllers trip over:
 
 - A new namespace is not immediately usable for pods: the service account
-  controller creates its ``default`` ServiceAccount (and the root CA
-  ConfigMap ``kube-root-ca.crt``) a moment later, and until then pod creation
-  is refused (403) by service account admission. The delay is configurable.
+  controller creates its ``default`` ServiceAccount a moment later (and the
+  root CA publisher the ConfigMap ``kube-root-ca.crt``), and until then pod
+  creation is refused (403) by service account admission. The delay is
+  configurable; the sim provisions both together, a real cluster in either
+  order.
 - Deleting a namespace is a process, not an event: the namespace is marked
   (``deletionTimestamp``, phase ``Terminating``, new content refused with
   403), everything inside is deleted (pods gracefully, so their kubelet

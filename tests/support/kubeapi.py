@@ -70,12 +70,20 @@ async def raw(call: Awaitable[object]) -> tuple[int, Any]:
 
 
 async def make_namespace(core: CoreV1Api, name: str) -> str:
-    """Create a namespace and wait until pods may be created in it."""
+    """Create a namespace and wait until its controllers have provisioned it.
+
+    Two controllers of kube-controller-manager do that, each in its own time:
+    the service account controller creates ``default`` (until then pods are
+    refused) and the root CA publisher the ConfigMap ``kube-root-ca.crt``.
+    """
     await core.create_namespace(manifest({"metadata": {"name": name}}))
 
-    async def has_account() -> bool:
+    async def provisioned() -> bool:
         accounts = await core.list_namespaced_service_account(name)
-        return any(a.metadata.name == "default" for a in accounts.items)
+        maps = await core.list_namespaced_config_map(
+            name, field_selector="metadata.name=kube-root-ca.crt"
+        )
+        return any(a.metadata.name == "default" for a in accounts.items) and bool(maps.items)
 
-    await eventually(has_account)
+    await eventually(provisioned)
     return name
