@@ -435,14 +435,7 @@ class LabSteps:
             )
             return
         if not gone:
-            # The recheck is for a change the watches missed (a watch
-            # reconnecting, another replica's watch).
-            recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
-            recorded.row = await self._store.update(
-                lab.id, {"next_attempt_at": recheck}, events=[*recorded.kept, *steps]
-            )
-            recorded.kept = []
-            recorded.add(steps)
+            await self._record_steps(lab.id, recorded, steps)
             return
         await self._store.transition(
             lab.id,
@@ -470,12 +463,24 @@ class LabSteps:
         async with self._state.locks.hold(lab_id):
             if self._state.delete_steps.get(lab_id) is not recorded or not recorded.kept:
                 return
-            recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
-            recorded.row = await self._store.update(
-                lab_id, {"next_attempt_at": recheck}, events=recorded.kept
-            )
-            recorded.kept = []
+            await self._record_steps(lab_id, recorded)
             self._signals.notify(lab_id)
+
+    async def _record_steps(
+        self, lab_id: str, recorded: DeleteSteps, steps: list[NewEvent] | None = None
+    ) -> None:
+        """Write the delete's kept steps and ``steps``, with its recheck.
+
+        The recheck is for a change the watches missed (a watch reconnecting,
+        another replica's watch).
+        """
+        steps = steps or []
+        recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
+        recorded.row = await self._store.update(
+            lab_id, {"next_attempt_at": recheck}, events=[*recorded.kept, *steps]
+        )
+        recorded.kept = []
+        recorded.add(steps)
 
     async def continue_delete(
         self, lab_id: str, namespace: str, *, gone: Literal["pod", "namespace"]
