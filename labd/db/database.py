@@ -180,6 +180,7 @@ class Database:
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
         self._sqlite_writer = asyncio.Lock() if self.dialect == "sqlite" else None
         self._sqlite_sync: Engine | None = None
+        self._sqlite_fetches: Engine | None = None
         self._sqlite_thread: ThreadPoolExecutor | None = None
         self._sqlite_readers: ThreadPoolExecutor | None = None
         self._queued: deque[_QueuedWrite[Any]] = deque()
@@ -202,6 +203,9 @@ class Database:
             }
             self._sqlite_sync = create_engine(parsed.set(drivername="sqlite"), **sync_options)
             _install_sqlite_handlers(self._sqlite_sync)
+            self._sqlite_fetches = self._sqlite_sync.execution_options(
+                **{_ONE_STATEMENT_OPTION: True}
+            )
 
     @property
     def is_sqlite(self) -> bool:
@@ -251,9 +255,8 @@ class Database:
         self, statement: Executable, params: Mapping[str, Any] | None
     ) -> Sequence[Row[Any]]:
         """On a reader thread: the rows of ``statement``."""
-        assert self._sqlite_sync is not None
-        with self._sqlite_sync.connect() as conn:
-            conn.execution_options(**{_ONE_STATEMENT_OPTION: True})
+        assert self._sqlite_fetches is not None
+        with self._sqlite_fetches.connect() as conn:
             return conn.execute(statement, params).all()
 
     @asynccontextmanager
