@@ -449,7 +449,9 @@ class LabStore:
         try:
             outcome = await self._db.run_write(work)
         finally:
-            if current is not None:
+            # Unless the lab was left as it was (a failed write may have
+            # been written: the caches forget the lab).
+            if current is not None and (outcome is None or outcome[1]):
                 moved = self._lab(outcome[0]) if outcome is not None else None
                 self._written(username, current.id, moved)
         if outcome is None:
