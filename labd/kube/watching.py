@@ -262,7 +262,7 @@ class _Follower:
 
     async def _watch_once(self) -> AsyncGenerator[_Changed | None, None]:
         """Run one watch connection; yield `None` for a bookmark."""
-        async with _Watch(return_type="object") as stream:
+        async with _Watch(self._api.api_client) as stream:
             events = stream.stream(
                 self._method,
                 resource_version=self.resource_version,
@@ -295,7 +295,27 @@ class _Watch(watch.Watch):
     where one does, and a pod is several kilobytes.  Lines that are not
     events (a proxy's error page, an ``ERROR`` event, a ``Status``) still
     take the library's own path and its errors.
+
+    The library also makes an `ApiClient` of its own for each watch, only
+    to build models: a connection pool and an SSL context that reads the
+    system's CA certificates, some 30 ms of the event loop per connection
+    (at every start, for each watch, and at every reconnect).  This watch
+    builds plain objects with the watcher's client, and leaves it open.
     """
+
+    def __init__(self, api_client: ApiClient) -> None:
+        # The library's own fields (kubernetes-asyncio 35 and 36), but the client.
+        self._raw_return_type = "object"
+        self._stop = False
+        self._api_client = api_client
+        self.resource_version = None
+        self.resp = None
+
+    async def close(self) -> None:
+        """End the watch's response; the client is the watcher's to close."""
+        if self.resp is not None:
+            self.resp.release()
+            self.resp = None
 
     def unmarshal_event(self, data: str | bytes, response_type: str | None) -> Any:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from labd.config import Config
+from labd.kube import watching
 from labd.kube.builder import build_lab_objects
 from labd.kube.client import RetryPolicy
 from labd.kube.storage import LabKube
@@ -139,6 +141,36 @@ async def test_pod_watch_resumes_after_dropped_connections(
     assert sim.stats.requests["watch pods"] >= 3
     # Resumed from the last version each time: no re-LIST was needed.
     assert sim.stats.requests["list pods"] == 1
+
+
+async def test_watch_connections_use_the_watchers_client(
+    api_client: ApiClient,
+    config: Config,
+    kube: LabKube,
+    sim: SimCluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The library's watch makes a client (and an SSL context) per connection.
+    # (The sim's kubelet, in this process, watches through the library's.)
+    made = 0
+    original = ApiClient.__init__
+
+    def counted(self: ApiClient, *args: Any, **kwargs: Any) -> None:
+        nonlocal made
+        made += any(f.filename == watching.__file__ for f in traceback.extract_stack())
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ApiClient, "__init__", counted)
+    sim.rules.add("exit:0.3", namespace="labd-alice")
+    async with collecting(pod_watcher(api_client, config).updates()) as updates:
+        await eventually(lambda: sim.stats.requests["watch pods"] >= 1)
+        sim.faults.drop_watches(after_events=1)
+        await create_lab(kube, config, "alice")
+        await wait_for(updates, is_pod("alice", "Succeeded"))
+    assert sim.stats.requests["watch pods"] >= 3
+    assert made == 0
+    # Each connection's end left the watcher's client open.
+    assert (await CoreV1Api(api_client).read_namespace("labd-alice")).metadata.name
 
 
 async def test_pod_watch_relists_after_410_and_reports_pods_gone_meanwhile(
@@ -324,8 +356,10 @@ async def test_watches_stream_over_tls(
     assert seen[0].reason == "Scheduled"
 
 
-async def test_a_watch_event_is_parsed_once_and_errors_stay_the_librarys() -> None:
-    stream = _Watch(return_type="object")
+async def test_a_watch_event_is_parsed_once_and_errors_stay_the_librarys(
+    api_client: ApiClient,
+) -> None:
+    stream = _Watch(api_client)
     line = json.dumps(
         {"type": "MODIFIED", "object": {"kind": "Pod", "metadata": {"resourceVersion": "42"}}}
     )
@@ -342,3 +376,4 @@ async def test_a_watch_event_is_parsed_once_and_errors_stay_the_librarys() -> No
     page = "<html>bad gateway</html>"
     assert stream.unmarshal_event(page, "object") == page
     await stream.close()
+    assert not api_client.rest_client.pool_manager.closed
