@@ -127,6 +127,7 @@ async def run_daemon(
                 access_log=False,
                 timeout_graceful_shutdown=5,
                 http=bounded_protocol(config.http, base=stack.protocol),
+                ws="none",  # labd serves no WebSocket: nothing to load for it.
                 h11_max_incomplete_event_size=H11_BACKSTOP,
             )
         )
