@@ -313,8 +313,9 @@ class _Watch(watch.Watch):
 
     async def close(self) -> None:
         """End the watch's response; the client is the watcher's to close."""
-        if self.resp is not None:
-            self.resp.release()
+        response: Any = self.resp  # Typed as always None by the library.
+        if response is not None:
+            response.release()
             self.resp = None
 
     def unmarshal_event(self, data: str | bytes, response_type: str | None) -> Any:
