@@ -129,29 +129,16 @@ async def api_client_pod_elsewhere(api_client: ApiClient) -> None:
     )
 
 
-async def test_pod_watch_resumes_after_dropped_connections(
-    api_client: ApiClient, config: Config, kube: LabKube, sim: SimCluster
-) -> None:
-    sim.rules.add("exit:0.3", namespace="labd-alice")
-    async with collecting(pod_watcher(api_client, config).updates()) as updates:
-        await eventually(lambda: sim.stats.requests["watch pods"] >= 1)
-        sim.faults.drop_watches(after_events=1)
-        await create_lab(kube, config, "alice")
-        await wait_for(updates, is_pod("alice", "Succeeded"))
-    assert sim.stats.requests["watch pods"] >= 3
-    # Resumed from the last version each time: no re-LIST was needed.
-    assert sim.stats.requests["list pods"] == 1
-
-
-async def test_watch_connections_use_the_watchers_client(
+async def test_pod_watch_resumes_after_dropped_connections_on_the_watchers_client(
     api_client: ApiClient,
     config: Config,
     kube: LabKube,
     sim: SimCluster,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The library's watch makes a client (and an SSL context) per connection.
-    # (The sim's kubelet, in this process, watches through the library's.)
+    # The library's watch makes a client (and an SSL context) per connection;
+    # labd's use the watcher's.  (The sim's kubelet, in this process,
+    # watches through the library's.)
     made = 0
     original = ApiClient.__init__
 
@@ -168,6 +155,8 @@ async def test_watch_connections_use_the_watchers_client(
         await create_lab(kube, config, "alice")
         await wait_for(updates, is_pod("alice", "Succeeded"))
     assert sim.stats.requests["watch pods"] >= 3
+    # Resumed from the last version each time: no re-LIST was needed.
+    assert sim.stats.requests["list pods"] == 1
     assert made == 0
     # Each connection's end left the watcher's client open.
     assert (await CoreV1Api(api_client).read_namespace("labd-alice")).metadata.name
