@@ -625,8 +625,9 @@ class LabStore:
 
     async def next_due_time(self) -> datetime | None:
         """Return the earliest ``next_attempt_at`` of any lab, if one is set."""
-        (value,) = (await self._db.fetch(_NEXT_DUE))[0]
-        return value  # type: ignore[no-any-return]
+        ((earliest,),) = await self._db.fetch(_NEXT_DUE)
+        due: datetime | None = earliest
+        return due
 
     async def get_lab(self, lab_id: str) -> LabRecord:
         """Return one lab by id.
@@ -739,8 +740,7 @@ class LabStore:
         statement = select(labs.c.id).where(
             labs.c.namespace == namespace, labs.c.state == LabState.DELETING.value
         )
-        async with self._db.read() as conn:
-            return [str(lab_id) for lab_id in (await conn.execute(statement)).scalars()]
+        return [str(lab_id) for (lab_id,) in await self._db.fetch(statement)]
 
     async def wake_deleting(self, namespace: str, *, reached: Step) -> list[str]:
         """Make the delete in ``namespace`` due now, if it has ``reached`` that step.
