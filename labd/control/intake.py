@@ -154,11 +154,15 @@ class WatchIntake:
     async def watch_namespaces(self, gone: AsyncIterator[str]) -> None:
         """Finish the deletes of labs whose namespace the watch reports gone."""
         async for namespace in gone:
-            lab_id = self._state.deleting.get(namespace)
-            if lab_id is not None:
-                self._continue_delete(lab_id, namespace, gone="namespace")
-            else:
-                self._state.track(self._namespace_gone(namespace), name=f"gone-{namespace}")
+            self.namespace_gone(namespace)
+
+    def namespace_gone(self, namespace: str) -> None:
+        """Finish the delete of the lab in ``namespace``, which is gone."""
+        lab_id = self._state.deleting.get(namespace)
+        if lab_id is not None:
+            self._continue_delete(lab_id, namespace, gone="namespace")
+        else:
+            self._state.track(self._namespace_gone(namespace), name=f"gone-{namespace}")
 
     async def _namespace_gone(self, namespace: str) -> None:
         lab_ids = await self._store.deleting_in(namespace)

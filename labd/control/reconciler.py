@@ -91,6 +91,12 @@ class ReconcileReport:
     namespace_version: str | None = None
     """The resourceVersion of the namespace LIST."""
 
+    unseen: list[PodUpdate] = field(default_factory=list, repr=False)
+    """Listed pods the pass did not look at: those of labs created, in
+    flight or changed since its read of the rows, and of labs not yet
+    ``starting``.  A pod watch that starts from the pass's LIST reports
+    them first, as one that made the LIST itself would."""
+
 
 class Reconciler:
     """Compares lab rows with the cluster and repairs the differences.
@@ -159,6 +165,7 @@ class Reconciler:
                 continue
             await self._unknown_lab(namespace, ident, listed.get(lab_id), report)
 
+        seen: set[str] = set(report.adopted)
         for lab in rows.values():
             if lab.id in self._locks.in_flight or lab.state not in _WATCHED:
                 continue
@@ -170,6 +177,7 @@ class Reconciler:
                 or listed_pod is None
             )
             if gone:
+                seen.add(lab.id)
                 update = PodUpdate(
                     namespace=lab.namespace,
                     name="",
@@ -188,10 +196,13 @@ class Reconciler:
             if phase != lab.pod_phase and phase in ("Running", "Succeeded", "Failed"):
                 if await self._apply(lab, listed_pod):
                     report.updated.append(lab.id)
+                    seen.add(lab.id)
             else:
                 # Nothing to do: the watch need not look at this pod again
                 # when it starts by replaying every pod.
                 self._intake.remember_pod(listed_pod)
+                seen.add(lab.id)
+        report.unseen = [update for update in report.pods if update.lab_id not in seen]
 
         report.seconds = time.monotonic() - start
         log = _logger.bind(

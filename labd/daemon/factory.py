@@ -5,13 +5,16 @@ Kubernetes client, the watches, the scheduler and the reconciler are wired
 to each other.  ``labd serve``, ``labd dev``, the tests and the benchmarks
 all build labd through it, so they all run the same thing.
 
-Start-up order matters for readiness: the schema is checked first (labd
-refuses a database it cannot run on: an older one, or a newer one past a
-contract migration), then labd tries once to take leadership
-(`labd.control.leading`); if it leads, the first reconcile runs and the
-watches start; only then does the scheduler start and labd reports ready.
-A replica that does not lead is ready at once and keeps trying to take
-leadership every second.
+Start-up order: the schema is checked first (labd refuses a database it
+cannot run on: an older one, or a newer one past a contract migration);
+then `Labd.start` starts the scheduler and the first try at leadership
+(`labd.control.leading`) and returns, and labd serves.  Its answers come
+from the rows, which hold everything users asked for, so a restarted labd
+is ready before its first reconcile has caught up with what changed in the
+cluster while it was down, as a replica that does not lead always is.  If
+it leads, that reconcile runs in the background and the watches start from
+its LISTs.  A lone labd (SQLite) withdraws readiness only once a try at
+the leader's duties failed, until one succeeds.
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ from labd.db.status import StatusCache
 from labd.db.store import LabStore
 from labd.images.catalog import ImageCatalog
 from labd.images.registry import RegistryClient
-from labd.kube.client import create_api_client
+from labd.kube.client import KubeError, create_api_client
 from labd.kube.storage import LabKube
 from labd.kube.watching import NamespaceWatcher, PodEventWatcher, PodWatcher
+from labd.lab.machine import LabState
 from labd.lab.metrics import Metrics
 from labd.lab.signals import LabSignals
 
@@ -175,21 +179,19 @@ class Labd:
         return cls(config=config, database=database, api_client=api_client)
 
     async def start(self) -> None:
-        """Read the image registry, try to lead (and then reconcile once), start the loops.
+        """Read the image registry, start the loops and the first try at leadership.
 
-        A registry that cannot be read does not stop the start: labd serves
-        the configured images until a later refresh succeeds.
+        It returns without waiting for that try (`wait_settled` waits): the
+        scheduler claims labs meanwhile, as on a replica that does not lead,
+        and the first reconcile skips the labs it steps.  A registry that
+        cannot be read does not stop the start: labd serves the configured
+        images until a later refresh succeeds.
         """
         self.alerts.start()
         if self.change_listener is not None:
             self._tasks.append(tasks.spawn(self.change_listener.run(), name="change-listener"))
         await self.images.refresh()
         self._leading = tasks.spawn(self.leader.run(), name="leadership")
-        settled = tasks.spawn(self.leader.settled.wait(), name="leadership-settled")
-        await asyncio.wait({self._leading, settled}, return_when=asyncio.FIRST_COMPLETED)
-        await tasks.cancel_and_wait([settled])
-        if self._leading.done():
-            self._leading.result()  # It cannot end on its own: raise what ended it.
         self._loop = tasks.spawn(self.scheduler.run(), name="scheduler")
         self._tasks += [
             tasks.spawn(self.images.refresh_periodically(self._stopping), name="image-refresh"),
@@ -198,12 +200,33 @@ class Labd:
         self._not_ready = ""
         _logger.info("labd started")
 
+    async def wait_settled(self) -> None:
+        """Wait until the first try at leadership has ended.
+
+        That is: this replica is on duty (its first reconcile done, its
+        watches started), another replica leads, or the try failed.
+
+        Raises
+        ------
+        Exception
+            Whatever ended the leadership task, which cannot end on its own.
+        """
+        assert self._leading is not None, "start labd first"
+        settled = tasks.spawn(self.leader.settled.wait(), name="leadership-settled")
+        await asyncio.wait({self._leading, settled}, return_when=asyncio.FIRST_COMPLETED)
+        await tasks.cancel_and_wait([settled])
+        if self._leading.done():
+            self._leading.result()
+
     async def _lead(self, term: int) -> None:
         """The leader's duties in one term; they run until cancelled.
 
         A reconcile first, then the pod and namespace watches from its
         LISTs (no second LIST of every pod, no replay of them all), the
         Event watch from now, and a reconcile every ``reconcile_interval``.
+        The scheduler steps labs meanwhile, so the watches first report what
+        the reconcile's LISTs hold that it did not act on: the pods it did
+        not look at, and the namespaces of deletes that went before them.
         """
         self.intake.forget()
         report = await self._reconcile()
@@ -212,7 +235,7 @@ class Labd:
         namespaces = NamespaceWatcher(self.api_client, self.config, on_call=on_call)
         events = PodEventWatcher(self.api_client, self.config, on_call=on_call)
         if report.pod_version:
-            pods.start_from(report.pod_version, report.pods)
+            pods.start_from(report.pod_version, report.pods, unseen=report.unseen)
         if report.namespace_version:
             namespaces.start_from(report.namespace_version, report.namespaces)
         async with asyncio.TaskGroup() as group:
@@ -223,10 +246,41 @@ class Labd:
                 name="watches",
             )
             group.create_task(self._reconcile_periodically(), name="reconcile")
+            group.create_task(self._gone_before(report.namespaces), name="gone-before")
             self.leader.on_duty()
 
+    async def _gone_before(self, listed: list[str]) -> None:
+        """Finish the deletes whose namespace went before the reconcile's LIST.
+
+        The namespace watch starts from that LIST, so it never reports
+        them: a delete stepped while the first reconcile ran, say.  Each
+        namespace a delete waits for that the LIST did not have is read
+        once; one that exists now is reported by the watch when it goes.
+        """
+        waiting = set(self.control.deleting)
+        waiting.update(
+            lab.namespace for lab in await self.store.list_lab_summaries([LabState.DELETING])
+        )
+        for namespace in sorted(waiting.difference(listed)):
+            try:
+                gone = await self.kube.namespace_gone(namespace)
+            except KubeError as exc:
+                _logger.warning(
+                    "could not read a deleted lab's namespace; its delete rechecks it",
+                    namespace=namespace,
+                    error=tasks.describe_error(exc),
+                )
+                continue
+            if gone:
+                self.intake.namespace_gone(namespace)
+
     async def _warm_status(self) -> None:
-        """Preload every user's status once ready (PostgreSQL: once listening)."""
+        """Preload every user's status after the first try at leadership.
+
+        Not before: the first reconcile comes first.  On PostgreSQL, also
+        not before the change listener listens.
+        """
+        await self.leader.settled.wait()
         if self.change_listener is not None:
             await self.change_listener.listening.wait()
         await warm_status(self.status)
@@ -265,9 +319,14 @@ class Labd:
         """Return why labd is not ready, or `None` when it is."""
         if self._not_ready:
             return self._not_ready
-        if self.database.is_sqlite and self.leader.on_duty_since is None:
-            # The only labd leads: until its reconcile has run and its
-            # watches have started, no pod change moves a lab along.
+        if (
+            self.database.is_sqlite
+            and self.leader.settled.is_set()
+            and self.leader.on_duty_since is None
+        ):
+            # The only labd leads, and a try at its duties failed: until one
+            # succeeds, no pod change moves a lab along.  (During the first
+            # try labd is ready: it answers from the rows.)
             return "the reconcile has not succeeded yet (is Kubernetes reachable?); retrying"
         try:
             await check_schema(self.database)
@@ -286,7 +345,7 @@ class Labd:
         ):
             if items:
                 self.metrics.reconcile_actions.labels(action).inc(len(items))
-        self.last_reconcile = dataclasses.replace(report, pods=[])
+        self.last_reconcile = dataclasses.replace(report, pods=[], unseen=[])
         return report
 
     async def _reconcile_periodically(self) -> None:

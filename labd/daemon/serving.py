@@ -7,8 +7,9 @@ requests, ends the event streams, lets in-flight steps finish within a
 bound, closes its connections and exits 0.  Labs keep running.  SIGHUP
 re-reads the token file and nothing else.
 
-Readiness (systemd ``READY=1`` and ``/readyz``) comes only after the schema
-check, the first reconcile and the bind.
+Readiness (systemd ``READY=1`` and ``/readyz``) comes once the schema is
+checked and the API is bound.  labd answers from its rows while its first
+reconcile runs (`labd.daemon.factory`).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ async def run_daemon(
     labd = await Labd.create(config)
     watchdog: asyncio.Task[None] | None = None
     try:
-        # The first reconcile can take long (a large or slow cluster): a
-        # SIGTERM meanwhile stops labd there, before it ever says READY=1.
+        # The image registry's first read can take long: a SIGTERM
+        # meanwhile stops labd there, before it ever says READY=1.
         if not await _unless_stopped(labd.start(), stop):
             _logger.info("labd stopping before it was ready")
             notifier.stopping()

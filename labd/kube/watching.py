@@ -449,18 +449,21 @@ class PodWatcher:
         )
 
         self._known: dict[tuple[str, str], PodUpdate] = {}
+        self._unseen: list[PodUpdate] = []
 
     @property
     def resource_version(self) -> str | None:
         """The last resourceVersion seen (bookmarks included)."""
         return self._follower.resource_version
 
-    def start_from(self, version: str, pods: Iterable[PodUpdate]) -> None:
+    def start_from(
+        self, version: str, pods: Iterable[PodUpdate], *, unseen: Iterable[PodUpdate] = ()
+    ) -> None:
         """Skip the first LIST: watch from a LIST already made (by the reconciler).
 
         Call before iterating `updates`.  ``pods`` are that LIST's lab pods,
         which a later re-LIST compares with to report the pods deleted
-        meanwhile; they are not reported now.
+        meanwhile; only those in ``unseen`` are reported now, first.
 
         Parameters
         ----------
@@ -468,9 +471,12 @@ class PodWatcher:
             The resourceVersion of that LIST.
         pods
             What it listed.
+        unseen
+            Those of ``pods`` the caller did not act on.
         """
         self._follower.resource_version = version
         self._known = {(pod.namespace, pod.name): pod for pod in pods}
+        self._unseen = list(unseen)
 
     async def updates(self) -> AsyncGenerator[PodUpdate, None]:
         """Yield pod updates until cancelled; never raises `KubeError`.
@@ -481,6 +487,9 @@ class PodWatcher:
             The state of one lab pod.
         """
         known = self._known
+        unseen, self._unseen = self._unseen, []
+        for update in unseen:
+            yield update
         async with aclosing(self._follower.changes()) as changes:
             async for change in changes:
                 for update in _apply(change, known):

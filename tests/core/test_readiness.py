@@ -66,19 +66,56 @@ async def test_an_internal_url_can_name_the_pod(
     assert (await labd.service.get_state("alice")).internal_url == lab.internal_url
 
 
-async def test_a_lone_labd_is_ready_only_once_its_reconcile_has_run(
+async def test_labd_serves_from_its_rows_while_its_first_reconcile_runs(
+    labd_factory: LabdFactory, sim: SimCluster, database_url: str, tmp_path: Path
+) -> None:
+    first = await labd_factory()
+    await first.service.create("alice", spec(), actor=Actor.HUB)
+    await wait_state(first, "alice", LabState.RUNNING)
+    await first.stop()
+
+    # The restarted labd's LISTs take 2 s: its first reconcile is far from
+    # done when the hub comes.
+    sim.faults.add_latency("list", seconds=2)
+    config = make_config(database_url, sim.write_kubeconfig(tmp_path / "kubeconfig"))
+    labd = await Labd.create(config)
+    await labd.start()
+    try:
+        assert await labd.readiness() is None
+        assert (await labd.service.get_state("alice")).status == "running"
+        await labd.service.create("bob", spec(), actor=Actor.HUB)
+        assert _on_duty_since(labd) is None, "the checks above came too late"
+
+        # alice's namespace goes before the LISTs answer, and bob's pod runs:
+        # the watches that start from those LISTs never see either change,
+        # and the reconcile read its rows before both.  The delete returns
+        # once the namespace is gone, without waiting for its 10 s recheck.
+        await labd.service.delete("alice", actor=Actor.HUB)
+        on_duty = _on_duty_since(labd)
+        assert on_duty is not None
+        deleted = await labd.store.get_latest_lab("alice")
+        assert deleted is not None and deleted.state is LabState.DELETED
+        assert deleted.updated_at.timestamp() - on_duty < 5
+        await wait_state(labd, "bob", LabState.RUNNING)
+    finally:
+        await labd.stop()
+
+
+async def test_a_lone_labd_whose_reconcile_failed_says_why_it_is_not_ready(
     database_url: str, tmp_path: Path
 ) -> None:
-    # On SQLite labd is the only process: until its first reconcile succeeds
-    # and its watches run, no pod change would move a lab along, so /readyz
-    # says why it is not ready (and labd keeps trying). On PostgreSQL another
-    # replica may lead: a replica serves either way.
+    # On SQLite labd is the only process: once its first reconcile failed,
+    # no pod change moves a lab along until one succeeds, so /readyz says why
+    # (and labd keeps trying). On PostgreSQL another replica may lead: a
+    # replica serves either way.
     async with SimCluster(pod_start_delay=0.05, seed=7) as sim:
         sim.faults.add_error("list", "namespaces", rate=1.0, status=403)
         config = make_config(database_url, sim.write_kubeconfig(tmp_path / "kubeconfig"))
         labd = await Labd.create(config)
         await labd.start()
         try:
+            await labd.wait_settled()
+            assert labd.leader.on_duty_since is None
             why = await labd.readiness()
             if labd.database.is_sqlite:
                 assert why is not None and "reconcile has not succeeded" in why
@@ -89,3 +126,8 @@ async def test_a_lone_labd_is_ready_only_once_its_reconcile_has_run(
             assert await labd.readiness() is None
         finally:
             await labd.stop()
+
+
+def _on_duty_since(labd: Labd) -> float | None:
+    """When the leader's duties started (a call, so that checks are not narrowed)."""
+    return labd.leader.on_duty_since

@@ -59,8 +59,8 @@ async def test_ready_only_once_serving_then_watchdog_then_stopping(
     notify_socket: NotifySocket,
     daemons: list[Daemon],
 ) -> None:
-    # Slow LISTs keep the first reconcile (and so readiness) waiting a while,
-    # so there is a real window in which labd runs but must not be ready.
+    # Slow LISTs keep the first reconcile running a while: labd must say
+    # READY=1 once it serves, without waiting for it.
     kubeconfig = sim_process("--latency", "list:*:1.5")
     daemon = _daemon(tmp_path, sqlite_path, kubeconfig, notify_socket, daemons)
     polls: list[tuple[float, float, int | None]] = []  # (start, end, /readyz status)
@@ -87,7 +87,8 @@ async def test_ready_only_once_serving_then_watchdog_then_stopping(
         assert [s for start, _, s in polls if start > ready.at] == [200]
         assert (await client.get(f"{daemon.url}/healthz")).status_code == 200
         assert ready.fields["STATUS"] == f"Serving on {daemon.url}"
-        assert "labd started" in daemon.log_events()  # After the first reconcile.
+        events = daemon.log_events()
+        assert "leader duties running" not in events[: events.index("labd ready")], events
 
         # While healthy, pings come at least once per interval.
         deadline = time.monotonic() + 10 * WATCHDOG
@@ -183,12 +184,14 @@ async def test_sigterm_during_the_first_reconcile(
     notify_socket: NotifySocket,
     daemons: list[Daemon],
 ) -> None:
-    # Each LIST takes 20 s: the first reconcile is far from done at SIGTERM.
+    # Each LIST takes 20 s: the first reconcile is far from done at SIGTERM,
+    # though labd already serves (READY=1 at the bind).
     kubeconfig = sim_process("--latency", "list:*:20")
     daemon = _daemon(tmp_path, sqlite_path, kubeconfig, notify_socket, daemons)
     async with notify_socket:
         await daemon.spawn()
         await _wait_for_first_list(kubeconfig, daemon)
+        await notify_socket.wait_for("READY", within=30)
 
         started = time.monotonic()
         assert await daemon.terminate() == 0, daemon.tail()
@@ -196,7 +199,7 @@ async def test_sigterm_during_the_first_reconcile(
 
         assert elapsed < 10, f"labd waited {elapsed:.1f} s for its reconcile to finish"
         await notify_socket.wait_for("STOPPING", within=10)
-        assert not notify_socket.with_key("READY"), "READY=1 after SIGTERM"
+        assert "leader duties running" not in daemon.log_events()
 
 
 async def _wait_for_first_list(kubeconfig: Path, daemon: Daemon) -> None:

@@ -93,7 +93,11 @@ LabdFactory = Callable[..., Any]
 async def labd_factory(
     database_url: str, sim: SimCluster, tmp_path: Path
 ) -> AsyncIterator[LabdFactory]:
-    """Start labd instances (each stopped at the end of the test)."""
+    """Start labd instances (each stopped at the end of the test).
+
+    Each is returned once its first try at leadership has ended: it leads,
+    with its first reconcile done and its watches started, or another does.
+    """
     kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
     started: list[Labd] = []
 
@@ -101,6 +105,7 @@ async def labd_factory(
         labd = await Labd.create(make_config(database_url, kubeconfig, **overrides))
         await labd.start()
         started.append(labd)
+        await labd.wait_settled()
         return labd
 
     yield start
