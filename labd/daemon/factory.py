@@ -258,15 +258,22 @@ class Labd:
         once; one that exists now is reported by the watch when it goes.
         """
         waiting = set(self.control.deleting)
-        waiting.update(
-            lab.namespace for lab in await self.store.list_lab_summaries([LabState.DELETING])
-        )
+        try:
+            deleting = await self.store.list_lab_summaries([LabState.DELETING])
+        except Exception as exc:
+            # Not worth the leader's duties: each delete rechecks on its own.
+            _logger.warning(
+                "could not read the labs being deleted; their deletes recheck",
+                error=tasks.describe_error(exc),
+            )
+            deleting = []
+        waiting.update(lab.namespace for lab in deleting)
         for namespace in sorted(waiting.difference(listed)):
             try:
                 gone = await self.kube.namespace_gone(namespace)
             except KubeError as exc:
                 _logger.warning(
-                    "could not read a deleted lab's namespace; its delete rechecks it",
+                    "could not read the namespace of a lab being deleted; its delete rechecks it",
                     namespace=namespace,
                     error=tasks.describe_error(exc),
                 )
