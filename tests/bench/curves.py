@@ -9,10 +9,11 @@ with a ``curves_run`` entry added: when, on which commit, how long the run
 took, and the peak of the summed RSS of its process tree (the benchmark,
 the sim, ``labd serve``, the load generator; not the PostgreSQL server).
 
-Then it draws four figures from every JSON file there (``--plot-only``:
+Then it draws five figures from every JSON file there (``--plot-only``:
 without measuring, from those of ``--backends`` / ``--sizes`` when given;
 the figures' footnote names the commits) into ``docs/images/perf-*.png``:
-reconcile seconds, restart to ready seconds, peak RSS of ``labd serve`` and
+reconcile seconds, restart to ready seconds, restart to on duty seconds
+(the first reconcile done and the watches started), peak RSS of ``labd serve`` and
 status-read p99 at 16 clients, each with a line growing in proportion to
 the labs through the first point, and the targets as dashed lines; and it
 prints the raw figures as a Markdown table, also written to
@@ -107,6 +108,15 @@ CURVES = [
         lambda r: float(r["restart_to_ready_s"]),
         2.0,
         "target: < 2 s",
+    ),
+    Curve(
+        "on-duty",
+        "Restart to on duty: labd serve's start to its first reconcile's end",
+        "s",
+        "restart to on duty, s",
+        lambda r: r.get("restart_to_reconciled_s"),  # absent before 2026-12-06
+        None,
+        "",
     ),
     Curve(
         "rss",

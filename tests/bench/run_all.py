@@ -102,6 +102,12 @@ TARGETS: list[tuple[str, Figure, str, Callable[[float], bool]]] = [
     ("reconcile LIST requests per kind", _calls_per_kind, "<= 1", lambda v: v <= 1),
     ("restart to ready, s", lambda r: r["restart_to_ready_s"], "< 2", lambda v: v < 2),
     (
+        "restart to reconciled (on duty), s",
+        lambda r: r["restart_to_reconciled_s"],
+        "",
+        lambda v: True,
+    ),
+    (
         "after ready: s until reads are quick",
         lambda r: r["after_ready"]["seconds_until_quick"],
         "",
