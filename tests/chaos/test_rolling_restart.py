@@ -6,10 +6,12 @@ lab's status and delete it, over and over, as JupyterHub's `LabdSpawner`
 does.  Meanwhile each replica in turn is stopped with SIGTERM, waited for,
 started again and taken back by HAProxy before the next.  The hub makes no
 retry of its own: every create is answered 201, every status 200, every
-delete 204, no request meets a broken connection or a 503 (the balancer's
-retries are allowed: that is what it is for).  An event stream that labd
-ends at shutdown is reopened with ``Last-Event-ID``, as `LabdSpawner`
-does, and every stream still gets each of its operation's events once.
+delete 204 (or 404 when the balancer sent it again after a stopping labd's
+503 and the delete ended in between), no request meets a broken connection
+or a 503 (the balancer's retries are allowed: that is what it is for).
+An event stream that labd ends at shutdown is reopened with
+``Last-Event-ID``, as `LabdSpawner` does, and every stream still gets
+each of its operation's events once.
 """
 
 from __future__ import annotations
@@ -118,7 +120,16 @@ async def test_rolling_restart_fails_no_hub_call(
         assert busy >= 2 * USERS, "too little load while the replicas restarted"
         assert not report.retries, report.retries
         assert not report.unexpected, report.unexpected
-        assert set(report.requests) == {"create 201", "status 200", "delete 204"}, report.requests
+        # A delete that a stopping labd answered 503 and the balancer sent
+        # again finds it finished if it ended in between: 404, which
+        # LabdSpawner takes as stopped (docs/api.md, DELETE).
+        assert {"create 201", "status 200", "delete 204"} <= set(report.requests)
+        assert set(report.requests) <= {
+            "create 201",
+            "status 200",
+            "delete 204",
+            "delete 404 unknown_user",
+        }, report.requests
         assert not report.conflicts, report.conflicts
         ends = Counter(c.end for stream in report.streams for c in stream.connections)
         assert set(ends) <= {"terminal", "ended early"}, ends
