@@ -174,13 +174,66 @@ async def test_an_update_is_one_statement_that_reads_no_row_first(database: Data
     with statements_run(database) as statements:
         updated = await store.update(lab.id, {"attempts": 2}, events=[event])
     assert not [s for s in statements if s.startswith("SELECT")], statements
-    assert sum(s.startswith("UPDATE labs") for s in statements) == 1, statements
+    assert sum(map(updates_labs, statements)) == 1, statements
+    # On PostgreSQL the events go in the same statement (one round trip).
+    assert database.is_sqlite or len(statements) == 2, statements  # SET LOCAL, then it.
+    assert [e.message for e in await store.events(lab.id, lab.operation)][-1] == "Still here"
     assert (updated.attempts, updated.version) == (2, lab.version)
     assert (await store.get_lab(lab.id)).attempts == 2
     with pytest.raises(LabNotFoundError):
         await store.update("no-such-lab", {"attempts": 1})
     with pytest.raises(LabNotFoundError):
         await store.update("no-such-lab", {"attempts": 1}, expected_version=1)
+
+
+async def test_a_transition_is_one_write_with_its_audit_row_and_events_in_order(
+    database: Database,
+) -> None:
+    # On PostgreSQL the update, its audit row and its events (those ending
+    # the operation before, then the new operation's) are one statement:
+    # one round trip.  Their ids follow the lists on both databases.
+    store = LabStore(database)
+    lab = await lab_in(store, S.STARTING)
+    ending = [NewEvent(EventType.INFO, f"end {n}") for n in range(4)]
+    ending.append(NewEvent(EventType.FAILED, "Operation cancelled", terminal=True))
+    starting = [NewEvent(EventType.INFO, f"start {n}", progress=10 * n + 5) for n in range(5)]
+    with statements_run(database) as statements:
+        moved = await store.transition(
+            lab.id,
+            T.DELETE,
+            actor=Actor.HUB,
+            reason="Delete requested",
+            details={"why": "test"},
+            expected=lab,
+            new_operation=True,
+            changes={"attempts": 0},
+            events=starting,
+            final_events=ending,
+        )
+    writes = [s for s in statements if not s.startswith("SET LOCAL")]
+    assert database.is_sqlite or len(writes) == 1, statements
+    assert (moved.state, moved.version, moved.operation) == (S.DELETING, lab.version + 1, 2)
+    before = await store.events(lab.id, lab.operation)
+    assert [e.message for e in before[-len(ending) :]] == [e.message for e in ending]
+    after = await store.events(lab.id, moved.operation)
+    assert [(e.message, e.progress) for e in after] == [(e.message, e.progress) for e in starting]
+    ids = [e.id for e in [*before, *after]]
+    assert ids == sorted(ids)
+    audit = (await store.lab_history(lab.id))[-1]
+    assert (audit.from_state, audit.to_state) == ("starting", "deleting")
+    assert audit.version == moved.version
+    assert (audit.trigger, audit.actor, audit.reason) == ("delete", "hub", "Delete requested")
+    assert audit.details == {"why": "test"} and audit.created_at == moved.updated_at
+
+    # A write from a stale row (legal from its state) writes nothing: no
+    # row, no audit row, no events.
+    with pytest.raises(StaleLabError):
+        await store.transition(
+            lab.id, T.DELETE, actor=Actor.HUB, expected=lab, events=starting, final_events=ending
+        )
+    assert await store.events(lab.id, lab.operation) == before
+    assert len(await store.lab_history(lab.id)) == moved.version
+    assert await store.events(lab.id, moved.operation) == after
 
 
 async def test_events_are_one_statement_and_keep_their_order(database: Database) -> None:
@@ -232,7 +285,7 @@ async def test_a_transition_of_the_current_lab_reads_it_in_its_write(database: D
     assert did and moved.state is S.DELETING and moved.operation == spawning.operation + 1
     # One write: the lab is read in it, under its lock, and never before it.
     selects = [i for i, s in enumerate(statements) if s.startswith("SELECT")]
-    updates = [i for i, s in enumerate(statements) if s.startswith("UPDATE labs")]
+    updates = [i for i, s in enumerate(statements) if updates_labs(s)]
     assert len(selects) == 1 and len(updates) == 1 and selects[0] < updates[0], statements
     assert database.is_sqlite or statements[selects[0]].endswith("FOR UPDATE"), statements
     ended = await store.events(spawning.id, spawning.operation)
@@ -247,6 +300,12 @@ async def test_a_transition_of_the_current_lab_reads_it_in_its_write(database: D
     assert again[0].version == moved.version and not again[1]
     assert len(await store.lab_history(spawning.id)) == len(history)
     assert await store.transition_current("nobody", T.DELETE, actor=Actor.HUB) is None
+
+
+def updates_labs(statement: str) -> bool:
+    """Whether ``statement`` updates a lab: on PostgreSQL with its audit row
+    and events, in one data-modifying ``WITH``."""
+    return statement.startswith(("UPDATE labs", "WITH lab AS (UPDATE labs"))
 
 
 @contextlib.contextmanager
@@ -293,7 +352,7 @@ async def test_a_transition_from_the_current_row_neither_locks_nor_reads_it_firs
         statements.clear()
         gone = await store.transition(moved.id, T.DELETED, actor=Actor.SCHEDULER, expected=moved)
     assert not [s for s in quick if s.startswith("SELECT labs.")], quick
-    assert [s for s in quick if s.startswith("UPDATE labs")], quick
+    assert [s for s in quick if updates_labs(s)], quick
     assert [s for s in statements if s.startswith("SELECT labs.")], statements
     assert (gone.state, gone.version) == (S.DELETED, moved.version + 1)
     assert [t.version for t in await store.lab_history(lab.id)][-2:] == [
