@@ -48,3 +48,46 @@ async def test_rows_of_labs_not_followed_are_not_kept(database: Database) -> Non
     )
     await store.transition(lab.id, Trigger.DELETE, actor=Actor.HUB, expected=lab)
     assert signals.latest(lab.id) is None
+
+
+async def test_rows_written_here_are_kept_while_every_change_is_heard(
+    database: Database,
+) -> None:
+    # With other writers about (PostgreSQL), a row written here is the newest
+    # while every change is heard and none of the lab by another process
+    # has been since the write began: a later one would be heard, and wake
+    # the reader, which reads.
+    store = LabStore(database)
+    signals = LabSignals(complete=False, sole_writer=False)
+    store.on_row.append(signals.seen)
+    lab = await store.create_lab(
+        username="carol", slug="carol", namespace="labd-carol", spec=LabSpec(), actor=Actor.HUB
+    )
+    with signals.following(lab.id):
+        lab = await store.update(lab.id, {"attempts": 1})
+        assert signals.latest(lab.id) is None  # Changes elsewhere are not heard.
+
+        signals.hearing(True)
+        signals.seen(lab.id, lab)  # Written before hearing began: unknown since.
+        assert signals.latest(lab.id) is None
+        deleting = await store.transition(
+            lab.id, Trigger.DELETE, actor=Actor.HUB, expected=lab, new_operation=True
+        )
+        assert signals.latest(lab.id) == deleting
+
+        waiter = signals.waiter(lab.id)
+        signals.changed_elsewhere(lab.id)
+        assert waiter.is_set() and signals.latest(lab.id) is None
+        signals.seen(lab.id, deleting)  # Its notice may come before the row.
+        assert signals.latest(lab.id) is None
+        updated = await store.update(lab.id, {"attempts": 2})  # Begun after the notice.
+        assert signals.latest(lab.id) == updated
+
+        signals.hearing(False)
+        assert signals.latest(lab.id) is None
+        await store.update(lab.id, {"attempts": 3})
+        assert signals.latest(lab.id) is None
+        deleted = await store.transition(
+            lab.id, Trigger.DELETED, actor=Actor.SCHEDULER, expected=updated
+        )
+        assert signals.latest(lab.id) == deleted  # No transition leads from deleted.

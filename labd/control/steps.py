@@ -497,10 +497,10 @@ class LabSteps:
         kept = self._state.delete_steps.get(lab_id)
         if gone == "pod" and kept is not None and Step.NAMESPACE_DELETING in kept.reached:
             return  # Nothing waited for the pod: the namespace watch ends the delete.
-        if kept is not None and kept.row is not None and self._signals.sole_writer:
-            # This process wrote the row last (no other process writes
-            # SQLite); were it stale all the same, the version check of the
-            # next transition would say so.
+        if kept is not None and kept.row is not None:
+            # The row this process wrote last.  While its steps hold the lab's
+            # lease no other process steps it; were the row stale all the
+            # same, the version check of the next transition would say so.
             lab: LabRecord | None = kept.row
         else:
             lab = await self._store.find_lab(lab_id)

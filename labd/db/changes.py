@@ -176,7 +176,7 @@ class ChangeListener:
 
     def _followed(self, _connection: Any, pid: int, _channel: str, payload: object) -> None:
         if pid not in self._own:
-            self._signals.notify(str(payload))
+            self._signals.changed_elsewhere(str(payload))
 
     def _due(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         try:

@@ -18,13 +18,16 @@ writes are heard only while the change listener listens (`labd.db.changes`).
 While every change is heard, a waiting reader costs nothing until its lab
 changes; otherwise readers fall back to re-reading every two seconds.
 
-Where this process is the only writer (SQLite), a reader need not even
-re-read: the store hands every row it commits to `LabSignals.seen`, and a
+A reader need not even re-read when its lab's newest row was written
+here: the store hands every row it commits to `LabSignals.seen`, and a
 reader that follows the lab (`LabSignals.following`) takes the newest row
-from `LabSignals.latest`.  With other writers about, a row written here may
-already be stale when its reader wakes, so readers read; except a row in
-``deleted``, from which no transition leads: a delete waiting on
-PostgreSQL takes that one as SQLite's do.
+from `LabSignals.latest`.  Where this process is the only writer (SQLite)
+every row it wrote is the newest until its next.  With other writers about
+(PostgreSQL), a row written here is kept only while every change is heard,
+and only if no change of the lab by another process was heard since the
+write began (`LabSignals.changed_elsewhere`): a later write elsewhere
+wakes the reader, which then reads.  A row in ``deleted``, from which no
+transition leads, is kept in any case.
 
 The service also hands the labs whose intent it has just recorded to this
 process's scheduler (`LabSignals.hand_over`), which steps them at once
@@ -40,11 +43,11 @@ import contextlib
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 from labd.lab.machine import LabState
-from labd.lab.records import LabRecord
+from labd.lab.records import LabRecord, utcnow
 
 __all__ = ["STEP_LEASE", "LabSignals"]
 
@@ -69,6 +72,9 @@ _SCHEDULE_BACKSTOP: Final = 5.0
 falls due wakes the scheduler): a backstop only, for a claimer that died."""
 
 
+_ELSEWHERE_KEPT: Final = timedelta(seconds=30)
+"""How long a change heard of another process's is remembered (`LabSignals.seen`)."""
+
 _BEGUN_KEPT: Final = 10_000
 """Operations begun here that are remembered until their first step."""
 
@@ -89,6 +95,9 @@ class LabSignals:
         self._waiters: dict[str, asyncio.Event] = {}
         self._followers: Counter[str] = Counter()
         self._latest: dict[str, LabRecord] = {}
+        self._elsewhere: dict[str, datetime] = {}
+        self._elsewhere_order: deque[tuple[datetime, str]] = deque()
+        self._heard_since: datetime | None = utcnow() if complete else None
         self._handed: deque[tuple[float, LabRecord]] = deque()
         self._begun: OrderedDict[str, int] = OrderedDict()
         self._sole_writer = sole_writer
@@ -118,6 +127,7 @@ class LabSignals:
         missed one while deaf.
         """
         self.complete = complete
+        self._heard_since = utcnow() if complete else None
         self._latest.clear()
         self.wake_all()
 
@@ -139,6 +149,27 @@ class LabSignals:
         event = self._waiters.pop(lab_id, None)
         if event is not None:
             event.set()
+
+    def changed_elsewhere(self, lab_id: str) -> None:
+        """Wake the readers of ``lab_id``, which another process has changed.
+
+        A row of it written here before now is no longer taken for the
+        newest: its readers read.
+        """
+        now = utcnow()
+        self._elsewhere[lab_id] = now
+        self._elsewhere_order.append((now, lab_id))
+        self._forget_elsewhere(now)
+        self._latest.pop(lab_id, None)
+        self.notify(lab_id)
+
+    def _forget_elsewhere(self, now: datetime) -> None:
+        """Forget the changes heard longer than `_ELSEWHERE_KEPT` ago."""
+        horizon = now - _ELSEWHERE_KEPT
+        while self._elsewhere_order and self._elsewhere_order[0][0] < horizon:
+            at, lab_id = self._elsewhere_order.popleft()
+            if self._elsewhere.get(lab_id) == at:
+                del self._elsewhere[lab_id]
 
     @property
     def sole_writer(self) -> bool:
@@ -182,19 +213,36 @@ class LabSignals:
         if lab_id not in self._followers:
             return
         known = self._latest.get(lab_id)
-        if lab is None or not (self._sole_writer or lab.state is LabState.DELETED):
-            # Another process may have written the lab since, unless it has
-            # reached `deleted`, from which no transition leads.
+        if lab is None or not self._newest(lab_id, lab):
             self._latest.pop(lab_id, None)
         elif known is None or known.version <= lab.version:
             # Rows arrive in commit order; an update keeps the version.
             self._latest[lab_id] = lab
 
+    def _newest(self, lab_id: str, lab: LabRecord) -> bool:
+        """Whether ``lab``, just committed here, is the newest row until a change is heard."""
+        if self._sole_writer or lab.state is LabState.DELETED:
+            return True  # No other writer, or no transition from `deleted`.
+        # A write of another process committed after this one is heard after
+        # the write began (``updated_at`` is taken before it commits).  So
+        # the row is the newest unless hearing began after that, or a change
+        # elsewhere was heard since: its notice can come before this row.
+        began = lab.updated_at
+        heard = self._heard_since
+        now = utcnow()
+        if heard is None or began < heard or began < now - _ELSEWHERE_KEPT:
+            return False  # Not heard throughout, or too long ago to tell.
+        self._forget_elsewhere(now)
+        elsewhere = self._elsewhere.get(lab_id)
+        return elsewhere is None or elsewhere < began
+
     def latest(self, lab_id: str) -> LabRecord | None:
         """The newest row of a followed lab, if this process wrote it (else read it).
 
         Only this process writes SQLite, so there every row it wrote is
-        kept; on PostgreSQL only a `deleted` row, the last any lab has.
+        kept.  On PostgreSQL a row written here is kept while every change
+        is heard and none of the lab by another process has been (see the
+        module docstring); a `deleted` row, the last any lab has, always.
         """
         return self._latest.get(lab_id)
 
