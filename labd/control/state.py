@@ -121,6 +121,9 @@ class ControlState:
         self.deleting: dict[str, str] = {}
         """Namespace -> id of the lab being deleted there (whose pod and
         namespace the watches report gone)."""
+        self.watching = False
+        """Whether this process's watches run (it leads, on duty): then they
+        report the pod and the namespace of a delete stepped here gone."""
         self.delete_steps: dict[str, DeleteSteps] = {}
         """Lab id -> the steps of its delete recorded so far, as this process
         recorded them (the steps read them from SQL when they are not here)."""

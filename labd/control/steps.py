@@ -13,10 +13,11 @@
     Delete the pod; once it is gone, the namespace; then wait for the
     namespace to be gone.  The pod and namespace watches say when (through
     `LabSteps.continue_delete`); a slow recheck covers what they miss.
-    On SQLite the steps taken are kept in memory for a second and written
-    with ``deleted`` if the namespace is gone by then, each with its own
-    time: one write of three.  A crash meanwhile loses nothing the lease
-    does not bring back (both deletes are idempotent).
+    Where this process's own watches will say so (on SQLite, and on the
+    leader on PostgreSQL), the steps taken are kept in memory for a second
+    and written with ``deleted`` if the namespace is gone by then, each
+    with its own time: one write of three.  A crash meanwhile loses nothing
+    the lease does not bring back (both deletes are idempotent).
 ``failed``, ``exited``
     Clean up (``cleanup``), a while after the hub could see how it ended.
 
@@ -40,7 +41,7 @@ import structlog
 from labd.alerts import AlertKind, Alerts
 from labd.config import Config
 from labd.control.state import ControlState, DeleteSteps
-from labd.db.store import LabExistsError, LabStore
+from labd.db.store import LabExistsError, LabStore, StaleLabError
 from labd.kube.builder import (
     LabBuildError,
     LabObjects,
@@ -422,12 +423,14 @@ class LabSteps:
             recorded.row = None  # The retry's bookkeeping is read back.
             await self._retry_later(lab, "delete step failed, will retry", exc)
             return
-        if not gone and steps and self._signals.sole_writer:
-            # The watches move the lab along.  On SQLite, where no other
-            # process follows a delete, its steps wait here to be written
-            # with the transition to deleted: one write of three, when the
-            # namespace goes within `_STEPS_KEPT` (a restart meanwhile
-            # takes the steps again, from the lease).
+        if not gone and steps and (self._signals.sole_writer or self._state.watching):
+            # The watches move the lab along.  Where they run in this
+            # process, its steps wait here to be written with the transition
+            # to deleted: one write of three, when the namespace goes within
+            # `_STEPS_KEPT` (a restart meanwhile takes the steps again, from
+            # the lease).  Elsewhere the leader's intake wakes the delete by
+            # its recorded ``namespace_deleting`` step (`LabStore.wake_deleting`),
+            # so the steps are written at once.
             recorded.keep(steps)
             recorded.row = lab
             self._state.track(
@@ -458,26 +461,48 @@ class LabSteps:
         _logger.info("lab deleted", username=lab.username, lab_id=lab.id)
 
     async def _write_kept_steps(self, lab_id: str, recorded: DeleteSteps) -> None:
-        """Write the delete's kept steps, with its recheck, unless it ended meanwhile."""
+        """Write the delete's kept steps, with its recheck, unless it ended meanwhile.
+
+        Only onto the row the steps were taken on (its version): on
+        PostgreSQL another replica may have ended the delete meanwhile (this
+        one lost its lease, or its leadership).
+        """
         await asyncio.sleep(_STEPS_KEPT)
         async with self._state.locks.hold(lab_id):
+            row = recorded.row
             if self._state.delete_steps.get(lab_id) is not recorded or not recorded.kept:
                 return
-            await self._record_steps(lab_id, recorded)
+            try:
+                await self._record_steps(
+                    lab_id, recorded, version=row.version if row is not None else None
+                )
+            except StaleLabError:
+                if row is not None:
+                    self._state.forget_delete(lab_id, row.namespace)
+                self._signals.wake_scheduler()
+                return
             self._signals.notify(lab_id)
 
     async def _record_steps(
-        self, lab_id: str, recorded: DeleteSteps, steps: list[NewEvent] | None = None
+        self,
+        lab_id: str,
+        recorded: DeleteSteps,
+        steps: list[NewEvent] | None = None,
+        *,
+        version: int | None = None,
     ) -> None:
         """Write the delete's kept steps and ``steps``, with its recheck.
 
         The recheck is for a change the watches missed (a watch reconnecting,
-        another replica's watch).
+        another replica's watch).  With ``version``, only onto that version.
         """
         steps = steps or []
         recheck = utcnow() + timedelta(seconds=_DELETE_RECHECK)
         recorded.row = await self._store.update(
-            lab_id, {"next_attempt_at": recheck}, events=[*recorded.kept, *steps]
+            lab_id,
+            {"next_attempt_at": recheck},
+            expected_version=version,
+            events=[*recorded.kept, *steps],
         )
         recorded.kept = []
         recorded.add(steps)

@@ -238,16 +238,20 @@ class Labd:
             pods.start_from(report.pod_version, report.pods, unseen=report.unseen)
         if report.namespace_version:
             namespaces.start_from(report.namespace_version, report.namespaces)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(
-                self.intake.run(
-                    pods=pods.updates(), events=events.events(), namespaces=namespaces.gone()
-                ),
-                name="watches",
-            )
-            group.create_task(self._reconcile_periodically(), name="reconcile")
-            group.create_task(self._gone_before(report.namespaces), name="gone-before")
-            self.leader.on_duty()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(
+                    self.intake.run(
+                        pods=pods.updates(), events=events.events(), namespaces=namespaces.gone()
+                    ),
+                    name="watches",
+                )
+                group.create_task(self._reconcile_periodically(), name="reconcile")
+                group.create_task(self._gone_before(report.namespaces), name="gone-before")
+                self.control.watching = True
+                self.leader.on_duty()
+        finally:
+            self.control.watching = False
 
     async def _gone_before(self, listed: list[str]) -> None:
         """Finish the deletes whose namespace went before the reconcile's LIST.

@@ -25,7 +25,7 @@ from labd.lab.errors import (
     OperationInProgressError,
     UnknownUserError,
 )
-from labd.lab.machine import LabState
+from labd.lab.machine import LabState, Trigger
 from labd.lab.progress import Step
 from labd.lab.records import Actor, EventRecord, EventType, LabRecord, utcnow
 from labd.sim import SimCluster
@@ -123,9 +123,10 @@ async def test_delete_to_gone(labd: Labd, sim: SimCluster) -> None:
 
 
 async def test_a_quick_delete_writes_its_steps_with_its_end(labd: Labd) -> None:
-    # On SQLite, where labd is the only writer, the steps of a delete whose
-    # namespace goes within a second are written with ``deleted``: two writes
-    # of the lab in all, not three.  Each step keeps the time it was taken.
+    # Where labd's own watches say when the namespace is gone (on SQLite, and
+    # on the leader on PostgreSQL), the steps of a delete whose namespace
+    # goes within a second are written with ``deleted``: two writes of the
+    # lab in all, not three.  Each step keeps the time it was taken.
     await labd.service.create("bob", spec(), actor=Actor.HUB)
     await wait_state(labd, "bob", LabState.RUNNING)
     lab = await current(labd, "bob")
@@ -145,7 +146,7 @@ async def test_a_quick_delete_writes_its_steps_with_its_end(labd: Labd) -> None:
     finally:
         for engine in labd.database.sync_engines:
             event.remove(engine, "before_cursor_execute", seen)
-    assert len(updates) == (2 if labd.database.is_sqlite else 3), updates
+    assert len(updates) == 2, updates
     events = await labd.store.events(lab.id, lab.operation + 1)
     assert [e.step for e in events] == [Step.POD_STOPPING, Step.NAMESPACE_DELETING, Step.DELETED]
     assert [e.created_at for e in events] == sorted(e.created_at for e in events)
@@ -179,6 +180,34 @@ async def test_a_delete_that_lasts_has_its_steps_written_meanwhile(
             Step.DELETED,
         ]
         assert events[0].created_at < events[-1].created_at - timedelta(seconds=1)
+
+
+async def test_kept_steps_are_not_written_onto_a_delete_ended_elsewhere(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Steps kept in memory are written a second later only onto the row they
+    # were taken on: here the delete ends behind the steps' back (as another
+    # replica would end it on PostgreSQL) while the pod takes two seconds to
+    # stop, and nothing is written after its end.
+    async with running_bob_slow_to_stop(database_url, tmp_path, stop_delay=2.0) as (labd, _sim):
+        lab = await current(labd, "bob")
+        deleting = asyncio.create_task(labd.service.delete("bob", actor=Actor.HUB))
+
+        def kept() -> bool:
+            steps = labd.control.delete_steps.get(lab.id)
+            return steps is not None and bool(steps.kept)
+
+        await eventually(kept, within=1.0, what="the delete's steps kept")
+        row = await labd.store.get_lab(lab.id)
+        assert row.state is LabState.DELETING
+        ended = await labd.store.transition(
+            lab.id, Trigger.DELETED, actor=Actor.OPERATOR, reason="ended elsewhere", expected=row
+        )
+        await asyncio.wait_for(deleting, 5)
+        await eventually(lambda: lab.id not in labd.control.delete_steps, within=3.0)
+        events = await labd.store.events(lab.id, ended.operation)
+        assert Step.POD_STOPPING not in {e.step for e in events}, events
+        assert (await labd.store.get_lab(lab.id)).version == ended.version
 
 
 @contextlib.asynccontextmanager
