@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -300,6 +300,120 @@ async def test_a_transition_of_the_current_lab_reads_it_in_its_write(database: D
     assert again[0].version == moved.version and not again[1]
     assert len(await store.lab_history(spawning.id)) == len(history)
     assert await store.transition_current("nobody", T.DELETE, actor=Actor.HUB) is None
+
+
+async def test_transitions_queued_together_are_written_together(database: Database) -> None:
+    # On PostgreSQL, transitions from the callers' rows that commit in one
+    # group are one statement, each lab with its audit row and its events
+    # in order.
+    store = LabStore(database)
+    labs_ = [await lab_in(store, S.STARTING) for _ in range(5)]
+    with statements_run(database) as statements:
+        moved = await asyncio.gather(*(delete(store, lab, n) for n, lab in enumerate(labs_)))
+    assert database.is_sqlite or sum(updates_labs(s) for s in statements) == 1, statements
+    for number, (lab, after) in enumerate(zip(labs_, moved, strict=True)):
+        assert (after.state, after.operation) == (S.DELETING, lab.operation + 1)
+        history = await store.lab_history(lab.id)
+        assert after.version == len(history) == lab.version + 1
+        audit = history[-1]
+        assert (audit.from_state, audit.to_state, audit.reason) == (
+            "starting",
+            "deleting",
+            f"delete {number}",
+        )
+        assert audit.details == ({"number": number} if number % 2 else None)
+        assert audit.created_at == after.updated_at
+        ended = await store.events(lab.id, lab.operation)
+        assert ended[-1].message == f"end {number}"
+        started = await store.events(lab.id, after.operation)
+        assert [e.message for e in started] == [f"{number}.{n}" for n in range(number)]
+        ids = [e.id for e in [*ended, *started]]
+        assert ids == sorted(ids)
+
+
+async def test_a_stale_or_illegal_transition_in_a_batch_fails_alone(database: Database) -> None:
+    store = LabStore(database)
+    labs_ = [await lab_in(store, S.STARTING) for _ in range(4)]
+    stale = labs_[1]
+    await store.transition(stale.id, T.POD_RUNNING, actor=Actor.SCHEDULER)
+    wrong = await lab_in(store, S.DELETING)
+    moved = await asyncio.gather(
+        *(delete(store, lab, n) for n, lab in enumerate(labs_)),
+        store.transition(wrong.id, T.OBJECTS_READY, actor=Actor.HUB, expected=wrong),
+        return_exceptions=True,
+    )
+    assert isinstance(moved.pop(), InvalidTransitionError)
+    assert isinstance(moved.pop(1), StaleLabError)
+    assert len(await store.lab_history(stale.id)) == stale.version + 1
+    assert (await store.get_lab(wrong.id)).version == wrong.version
+    for lab, after in zip([labs_[0], *labs_[2:]], moved, strict=True):
+        assert isinstance(after, LabRecord), after
+        assert after.state is S.DELETING
+        assert len(await store.lab_history(lab.id)) == after.version == lab.version + 1
+
+
+def delete(store: LabStore, lab: LabRecord, number: int) -> Awaitable[LabRecord]:
+    """A delete of ``lab`` from its row: ``number`` events, and details if it is odd."""
+    return store.transition(
+        lab.id,
+        T.DELETE,
+        actor=Actor.HUB,
+        reason=f"delete {number}",
+        details={"number": number} if number % 2 else None,
+        expected=lab,
+        new_operation=True,
+        events=[NewEvent(EventType.INFO, f"{number}.{n}") for n in range(number)],
+        final_events=[NewEvent(EventType.FAILED, f"end {number}", terminal=True)],
+    )
+
+
+async def test_transitions_of_current_labs_queued_together_are_written_together(
+    database: Database,
+) -> None:
+    store = LabStore(database)
+    starting = [await lab_in(store, S.STARTING) for _ in range(4)]
+    deleting = await lab_in(store, S.DELETING)
+    deleted = await lab_in(store, S.DELETED)
+    cancelled = NewEvent(EventType.FAILED, "Operation cancelled", terminal=True)
+
+    def delete(username: str) -> Awaitable[tuple[LabRecord, bool] | None]:
+        return store.transition_current(
+            username,
+            T.DELETE,
+            actor=Actor.HUB,
+            new_operation=True,
+            unless=lambda lab: lab.state is S.DELETING,
+            final_events=lambda lab: [cancelled],
+        )
+
+    usernames = [lab.username for lab in [*starting, deleting, deleted]]
+    with statements_run(database) as statements:
+        found = await asyncio.gather(*(delete(username) for username in [*usernames, "nobody"]))
+    if not database.is_sqlite:
+        # One locked read of every user's lab, one write of those it moves.
+        reads = [s for s in statements if s.startswith("SELECT") and s.endswith("ON true")]
+        assert len(reads) == 1 and sum(updates_labs(s) for s in statements) == 1, statements
+    for lab, outcome in zip(starting, found, strict=False):
+        assert isinstance(outcome, tuple), outcome
+        after, did = outcome
+        assert did and (after.state, after.version) == (S.DELETING, lab.version + 1)
+        last = (await store.events(lab.id, lab.operation))[-1]
+        assert (last.message, last.terminal) == (cancelled.message, True)
+        history = await store.lab_history(lab.id)
+        assert (history[-1].version, history[-1].to_state) == (after.version, "deleting")
+    assert found[4] == (deleting, False)
+    assert found[5] is None and found[6] is None  # A deleted lab is no one's current lab.
+
+    # A trigger that is not legal fails alone.
+    fresh = await lab_in(store, S.STARTING)
+    again = await asyncio.gather(
+        delete(fresh.username),
+        store.transition_current(deleting.username, T.POD_RUNNING, actor=Actor.HUB),
+        return_exceptions=True,
+    )
+    assert isinstance(again[0], tuple) and again[0][0].state is S.DELETING
+    assert isinstance(again[1], InvalidTransitionError)
+    assert len(await store.lab_history(deleting.id)) == deleting.version
 
 
 def updates_labs(statement: str) -> bool:

@@ -62,7 +62,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import asyncpg
 import sqlalchemy.exc
@@ -96,6 +96,32 @@ _LOCK_TIMEOUT: Final = 5.0
 
 _T = TypeVar("_T")
 
+UNBATCHED: Final = object()
+"""A `Batcher`'s answer for an item it did not write: the write's own work runs."""
+
+
+class Batcher(Protocol):
+    """Writes many queued writes of one kind together (`Database.run_write`'s ``batch``).
+
+    Called in the group's transaction with the items of consecutive writes
+    of the group that it batches, no two with the same target; it returns
+    each item's result, as the write's ``work`` would, or `UNBATCHED` for
+    one whose ``work`` should run instead, after the batch, in the same
+    transaction.  If it raises, the group is done again without batches.
+    """
+
+    def __call__(self, conn: Connection, items: list[Any], /) -> list[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """How a write may be written with others of its kind: see `Batcher`."""
+
+    batcher: Batcher
+    target: object
+    """What the write changes (a lab): a batch holds one write per target."""
+    item: Any
+
 
 @dataclass(frozen=True, slots=True)
 class _QueuedWrite(Generic[_T]):
@@ -104,6 +130,7 @@ class _QueuedWrite(Generic[_T]):
     work: Callable[[Connection], _T]
     done: asyncio.Future[_T]
     loop: asyncio.AbstractEventLoop
+    batch: Batch | None = None
 
     def settle_threadsafe(self, ok: bool, value: Any) -> None:
         """Hand the outcome to the waiting coroutine from another thread."""
@@ -121,9 +148,12 @@ class _QueuedWrite(Generic[_T]):
 
 
 class _GroupWriteError(Exception):
-    """The write at ``index`` of a group raised ``error``; the group is rolled back."""
+    """The write at ``index`` of a group (`None`: a batch of writes) raised ``error``.
 
-    def __init__(self, index: int, error: Exception) -> None:
+    The group is rolled back.
+    """
+
+    def __init__(self, index: int | None, error: Exception) -> None:
         super().__init__(str(error))
         self.index = index
         self.error = error
@@ -273,7 +303,9 @@ class Database:
         async with self._sqlite_writer, self._write_engine.begin() as conn:
             yield conn
 
-    async def run_write(self, work: Callable[[Connection], _T]) -> _T:
+    async def run_write(
+        self, work: Callable[[Connection], _T], *, batch: Batch | None = None
+    ) -> _T:
         """Run ``work`` in a write transaction, committed if it returns.
 
         ``work`` is synchronous SQLAlchemy Core code.  It is queued, and
@@ -295,10 +327,13 @@ class Database:
         work
             Called with the transaction's connection; what it returns is
             returned.
+        batch
+            How the write may instead be written together with the writes
+            of its kind queued beside it, in fewer statements (`Batcher`).
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[_T] = loop.create_future()
-        self._queued.append(_QueuedWrite(work, done, loop))
+        self._queued.append(_QueuedWrite(work, done, loop, batch))
         if self._sqlite_sync is not None:
             if self._sqlite_thread is None:
                 self._sqlite_thread = ThreadPoolExecutor(
@@ -409,7 +444,7 @@ def _commit_group(
                 return _run_group(conn, group, each_in_savepoint=False)
         except _GroupWriteError as failed:
             error = failed.error
-            if _lock_timed_out(error):
+            if _lock_timed_out(error) and failed.index is not None:
                 skipped: int | None = failed.index
             elif len(group) == 1 or database_unreachable(error):
                 # Rolled back whole: its own error, or the database's.
@@ -443,24 +478,62 @@ def _run_group(
 ) -> list[tuple[bool, Any]]:
     """Run a group's writes in the transaction of ``conn``: each's outcome, in order.
 
-    Without savepoints, the first write that raises ends the group
-    (`_GroupWriteError`), to be rolled back; with them, it undoes only its
-    own statements and the others go on.
+    Without savepoints, consecutive writes of one `Batcher` are written by
+    it together (`_batches`), and the first write or batch that raises ends
+    the group (`_GroupWriteError`), to be rolled back; with savepoints, each
+    write runs alone and undoes only its own statements if it raises, and
+    the others go on.
     """
-    outcomes: list[tuple[bool, Any]] = []
-    for index, queued in enumerate(group):
-        if not each_in_savepoint:
+    if each_in_savepoint:
+        outcomes: list[tuple[bool, Any]] = []
+        for queued in group:
             try:
-                outcomes.append((True, queued.work(conn)))
+                with conn.begin_nested():
+                    outcomes.append((True, queued.work(conn)))
             except Exception as exc:
-                raise _GroupWriteError(index, exc) from exc
-            continue
-        try:
-            with conn.begin_nested():
-                outcomes.append((True, queued.work(conn)))
-        except Exception as exc:
-            outcomes.append((False, exc))
+                outcomes.append((False, exc))
+        return outcomes
+    outcomes = []
+    for start, run in _batches(group):
+        results: list[Any] = [UNBATCHED]
+        if len(run) > 1:
+            batches = [queued.batch for queued in run if queued.batch is not None]
+            try:
+                results = batches[0].batcher(conn, [batch.item for batch in batches])
+            except Exception as exc:
+                # Not one write's failure: the group is done again without batches.
+                raise _GroupWriteError(None, exc) from exc
+        for index, (queued, result) in enumerate(zip(run, results, strict=True), start):
+            if result is UNBATCHED:
+                try:
+                    result = queued.work(conn)
+                except Exception as exc:
+                    raise _GroupWriteError(index, exc) from exc
+            outcomes.append((True, result))
     return outcomes
+
+
+def _batches(group: list[_QueuedWrite[Any]]) -> Iterator[tuple[int, list[_QueuedWrite[Any]]]]:
+    """The group in runs to write together: each run's start and writes.
+
+    A run is consecutive writes of one `Batcher`, each of its own target,
+    so that no write is reordered with one of the same target; a write
+    without a batch is a run of its own.
+    """
+    start = 0
+    while start < len(group):
+        first = group[start].batch
+        run = [group[start]]
+        if first is not None:
+            targets = {first.target}
+            for queued in group[start + 1 :]:
+                batch = queued.batch
+                if batch is None or batch.batcher != first.batcher or batch.target in targets:
+                    break
+                targets.add(batch.target)
+                run.append(queued)
+        yield start, run
+        start += len(run)
 
 
 def _track_backends(engine: Engine, pids: set[int]) -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import threading
 import uuid
 from collections import OrderedDict
@@ -48,7 +49,9 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
+    JSON,
     Boolean,
+    Integer,
     Row,
     Select,
     SmallInteger,
@@ -56,6 +59,7 @@ from sqlalchemy import (
     Text,
     Update,
     bindparam,
+    cast,
     column,
     func,
     insert,
@@ -64,12 +68,12 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import UpdateBase
 
-from labd.db.database import Database
+from labd.db.database import UNBATCHED, Batch, Database
 from labd.db.leadership import LeadershipLostError
 from labd.db.schema import UTCDateTime, lab_events, lab_transitions, labd_leader, labs
 from labd.lab.machine import (
@@ -148,6 +152,21 @@ _SELECT_CURRENT = (
     .limit(1)
 )
 _LOCK_CURRENT = _SELECT_CURRENT.with_for_update()
+_WANTED = (
+    func.unnest(bindparam("usernames", type_=ARRAY(String())))
+    .table_valued(column("username", String()))
+    .render_derived(name="wanted")
+)
+_LOCKED_CURRENT = (
+    select(labs)
+    .where(labs.c.username == _WANTED.c.username, labs.c.state != LabState.DELETED.value)
+    .order_by(*_CURRENT_FIRST)
+    .limit(1)
+    .with_for_update()
+    .lateral("current")
+)
+_LOCK_CURRENTS = select(_LOCKED_CURRENT).select_from(_WANTED.join(_LOCKED_CURRENT, true()))
+"""`_LOCK_CURRENT` for many users at once (``usernames``), PostgreSQL only."""
 
 
 @functools.cache
@@ -241,24 +260,25 @@ def _with_record(write: UpdateBase, *, audit: bool, events: bool) -> Select[Any]
         record = insert(lab_transitions).from_select(_TRANSITION_COLUMNS, transition)
         statement = statement.add_cte(record.cte("audit"))
     if events:
-        new = (
-            func.unnest(*(bindparam(f"event_{n}", type_=ARRAY(t)) for n, t in _EVENT_FIELDS))
-            .table_valued(*(column(n, t) for n, t in _EVENT_FIELDS), with_ordinality="ord")
-            .render_derived(name="event")
-        )
-        rows = (
-            select(
-                lab.c.id,
-                func.coalesce(new.c.operation, lab.c.operation),
-                *(new.c[name] for name, _ in _EVENT_FIELDS[1:]),
-            )
-            .select_from(lab)
-            .join(new, true())
-            .order_by(new.c.ord)
-        )
-        added = insert(lab_events).from_select(_EVENT_COLUMNS, rows)
-        statement = statement.add_cte(added.cte("events"))
+        new = _unnest("event", _EVENT_FIELDS, prefix="event_")
+        statement = statement.add_cte(_events_inserted(lab, new, true()))
     return statement
+
+
+def _events_inserted(lab: Any, new: Any, onclause: Any) -> Any:
+    """The ``INSERT`` of events ``new`` (`_unnest` of `_EVENT_FIELDS`) of the written
+    rows ``lab`` they join on, in their order, as a ``WITH`` clause."""
+    rows = (
+        select(
+            lab.c.id,
+            func.coalesce(new.c.operation, lab.c.operation),
+            *(new.c[name] for name, _ in _EVENT_FIELDS[1:]),
+        )
+        .select_from(lab)
+        .join(new, onclause)
+        .order_by(new.c.ord)
+    )
+    return insert(lab_events).from_select(_EVENT_COLUMNS, rows).cte("events")
 
 
 @functools.cache
@@ -314,6 +334,201 @@ def _event_params(events: Sequence[tuple[NewEvent, int | None]]) -> dict[str, An
         "event_step": [event.step for event, _ in events],
         "event_created_at": [event.created_at or now for event, _ in events],
     }
+
+
+_JSON_COLUMNS: Final = frozenset(c.name for c in labs.c if isinstance(c.type, JSON))
+
+_HELD: Final = ("version", "pod_phase")
+"""What a transition's row must still hold: the machine's answer depends on them."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Move:
+    """A lab's transition, worked out: what its ``UPDATE`` sets, and its events."""
+
+    lab: LabRecord
+    record: _Record
+    columns: tuple[str, ...]
+    nulls: tuple[str, ...]
+    params: dict[str, Any]
+    """`_update_lab`'s parameters, with `_HELD` as ``lab`` holds them."""
+    events: list[tuple[NewEvent, int | None]]
+    """The final events (of the operation before), then the row's own (`None`)."""
+
+    @classmethod
+    def of(
+        cls, lab: LabRecord, changes: LabChanges, record: _Record, *, new_operation: bool
+    ) -> _Move:
+        """The transition from ``lab``; `InvalidTransitionError` if it is not legal."""
+        pod_phase = changes.get("pod_phase", lab.pod_phase)
+        state = next_state(lab.state, record.trigger, pod_phase=pod_phase)
+        now = utcnow()
+        values: dict[str, Any] = {
+            "state": state.value,
+            "version": lab.version + 1,
+            "updated_at": now,
+            **changes,
+        }
+        nulls: tuple[str, ...] = ()
+        if state not in SECRET_STATES:
+            values.pop("secret_env", None)
+            nulls = ("secret_env",)
+        if state is LabState.DELETED:
+            values["deleted_at"] = now
+        if new_operation:
+            values["operation"] = lab.operation + 1
+        params = _update_params(
+            lab.id, values, was_version=lab.version, was_pod_phase=lab.pod_phase
+        )
+        events = [
+            *((event, lab.operation) for event in record.final_events),
+            *((event, None) for event in record.events),
+        ]
+        return cls(lab, record, tuple(values), nulls, params, events)
+
+    @property
+    def shape(self) -> tuple[tuple[str, ...], tuple[str, ...], bool] | None:
+        """The `_batched_moves` statement this move can be written with, if any.
+
+        A move that sets a JSON column is written alone: arrays of JSON
+        are not worth their encoding for the few writes that set one.
+        """
+        if _JSON_COLUMNS.intersection(self.columns):
+            return None
+        return self.columns, self.nulls, bool(self.events)
+
+
+_MOVE_AUDIT: Final = (
+    ("from_state", String()),
+    ("trigger", String()),
+    ("actor", String()),
+    ("reason", Text()),
+    ("details", Text()),
+)
+"""A batched move's audit columns that its row does not give (``details`` as JSON text)."""
+
+
+@functools.cache
+def _batched_moves(columns: tuple[str, ...], nulls: tuple[str, ...], events: bool) -> Select[Any]:
+    """Many labs' transitions of one shape, each as `_move` writes it, as one statement.
+
+    PostgreSQL only.  Each parameter is an array with one element per move
+    (`_batch_params`): ``lab_id``, ``was_<held>`` for `_HELD`,
+    ``set_<column>`` for ``columns`` and the audit columns of `_MOVE_AUDIT`;
+    with ``events``, one array per `_EVENT_FIELDS` over every move's
+    events, and ``event_move``, the number (from 1) of each event's move.
+    A move whose row no longer holds what it was worked out from updates
+    nothing and records nothing.  Returns the rows written.
+    """
+    fields = [
+        ("lab_id", labs.c.id.type),
+        *((f"was_{name}", labs.c[name].type) for name in _HELD),
+        *((f"set_{name}", labs.c[name].type) for name in columns),
+        *_MOVE_AUDIT,
+    ]
+    given = _unnest("move", fields)
+    values: dict[str, Any] = {name: given.c[f"set_{name}"] for name in columns}
+    values.update(dict.fromkeys(nulls, null()))
+    write = (
+        update(labs)
+        .where(
+            labs.c.id == given.c.lab_id,
+            labs.c.version == given.c.was_version,
+            labs.c.pod_phase.is_not_distinct_from(given.c.was_pod_phase),
+        )
+        .values(values)
+        .returning(*labs.c, given.c.ord, *(given.c[name] for name, _ in _MOVE_AUDIT))
+    )
+    lab = write.cte("lab")
+    transition = select(
+        lab.c.id,
+        lab.c.username,
+        lab.c.version,
+        lab.c.from_state,
+        lab.c.state,
+        lab.c.trigger,
+        lab.c.actor,
+        lab.c.reason,
+        cast(lab.c.details, JSONB),
+        lab.c.updated_at,
+    )
+    statement = select(*(lab.c[each.name] for each in labs.c)).add_cte(
+        insert(lab_transitions).from_select(_TRANSITION_COLUMNS, transition).cte("audit")
+    )
+    if events:
+        new = _unnest("event", [("move", Integer()), *_EVENT_FIELDS], prefix="event_")
+        statement = statement.add_cte(_events_inserted(lab, new, new.c.move == lab.c.ord))
+    return statement
+
+
+def _unnest(name: str, fields: Sequence[tuple[str, Any]], *, prefix: str = "") -> Any:
+    """``unnest`` of one array parameter per field (``<prefix><field>``), as table
+    ``name`` with a column per field, numbered (``ord``)."""
+    return (
+        func.unnest(*(bindparam(prefix + field, type_=ARRAY(kind)) for field, kind in fields))
+        .table_valued(*(column(field, kind) for field, kind in fields), with_ordinality="ord")
+        .render_derived(name=name)
+    )
+
+
+def _batch_params(moves: Sequence[_Move], columns: tuple[str, ...]) -> dict[str, Any]:
+    """`_batched_moves`'s arrays for ``moves``, each worked out with ``columns`` set."""
+    names = ["lab_id", *(f"was_{name}" for name in _HELD), *(f"set_{name}" for name in columns)]
+    params: dict[str, Any] = {name: [move.params[name] for move in moves] for name in names}
+    audits = [move.record.audit_params(move.lab.state) for move in moves]
+    for name, _ in _MOVE_AUDIT:
+        params[name] = [audit[name] for audit in audits]
+    params["details"] = [None if d is None else json.dumps(d) for d in params["details"]]
+    events = [(number, event) for number, move in enumerate(moves, 1) for event in move.events]
+    if events:
+        params.update(_event_params([event for _, event in events]))
+        params["event_move"] = [number for number, _ in events]
+    return params
+
+
+def _write_moves(conn: Connection, moves: Sequence[_Move]) -> dict[str, Row[Any]]:
+    """Write ``moves`` (PostgreSQL), a statement per shape: the rows written, by lab id."""
+    shapes: dict[tuple[tuple[str, ...], tuple[str, ...], bool], list[_Move]] = {}
+    for move in moves:
+        assert move.shape is not None
+        shapes.setdefault(move.shape, []).append(move)
+    written: dict[str, Row[Any]] = {}
+    for (columns, nulls, events), same in shapes.items():
+        statement = _batched_moves(columns, nulls, events)
+        for row in conn.execute(statement, _batch_params(same, columns)):
+            written[row.id] = row
+    return written
+
+
+def _moved(written: Mapping[str, Row[Any]], move: _Move) -> Any:
+    """A locked lab's result in `LabStore._move_currents`: its row written, and `True`."""
+    row = written.get(move.lab.id)
+    return UNBATCHED if row is None else (row, True)
+
+
+@dataclasses.dataclass(slots=True)
+class _CurrentMove:
+    """`LabStore.transition_current`'s write, as its work and its batch take it."""
+
+    username: str
+    trigger: Trigger
+    actor: Actor
+    reason: str | None
+    changes: LabChanges
+    new_operation: bool
+    unless: Callable[[LabRecord], bool]
+    final_events: Callable[[LabRecord], Sequence[NewEvent]]
+    current: LabRecord | None = None
+    """The lab as read under its lock, once read (the caches forget it after)."""
+
+    def record(self, current: LabRecord) -> _Record | None:
+        """Take ``current`` as read: the transition's record, or `None` to leave it as it is."""
+        self.current = current
+        if self.unless(current):
+            return None
+        return _Record(
+            self.trigger, self.actor, self.reason, final_events=self.final_events(current)
+        )
 
 
 class LabStore:
@@ -538,7 +753,8 @@ class LabStore:
 
         moved: LabRecord | None = None
         try:
-            moved = self._lab(await self._db.run_write(work))
+            batch = self._batch(lab_id, expected, changes, record, new_operation)
+            moved = self._lab(await self._db.run_write(work, batch=batch))
         except IntegrityError as exc:
             if current is not None and _is_live_username_violation(exc):
                 raise LabExistsError(current.username) from exc
@@ -590,28 +806,30 @@ class LabStore:
             If the trigger is not legal from the lab's state; nothing is
             written.
         """
-        changes = changes or {}
-        current: LabRecord | None = None
+        wanted = _CurrentMove(
+            username, trigger, actor, reason, changes or {}, new_operation, unless, final_events
+        )
 
         def work(conn: Connection) -> tuple[Row[Any], bool] | None:
-            nonlocal current
             found = conn.execute(_LOCK_CURRENT, {"username": username}).one_or_none()
             if found is None:
                 return None
             current = self._lab(found)
-            if unless(current):
+            record = wanted.record(current)
+            if record is None:
                 return found, False
-            record = _Record(trigger, actor, reason, final_events=final_events(current))
-            row = self._move(conn, current, changes, record, new_operation=new_operation)
+            row = self._move(conn, current, wanted.changes, record, new_operation=new_operation)
             assert row is not None  # The row is locked.
             return row, True
 
+        batch = Batch(self._move_currents, username, wanted) if self._one_statement else None
         outcome: tuple[Row[Any], bool] | None = None
         try:
-            outcome = await self._db.run_write(work)
+            outcome = await self._db.run_write(work, batch=batch)
         finally:
             # Unless the lab was left as it was (a failed write may have
             # been written: the caches forget the lab).
+            current = wanted.current
             if current is not None and (outcome is None or outcome[1]):
                 moved = self._lab(outcome[0]) if outcome is not None else None
                 self._written(username, current.id, moved)
@@ -1025,45 +1243,69 @@ class LabStore:
         ``UPDATE``, under its row lock: a lab's events commit in id order
         (see `add_events`).
         """
-        pod_phase = changes.get("pod_phase", lab.pod_phase)
-        state = next_state(lab.state, record.trigger, pod_phase=pod_phase)
-        now = utcnow()
-        values: dict[str, Any] = {
-            "state": state.value,
-            "version": lab.version + 1,
-            "updated_at": now,
-            **changes,
-        }
-        nulls: tuple[str, ...] = ()
-        if state not in SECRET_STATES:
-            values.pop("secret_env", None)
-            nulls = ("secret_env",)
-        if state is LabState.DELETED:
-            values["deleted_at"] = now
-        if new_operation:
-            values["operation"] = lab.operation + 1
-        held = ("version", "pod_phase")
-        params = _update_params(
-            lab.id, values, was_version=lab.version, was_pod_phase=lab.pod_phase
-        )
+        move = _Move.of(lab, changes, record, new_operation=new_operation)
         if not self._one_statement:
-            row = conn.execute(_update_lab(tuple(values), nulls, held=held), params).one_or_none()
+            update = _update_lab(move.columns, move.nulls, held=_HELD)
+            row = conn.execute(update, move.params).one_or_none()
             if row is not None:
                 self._insert_events(conn, lab, record.final_events)
                 self._record(conn, row, lab.state, record)
             return row
-        # The final events end the operation before; the others are the row's.
-        events = [
-            *((event, lab.operation) for event in record.final_events),
-            *((event, None) for event in record.events),
-        ]
-        params.update(record.audit_params(lab.state))
-        if events:
-            params.update(_event_params(events))
+        params = {**move.params, **record.audit_params(lab.state)}
+        if move.events:
+            params.update(_event_params(move.events))
         statement = _recorded_update(
-            tuple(values), nulls, held=held, audit=True, events=bool(events)
+            move.columns, move.nulls, held=_HELD, audit=True, events=bool(move.events)
         )
         return conn.execute(statement, params).one_or_none()
+
+    def _batch(
+        self,
+        lab_id: str,
+        expected: LabRecord | None,
+        changes: LabChanges,
+        record: _Record,
+        new_operation: bool,
+    ) -> Batch | None:
+        """How `transition`'s write may join others (PostgreSQL): as the move from ``expected``."""
+        if expected is None or not self._one_statement:
+            return None
+        try:
+            move = _Move.of(expected, changes, record, new_operation=new_operation)
+        except InvalidTransitionError:
+            return None  # Its work reads the lab again.
+        return Batch(self._write_moves, lab_id, move) if move.shape is not None else None
+
+    def _write_moves(self, conn: Connection, moves: list[_Move]) -> list[Any]:
+        """`Batcher` of `transition`: each row written, or `UNBATCHED` where the lab moved on."""
+        written = _write_moves(conn, moves)
+        return [written.get(move.lab.id, UNBATCHED) for move in moves]
+
+    def _move_currents(self, conn: Connection, wanted: list[_CurrentMove]) -> list[Any]:
+        """`Batcher` of `transition_current`: the users' current labs locked and moved together."""
+        rows = conn.execute(_LOCK_CURRENTS, {"usernames": [w.username for w in wanted]})
+        found = {row.username: row for row in rows}
+        results: list[Any] = []
+        for each in wanted:
+            row = found.get(each.username)
+            if row is None:
+                results.append(None)
+                continue
+            current = self._lab(row)
+            record = each.record(current)
+            if record is None:
+                results.append((row, False))
+                continue
+            try:
+                move = _Move.of(current, each.changes, record, new_operation=each.new_operation)
+            except InvalidTransitionError:
+                results.append(UNBATCHED)  # Its work raises it, alone.
+                continue
+            results.append(move if move.shape is not None else UNBATCHED)
+        written = _write_moves(conn, [result for result in results if isinstance(result, _Move)])
+        return [
+            _moved(written, result) if isinstance(result, _Move) else result for result in results
+        ]
 
     def _lock(
         self, conn: Connection, lab_id: str, expected_version: int | None = None
