@@ -167,6 +167,15 @@ _LOCKED_CURRENT = (
 )
 _LOCK_CURRENTS = select(_LOCKED_CURRENT).select_from(_WANTED.join(_LOCKED_CURRENT, true()))
 """`_LOCK_CURRENT` for many users at once (``usernames``), PostgreSQL only."""
+_SELECT_USERS_LABS = (
+    select(labs)
+    .where(
+        labs.c.username.in_(bindparam("usernames", expanding=True)),
+        labs.c.state != LabState.DELETED.value,
+    )
+    .order_by(labs.c.username, *_CURRENT_FIRST)
+)
+"""The labs of ``usernames`` not deleted, each user's current lab first."""
 
 
 @functools.cache
@@ -325,14 +334,32 @@ def _new_event_params(events: Sequence[NewEvent]) -> dict[str, Any]:
 def _event_params(events: Sequence[tuple[NewEvent, int | None]]) -> dict[str, Any]:
     """`_with_record`'s event arrays: each event with its operation (`None`: the row's)."""
     now = utcnow()
+    rows = [_event_values(event, operation, now) for event, operation in events]
+    return {f"event_{name}": [row[name] for row in rows] for name, _ in _EVENT_FIELDS}
+
+
+def _event_values(event: NewEvent, operation: int | None, now: datetime) -> dict[str, Any]:
+    """An event's `_EVENT_FIELDS`, of ``operation``, created ``now`` unless it says when."""
     return {
-        "event_operation": [operation for _, operation in events],
-        "event_type": [event.type.value for event, _ in events],
-        "event_message": [event.message for event, _ in events],
-        "event_progress": [event.progress for event, _ in events],
-        "event_terminal": [event.terminal for event, _ in events],
-        "event_step": [event.step for event, _ in events],
-        "event_created_at": [event.created_at or now for event, _ in events],
+        "operation": operation,
+        "type": event.type.value,
+        "message": event.message,
+        "progress": event.progress,
+        "terminal": event.terminal,
+        "step": event.step,
+        "created_at": event.created_at or now,
+    }
+
+
+def _audit_values(row: Row[Any], from_state: LabState, record: _Record) -> dict[str, Any]:
+    """The audit row of the transition from ``from_state`` to ``row``."""
+    return {
+        "lab_id": row.id,
+        "username": row.username,
+        "version": row.version,
+        "to_state": row.state,
+        "created_at": row.updated_at,
+        **record.audit_params(from_state),
     }
 
 
@@ -486,7 +513,7 @@ def _batch_params(moves: Sequence[_Move], columns: tuple[str, ...]) -> dict[str,
     return params
 
 
-def _write_moves(conn: Connection, moves: Sequence[_Move]) -> dict[str, Row[Any]]:
+def _write_moves_at_once(conn: Connection, moves: Sequence[_Move]) -> dict[str, Row[Any]]:
     """Write ``moves`` (PostgreSQL), a statement per shape: the rows written, by lab id."""
     shapes: dict[tuple[tuple[str, ...], tuple[str, ...], bool], list[_Move]] = {}
     for move in moves:
@@ -822,7 +849,7 @@ class LabStore:
             assert row is not None  # The row is locked.
             return row, True
 
-        batch = Batch(self._move_currents, username, wanted) if self._one_statement else None
+        batch = Batch(self._move_currents, username, wanted)
         outcome: tuple[Row[Any], bool] | None = None
         try:
             outcome = await self._db.run_write(work, batch=batch)
@@ -1268,23 +1295,66 @@ class LabStore:
         new_operation: bool,
     ) -> Batch | None:
         """How `transition`'s write may join others (PostgreSQL): as the move from ``expected``."""
-        if expected is None or not self._one_statement:
+        if expected is None:
             return None
         try:
             move = _Move.of(expected, changes, record, new_operation=new_operation)
         except InvalidTransitionError:
             return None  # Its work reads the lab again.
-        return Batch(self._write_moves, lab_id, move) if move.shape is not None else None
+        return Batch(self._moves_batch, lab_id, move) if self._batchable(move) else None
 
-    def _write_moves(self, conn: Connection, moves: list[_Move]) -> list[Any]:
+    def _batchable(self, move: _Move) -> bool:
+        return move.shape is not None or not self._one_statement
+
+    def _moves_batch(self, conn: Connection, moves: list[_Move]) -> list[Any]:
         """`Batcher` of `transition`: each row written, or `UNBATCHED` where the lab moved on."""
-        written = _write_moves(conn, moves)
+        written = self._write_moves(conn, moves)
         return [written.get(move.lab.id, UNBATCHED) for move in moves]
+
+    def _write_moves(self, conn: Connection, moves: Sequence[_Move]) -> dict[str, Row[Any]]:
+        """Write ``moves`` together: the rows written, by lab id.
+
+        On PostgreSQL a statement per shape (`_batched_moves`).  On SQLite,
+        which has no round trips but costs SQLAlchemy's work per statement,
+        each lab's ``UPDATE``, then every audit row in one statement and
+        every event in another (the driver's executemany).
+        """
+        if self._one_statement:
+            return _write_moves_at_once(conn, moves)
+        written: dict[str, Row[Any]] = {}
+        audits: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        now = utcnow()
+        for move in moves:
+            update = _update_lab(move.columns, move.nulls, held=_HELD)
+            row = conn.execute(update, move.params).one_or_none()
+            if row is None:
+                continue
+            written[row.id] = row
+            audits.append(_audit_values(row, move.lab.state, move.record))
+            for event, operation in move.events:
+                operation = row.operation if operation is None else operation
+                events.append({"lab_id": row.id, **_event_values(event, operation, now)})
+        if audits:
+            conn.execute(_INSERT_TRANSITION, audits)
+        if events:
+            conn.execute(_INSERT_EVENT, events)
+        return written
 
     def _move_currents(self, conn: Connection, wanted: list[_CurrentMove]) -> list[Any]:
         """`Batcher` of `transition_current`: the users' current labs locked and moved together."""
-        rows = conn.execute(_LOCK_CURRENTS, {"usernames": [w.username for w in wanted]})
-        found = {row.username: row for row in rows}
+        usernames = [each.username for each in wanted]
+        found: dict[str, Row[Any]]
+        if self._one_statement:
+            found = {
+                row.username: row for row in conn.execute(_LOCK_CURRENTS, {"usernames": usernames})
+            }
+        else:
+            # Every lab of the users not deleted, the current one first
+            # (the writer's lock is the whole database).
+            found = {}
+            for each_lab in conn.execute(_SELECT_USERS_LABS, {"usernames": usernames}):
+                found.setdefault(each_lab.username, each_lab)
         results: list[Any] = []
         for each in wanted:
             row = found.get(each.username)
@@ -1301,8 +1371,8 @@ class LabStore:
             except InvalidTransitionError:
                 results.append(UNBATCHED)  # Its work raises it, alone.
                 continue
-            results.append(move if move.shape is not None else UNBATCHED)
-        written = _write_moves(conn, [result for result in results if isinstance(result, _Move)])
+            results.append(move if self._batchable(move) else UNBATCHED)
+        written = self._write_moves(conn, [r for r in results if isinstance(r, _Move)])
         return [
             _moved(written, result) if isinstance(result, _Move) else result for result in results
         ]
@@ -1323,17 +1393,7 @@ class LabStore:
         self, conn: Connection, row: Row[Any], from_state: LabState, record: _Record
     ) -> None:
         """Insert the audit row of the transition to ``row``, and its events (SQLite)."""
-        conn.execute(
-            _INSERT_TRANSITION,
-            {
-                "lab_id": row.id,
-                "username": row.username,
-                "version": row.version,
-                "to_state": row.state,
-                "created_at": row.updated_at,
-                **record.audit_params(from_state),
-            },
-        )
+        conn.execute(_INSERT_TRANSITION, _audit_values(row, from_state, record))
         self._insert_events(conn, row, record.events)
 
     def _insert_events(
@@ -1347,19 +1407,7 @@ class LabStore:
         # is read back: the followers read events by id (docs/api.md).
         conn.execute(
             _INSERT_EVENT,
-            [
-                {
-                    "lab_id": lab.id,
-                    "operation": lab.operation,
-                    "type": event.type.value,
-                    "message": event.message,
-                    "progress": event.progress,
-                    "terminal": event.terminal,
-                    "step": event.step,
-                    "created_at": event.created_at or now,
-                }
-                for event in events
-            ],
+            [{"lab_id": lab.id, **_event_values(event, lab.operation, now)} for event in events],
         )
 
 
