@@ -15,6 +15,10 @@ one write transaction:
 On PostgreSQL, steps 3 and 4 are one statement, a data-modifying ``WITH``
 (`_with_record`), and so is an update with its events: each statement is
 a round trip to the server, which the group writer waits for in turn.
+Transitions that commit in one group are written together (a `Batch`):
+on PostgreSQL one statement per shape for all of them (`_batched_moves`),
+on SQLite an ``UPDATE`` per lab, then one ``INSERT`` of all their audit
+rows and one of all their events.
 
 So a trigger either happens with its audit row or not at all, and because
 ``(lab_id, version)`` is unique in ``lab_transitions``, the history of a lab
