@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import bindparam, event, func, select, text
 from sqlalchemy.engine import Connection
 
-from labd.db.database import Database, database_unreachable
+from labd.db.database import Batch, Database, database_unreachable
 from labd.db.schema import UTCDateTime, lab_events, lab_transitions, labs
 from labd.db.status import lab_state_model
 from labd.db.store import LabExistsError, LabNotFoundError, LabStore, StaleLabError
@@ -951,16 +951,21 @@ async def test_a_group_that_loses_the_database_fails_whole_and_is_not_done_again
     assert await grouped_rows(database) == []
 
 
-async def tally(database: Database) -> None:
-    """A table ``tally (id, hits)`` with rows 1 and 2 at 0 hits."""
+async def tally(database: Database, rows: int = 2) -> None:
+    """A table ``tally (id, hits)`` with rows 1 to ``rows`` at 0 hits."""
     await database.run_write(lambda conn: conn.execute(text("DROP TABLE IF EXISTS tally")))
     await database.run_write(
         lambda conn: conn.execute(
             text("CREATE TABLE tally (id INTEGER PRIMARY KEY, hits INTEGER NOT NULL)")
         )
     )
-    await database.run_write(lambda conn: conn.execute(text("INSERT INTO tally VALUES (1, 0)")))
-    await database.run_write(lambda conn: conn.execute(text("INSERT INTO tally VALUES (2, 0)")))
+
+    def fill(conn: Connection) -> None:
+        conn.execute(
+            text("INSERT INTO tally VALUES (:id, 0)"), [{"id": n + 1} for n in range(rows)]
+        )
+
+    await database.run_write(fill)
 
 
 async def hits(database: Database) -> list[tuple[int, int]]:
@@ -1008,6 +1013,62 @@ async def test_a_row_locked_elsewhere_fails_its_write_after_the_lock_timeout_alo
         assert outcomes[1] == 2
         assert runs == {1: 1, 2: 1}  # 1 waited once, and was not run again.
         assert await hits(database) == [(1, 0), (2, 1)]
+    finally:
+        await database.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_batch_that_waits_out_the_lock_timeout_fails_alone_and_once(
+    database_url: str,
+) -> None:
+    """A batch holds up the writer for one lock timeout, as a write does, not two.
+
+    Which of its writes waited is not known, so all of them fail (each
+    caller retries, as after any such failure); the rest of the group
+    commits.
+    """
+    database = Database(database_url, lock_timeout=0.2)
+    batched = Counter[int]()
+    runs = Counter[int]()
+
+    def hit(row: int) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            runs[row] += 1
+            conn.execute(text("UPDATE tally SET hits = hits + 1 WHERE id = :id"), {"id": row})
+            return row
+
+        return work
+
+    def hit_all(conn: Connection, rows: list[int]) -> list[int]:
+        batched.update(rows)
+        statement = text("UPDATE tally SET hits = hits + 1 WHERE id IN :ids")
+        conn.execute(statement.bindparams(bindparam("ids", expanding=True)), {"ids": rows})
+        return rows
+
+    def write(row: int, *, batch: bool) -> Awaitable[int]:
+        together = Batch(hit_all, row, row) if batch else None
+        return database.run_write(hit(row), batch=together)
+
+    try:
+        await tally(database, rows=3)
+        async with database.engine.connect() as operator:
+            await operator.execute(text("SELECT * FROM tally WHERE id = 1 FOR UPDATE"))
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(
+                    write(1, batch=True),
+                    write(2, batch=True),
+                    write(3, batch=False),
+                    return_exceptions=True,
+                ),
+                30,
+            )
+            await operator.rollback()
+        failed = [o for o in outcomes[:2] if isinstance(o, Exception) and database_unreachable(o)]
+        assert len(failed) == 2, outcomes
+        assert outcomes[2] == 3
+        # The batch waited once and was not run again, neither whole nor write by write.
+        assert batched == {1: 1, 2: 1} and runs == {3: 1}
+        assert await hits(database) == [(1, 0), (2, 0), (3, 1)]
     finally:
         await database.dispose()
 

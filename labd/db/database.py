@@ -107,7 +107,9 @@ class Batcher(Protocol):
     of the group that it batches, no two with the same target; it returns
     each item's result, as the write's ``work`` would, or `UNBATCHED` for
     one whose ``work`` should run instead, after the batch, in the same
-    transaction.  If it raises, the group is done again without batches.
+    transaction.  If it raises, the group is done again without batches,
+    as after a write that raises; if it waited out the lock timeout, its
+    writes fail as one write that did would, and are not done again.
     """
 
     def __call__(self, conn: Connection, items: list[Any], /) -> list[Any]: ...
@@ -148,14 +150,15 @@ class _QueuedWrite(Generic[_T]):
 
 
 class _GroupWriteError(Exception):
-    """The write at ``index`` of a group (`None`: a batch of writes) raised ``error``.
+    """The ``count`` writes from ``index`` of a group (a write, or a batch) raised ``error``.
 
     The group is rolled back.
     """
 
-    def __init__(self, index: int | None, error: Exception) -> None:
+    def __init__(self, index: int, error: Exception, count: int = 1) -> None:
         super().__init__(str(error))
         self.index = index
+        self.count = count
         self.error = error
 
 
@@ -430,8 +433,9 @@ def _commit_group(
     each write in a savepoint of its own, so that a write that fails then
     is undone alone: a write can fail on what the writes before it in the
     group did, and a deadlock with another replica's group is over once
-    either has rolled back.  Two failures are not done again: a write that
-    waited out the lock timeout fails as it is (it would only wait again),
+    either has rolled back.  Two failures are not done again: a write (or
+    each write of a batch) that waited out the lock timeout fails as it is
+    (it would only wait again),
     and a group that lost the database fails whole with that error; a group
     of one write fails with its own error.
     ``setup`` is run first in each transaction.
@@ -444,22 +448,22 @@ def _commit_group(
                 return _run_group(conn, group, each_in_savepoint=False)
         except _GroupWriteError as failed:
             error = failed.error
-            if _lock_timed_out(error) and failed.index is not None:
-                skipped: int | None = failed.index
+            skipped = range(0)
+            if _lock_timed_out(error):
+                # The write, or every write of the batch, that waited.
+                skipped = range(failed.index, failed.index + failed.count)
             elif len(group) == 1 or database_unreachable(error):
                 # Rolled back whole: its own error, or the database's.
                 return [(False, error)] * len(group)
-            else:
-                skipped = None
-            again = [queued for index, queued in enumerate(group) if index != skipped]
+            again = [queued for index, queued in enumerate(group) if index not in skipped]
             outcomes: list[tuple[bool, Any]] = []
             if again:
                 with conn.begin():
                     if setup is not None:
                         conn.exec_driver_sql(setup)
                     outcomes = _run_group(conn, again, each_in_savepoint=True)
-            if skipped is not None:
-                outcomes.insert(skipped, (False, error))
+            for index in skipped:
+                outcomes.insert(index, (False, error))
             return outcomes
     except Exception as exc:
         # The commit itself failed: nothing of the group was written.
@@ -501,8 +505,7 @@ def _run_group(
             try:
                 results = batches[0].batcher(conn, [batch.item for batch in batches])
             except Exception as exc:
-                # Not one write's failure: the group is done again without batches.
-                raise _GroupWriteError(None, exc) from exc
+                raise _GroupWriteError(start, exc, len(run)) from exc
         for index, (queued, result) in enumerate(zip(run, results, strict=True), start):
             if result is UNBATCHED:
                 try:
