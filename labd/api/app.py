@@ -6,8 +6,8 @@ the lifespan.  The middleware stack, outermost first::
 
     ServerErrorMiddleware   Starlette's last resort (never reached in practice)
     ErrorBoundary           unexpected exception -> logged, generic 500
-    HeaderSizeLimit         request line and headers over 16 KiB -> 431, closed
-    BodySizeLimit           body over config.max_body_size -> 413
+    RequestLimits           request line and headers over 16 KiB -> 431, closed;
+                            body over config.max_body_size -> 413
     ExceptionMiddleware     LabdError, validation, 404/405 -> error body
     Router                  the routes of labd.api.routes
 """
@@ -26,7 +26,7 @@ from labd.alerts import Alerts
 from labd.api.auth import Authenticator
 from labd.api.errors import ErrorBoundary, exception_handlers
 from labd.api.handlers import LabApi, Leadership, MetricsSource, Readiness
-from labd.api.limits import BodySizeLimit, HeaderSizeLimit
+from labd.api.limits import RequestLimits
 from labd.api.openapi import openapi_document
 from labd.api.routes import build_routes
 from labd.api.service import LabService
@@ -111,8 +111,7 @@ def create_app(
         routes=build_routes(api, prefix=config.path_prefix),
         middleware=[
             Middleware(ErrorBoundary, alerts=alerts),
-            Middleware(HeaderSizeLimit),
-            Middleware(BodySizeLimit, max_body_size=config.max_body_size),
+            Middleware(RequestLimits, max_body_size=config.max_body_size),
         ],
         exception_handlers=exception_handlers(),
         lifespan=app_lifespan,

@@ -23,7 +23,7 @@ and adds three bounds:
   request line and headers that are still incomplete is answered 431 and
   closed, so a client cannot make labd buffer without bound until the
   deadline.  A complete block over the limit is refused by
-  `~labd.api.limits.HeaderSizeLimit`, which sees the parsed request;
+  `~labd.api.limits.RequestLimits`, which sees the parsed request;
 * **connection cap** -- beyond ``max_connections`` open connections a new
   one is answered 503 at once and closed, so the process never runs out of
   descriptors: the database, Kubernetes and the connections already open

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labd.api.connections import H11_BACKSTOP, bounded_protocol
-from labd.api.limits import MAX_HEADER_SIZE, HeaderSizeLimit, header_size
+from labd.api.limits import MAX_HEADER_SIZE, RequestLimits, header_size
 from labd.config import HttpConfig
 from tests.support.api import HUB, Stack, serve
 
@@ -245,7 +245,7 @@ async def test_the_header_limit_counts_the_request_line_and_every_header() -> No
     }
 
     assert header_size(scope) == len(raw_head)
-    assert await _status_of(HeaderSizeLimit(_hello, max_header_size=len(raw_head)), scope) == 200
-    assert (
-        await _status_of(HeaderSizeLimit(_hello, max_header_size=len(raw_head) - 1), scope) == 431
-    )
+    fits = RequestLimits(_hello, max_body_size=0, max_header_size=len(raw_head))
+    assert await _status_of(fits, scope) == 200
+    too_small = RequestLimits(_hello, max_body_size=0, max_header_size=len(raw_head) - 1)
+    assert await _status_of(too_small, scope) == 431
