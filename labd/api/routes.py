@@ -13,9 +13,13 @@ Paths match the username with a convertor that takes any character, so
 that a username holding an encoded slash (``a%2Fb``) or a control character
 reaches the username check and is refused as ``invalid_username`` instead of
 falling through to a 404; a literal slash (``/labs/alice/unknown``) is an
-unknown sub-path, and gets the 404 of any unknown route.  Routes with a
-suffix after the username come first, so ``/labs/alice/events`` is never
-read as the user ``alice/events``.
+unknown sub-path, and gets the 404 of any unknown route.  So
+``/labs/alice/events`` is never read as the user ``alice/events``, whatever
+the order of the routes.
+
+Starlette tries the routes in order, and each route tried costs a request a
+regular-expression match.  The lab's own path comes first: the hub polls it
+for every user, all the time.
 """
 
 from __future__ import annotations
@@ -265,7 +269,10 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         replies={200: Reply("OpenAPI 3.1 document.", schema={"type": "object"})},
     ),
 )
-"""Every route; order matters for matching (see the module docstring)."""
+"""Every route, in the order the OpenAPI document lists them."""
+
+_POLLED: Final = next(operation for operation in OPERATIONS if operation.name == "get_lab")
+"""The operation the hub calls most: a status poll for every user it knows."""
 
 
 def _endpoint(
@@ -309,7 +316,7 @@ def _literal_slash(scope: Scope, username: str) -> bool:
         return False
     raw_path: bytes | None = scope.get("raw_path")
     if not raw_path:
-        return False  # A server that keeps no raw path: the username check decides.
+        return True  # A server that keeps no raw path: every slash is taken as literal.
     return username.count("/") > raw_path.partition(b"?")[0].lower().count(b"%2f")
 
 
@@ -318,9 +325,10 @@ def build_routes(api: LabApi, *, prefix: str) -> list[Route]:
 
     Operations on one path share one route, so that a wrong method gets a
     405 whose ``Allow`` lists every method of the path.  The route is named
-    after the path's first operation (``url_for("get_lab", ...)``).
+    after the path's first operation (``url_for("get_lab", ...)``).  The
+    path of `_POLLED` comes first (see the module docstring).
     """
-    by_path: dict[str, dict[str, Operation]] = {}
+    by_path: dict[str, dict[str, Operation]] = {_POLLED.path: {}}
     for operation in OPERATIONS:
         by_path.setdefault(operation.path, {})[operation.method] = operation
     return [

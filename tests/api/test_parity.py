@@ -106,7 +106,11 @@ async def test_unknown_sub_paths_are_not_found(
         assert response.json()["detail"][0]["type"] == "not_found"
 
 
-async def test_an_encoded_slash_is_still_a_username(client: httpx.AsyncClient) -> None:
-    response = await client.get("/spawner/v1/labs/a%2Fb", headers=HUB)
+@pytest.mark.parametrize("username", ["a%2Fb", "alice%2Fevents", "alice%2Fhistory"])
+async def test_an_encoded_slash_is_still_a_username(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    # Not alice's events or history: the path names one user, "alice/events".
+    response = await client.get(f"/spawner/v1/labs/{username}", headers=HUB)
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "invalid_username"
