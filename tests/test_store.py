@@ -968,6 +968,17 @@ async def tally(database: Database, rows: int = 2) -> None:
     await database.run_write(fill)
 
 
+def add_hit(runs: Counter[int], row: int) -> Callable[[Connection], int]:
+    """A write that adds a hit to ``row`` of ``tally``, counting its runs in ``runs``."""
+
+    def work(conn: Connection) -> int:
+        runs[row] += 1
+        conn.execute(text("UPDATE tally SET hits = hits + 1 WHERE id = :id"), {"id": row})
+        return row
+
+    return work
+
+
 async def hits(database: Database) -> list[tuple[int, int]]:
     async with database.read() as conn:
         rows = (await conn.execute(text("SELECT id, hits FROM tally ORDER BY id"))).all()
@@ -989,21 +1000,15 @@ async def test_a_row_locked_elsewhere_fails_its_write_after_the_lock_timeout_alo
     database = Database(database_url, lock_timeout=0.2)
     runs = Counter[int]()
 
-    def hit(row: int) -> Callable[[Connection], int]:
-        def work(conn: Connection) -> int:
-            runs[row] += 1
-            conn.execute(text("UPDATE tally SET hits = hits + 1 WHERE id = :id"), {"id": row})
-            return row
-
-        return work
-
     try:
         await tally(database)
         async with database.engine.connect() as operator:
             await operator.execute(text("SELECT * FROM tally WHERE id = 1 FOR UPDATE"))
             outcomes = await asyncio.wait_for(
                 asyncio.gather(
-                    database.run_write(hit(1)), database.run_write(hit(2)), return_exceptions=True
+                    database.run_write(add_hit(runs, 1)),
+                    database.run_write(add_hit(runs, 2)),
+                    return_exceptions=True,
                 ),
                 30,
             )
@@ -1031,14 +1036,6 @@ async def test_a_batch_that_waits_out_the_lock_timeout_fails_alone_and_once(
     batched = Counter[int]()
     runs = Counter[int]()
 
-    def hit(row: int) -> Callable[[Connection], int]:
-        def work(conn: Connection) -> int:
-            runs[row] += 1
-            conn.execute(text("UPDATE tally SET hits = hits + 1 WHERE id = :id"), {"id": row})
-            return row
-
-        return work
-
     def hit_all(conn: Connection, rows: list[int]) -> list[int]:
         batched.update(rows)
         statement = text("UPDATE tally SET hits = hits + 1 WHERE id IN :ids")
@@ -1047,7 +1044,7 @@ async def test_a_batch_that_waits_out_the_lock_timeout_fails_alone_and_once(
 
     def write(row: int, *, batch: bool) -> Awaitable[int]:
         together = Batch(hit_all, row, row) if batch else None
-        return database.run_write(hit(row), batch=together)
+        return database.run_write(add_hit(runs, row), batch=together)
 
     try:
         await tally(database, rows=3)

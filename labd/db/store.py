@@ -1276,12 +1276,7 @@ class LabStore:
         """
         move = _Move.of(lab, changes, record, new_operation=new_operation)
         if not self._one_statement:
-            update = _update_lab(move.columns, move.nulls, held=_HELD)
-            row = conn.execute(update, move.params).one_or_none()
-            if row is not None:
-                self._insert_events(conn, lab, record.final_events)
-                self._record(conn, row, lab.state, record)
-            return row
+            return self._write_moves(conn, [move]).get(lab.id)
         params = {**move.params, **record.audit_params(lab.state)}
         if move.events:
             params.update(_event_params(move.events))
@@ -1298,7 +1293,7 @@ class LabStore:
         record: _Record,
         new_operation: bool,
     ) -> Batch | None:
-        """How `transition`'s write may join others (PostgreSQL): as the move from ``expected``."""
+        """How `transition`'s write may join others: as the move from ``expected``."""
         if expected is None:
             return None
         try:
