@@ -35,7 +35,7 @@ from labd.api.errors import error_response
 from labd.api.models import ErrorDetail
 from labd.lab.errors import LabdError, RequestHeaderTooLargeError, RequestTooLargeError
 
-__all__ = ["MAX_HEADER_SIZE", "RequestLimits", "header_size"]
+__all__ = ["MAX_HEADER_SIZE", "RequestLimits"]
 
 MAX_HEADER_SIZE: Final = 16 * 1024
 """Largest request line plus headers, in bytes (16 KiB, as docs/api.md promises).
@@ -46,7 +46,13 @@ request comes near this.
 
 
 class RequestLimits:
-    """Refuse an oversized request head (431, closed) or body (413).
+    """Refuse an oversized request head (431) or body (413).
+
+    The size of a head is that of the request as parsed (``METHOD target
+    HTTP/1.1``, then ``name: value`` lines and the blank line), which is
+    what the parser held in memory; whitespace the parser dropped is not
+    counted.  A 431 closes the connection: a client that sends such a head
+    is broken or hostile, and either way it should not keep the connection.
 
     Parameters
     ----------
@@ -128,15 +134,3 @@ def _request_line_size(scope: Scope) -> int:
     if query:
         target += 1 + len(query)
     return len(scope["method"]) + 1 + target + len(" HTTP/1.1\r\n")
-
-
-def header_size(scope: Scope) -> int:
-    """Return the size of the request line and headers of ``scope``, in bytes.
-
-    The size is that of the request as parsed (``METHOD target HTTP/1.1``,
-    then ``name: value`` lines and the blank line), which is what the
-    parser held in memory; whitespace the parser dropped is not counted.
-    `RequestLimits` counts the same, in its one pass over the headers.
-    """
-    fields = sum(len(name) + len(value) + len(": \r\n") for name, value in scope["headers"])
-    return _request_line_size(scope) + fields + len("\r\n")
