@@ -11,8 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.types import Receive, Scope, Send
 
-from tests.support.api import HUB, spawn_body
+from tests.support.api import HUB, Stack, spawn_body
 
 
 async def create(client: httpx.AsyncClient, **options: Any) -> httpx.Response:
@@ -114,3 +115,22 @@ async def test_an_encoded_slash_is_still_a_username(
     response = await client.get(f"/spawner/v1/labs/{username}", headers=HUB)
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "invalid_username"
+
+
+async def test_without_a_raw_path_every_slash_is_literal(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    # A server that gives no ``raw_path`` cannot tell "%2F" from "/": the
+    # path is then alice's history, whatever order the routes are tried in.
+    async def no_raw_path(scope: Scope, receive: Receive, send: Send) -> None:
+        scope.pop("raw_path", None)
+        await stack.app(scope, receive, send)
+
+    await create(client)
+    path = "/spawner/v1/labs/alice/history"
+    expected = await client.get(path, headers=HUB)
+    assert expected.status_code == 200, expected.text
+    transport = httpx.ASGITransport(app=no_raw_path)
+    async with httpx.AsyncClient(transport=transport, base_url="http://labd") as bare:
+        response = await bare.get(path, headers=HUB)
+    assert (response.status_code, response.json()) == (200, expected.json())

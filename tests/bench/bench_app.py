@@ -34,42 +34,11 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp, Message, Scope
 
-from labd.api import Authenticator, create_app
-from labd.api.service import LabService
 from labd.daemon.logs import configure_logging
 from labd.db.database import Database
 from labd.db.migrate import upgrade
-from labd.db.status import StatusCache
-from labd.db.store import LabStore
-from labd.images.catalog import ImageCatalog
-from labd.lab.signals import LabSignals
 from tests.bench.ceiling_server import starlette_app
-from tests.support.api import HUB, HUB_TOKEN, make_config, spawn_body
-
-
-async def _ready() -> None:
-    return None
-
-
-def labd_app(database: Database) -> ASGIApp:
-    """labd's application, its status cache on as ``labd serve`` has it on SQLite."""
-    config = make_config()
-    store = LabStore(database)
-    status = StatusCache(store, enabled=True)
-    store.on_write.append(status.invalidate)
-    service = LabService(
-        config=config,
-        store=store,
-        signals=LabSignals(),
-        images=ImageCatalog(config.images),
-        status=status,
-    )
-    return create_app(
-        config=config,
-        service=service,
-        authenticator=Authenticator.from_tokens({HUB_TOKEN: "hub"}),
-        readiness=_ready,
-    )
+from tests.support.api import HUB, HUB_TOKEN, build_stack, make_config, spawn_body
 
 
 def _scope(username: str) -> Scope:
@@ -121,7 +90,8 @@ async def measure(*, users: int, reads: int, rounds: int) -> dict[str, Any]:
         database = Database(f"sqlite+aiosqlite:///{Path(directory) / 'labd.db'}")
         try:
             await upgrade(database)
-            app = labd_app(database)
+            # The status cache on, as ``labd serve`` has it on SQLite.
+            app = build_stack(database, make_config(), status_cache=True).app
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://labd") as client:
                 for n in range(users):

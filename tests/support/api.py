@@ -30,6 +30,7 @@ from labd.api import Authenticator, create_app
 from labd.api.service import LabService
 from labd.config import Config
 from labd.db.database import Database
+from labd.db.status import StatusCache
 from labd.db.store import LabStore
 from labd.images.catalog import ImageCatalog
 from labd.lab.machine import LabState, Trigger
@@ -213,12 +214,24 @@ class Stack:
     not_ready: list[str] = field(default_factory=list)
 
 
-def build_stack(database: Database, config: Config, *, keepalive: float = 15.0) -> Stack:
-    """Wire the app to ``database`` as ``labd serve`` does."""
+def build_stack(
+    database: Database, config: Config, *, keepalive: float = 15.0, status_cache: bool = False
+) -> Stack:
+    """Wire the app to ``database`` as ``labd serve`` does.
+
+    ``status_cache`` turns on the in-memory status cache, which ``labd
+    serve`` keeps on SQLite; off, every status read goes to SQL.
+    """
     store = LabStore(database)
+    status = StatusCache(store, enabled=status_cache)
+    store.on_write.append(status.invalidate)
     signals = LabSignals()
     service = LabService(
-        config=config, store=store, signals=signals, images=ImageCatalog(config.images)
+        config=config,
+        store=store,
+        signals=signals,
+        images=ImageCatalog(config.images),
+        status=status,
     )
     not_ready: list[str] = []
 
