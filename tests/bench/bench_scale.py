@@ -36,16 +36,21 @@ Phases, in order:
    under 20 ms: how long the start-up work after readiness (the first
    reconcile, the watches' start) slows reads down.
 7. **status reads**: ``GET /spawner/v1/labs/{user}`` over random users with
-   a hub token, at 1, 16 and 128 concurrent clients.
+   a hub token, at 1, 16 and 128 concurrent clients, against labd and
+   against the read ceiling: a bare Starlette route on the fastest stack
+   (uvicorn with uvloop and httptools) answering the same JSON from
+   memory, up beside labd.  At each level the two alternate for
+   ``--read-rounds`` rounds of ``--seconds`` each, so that a slow spell of
+   a shared host falls on both; each figure is the median of its rounds,
+   with each server's CPU time per read (``/proc/<pid>/stat``).
+   ``--no-read-ceiling`` reads labd alone (`curves.py` does).
 8. **pod to status**: ``--latency-labs`` labs created one after another
    through the API; for each, the time from the sim storing its pod as
    Running (seen by a watch on the sim's registry, in the sim's process) to the status
    route first answering ``running`` (polled every 2 ms).
 9. **memory**: the daemon's peak RSS (VmHWM) so far.
-10. **ceilings for status reads**: a bare Starlette route on the same uvicorn
-   settings answering the same JSON from memory, and a canned-response
-   asyncio server (the load generator's own limit).  ``--no-read-ceiling``
-   skips them (they do not depend on ``--labs``; `curves.py` skips them).
+10. **load generator ceiling**: a canned-response asyncio server, at 16
+   and 128 clients (skipped with ``--no-read-ceiling``).
 
 Run::
 
@@ -58,17 +63,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -562,8 +569,11 @@ async def served(
     latency_labs: int,
     progress: bool,
     profile: Path | None,
+    read_rounds: int,
+    read_ceiling: bool,
 ) -> dict[str, Any]:
     url = f"http://{config.bind_address}"
+    backend = make_url(config.database_url).get_backend_name()
     daemon = Daemon(config_file, f"{url}/readyz", log, ready_timeout=300)
     result: dict[str, Any] = {}
     await sim.reset_stats()
@@ -585,23 +595,21 @@ async def served(
             async with http.get(f"{url}/spawner/v1/labs/user0", headers=headers) as response:
                 assert response.status == 200
                 body = await response.text()
-        reads = []
-        for concurrency in (1, 16, 128):
-            await sim.reset_stats()
-            spy = None
-            if profile is not None and concurrency == 16:
-                backend = make_url(config.database_url).get_backend_name()
-                spy = await py_spy(daemon.pid, seconds, profile / f"status-{backend}.txt")
-            reads.append(
-                await run_load(
-                    url, users=labs, prefix="user", concurrency=concurrency, seconds=seconds
-                )
+        async with ceiling_server("starlette", body, enabled=read_ceiling) as bare:
+            reads, ceilings = await alternating_reads(
+                url,
+                daemon.pid,
+                bare,
+                labs=labs,
+                seconds=seconds,
+                rounds=read_rounds,
+                sim=sim,
+                profile=profile / f"status-{backend}.txt" if profile else None,
+                progress=progress,
             )
-            reads[-1]["kube_calls"] = await sim.total_requests()
-            if spy is not None:
-                await spy.wait()
-            say(progress, f"status reads x{concurrency}", reads[-1])
         result["status_reads"] = reads
+        if read_ceiling:
+            result["read_ceiling"] = {"starlette": ceilings}
         result["pod_to_status"] = await pod_to_status(sim, config, url, latency_labs)
         say(progress, "pod to status", result["pod_to_status"])
         memory = vm_status(daemon.pid)
@@ -660,43 +668,141 @@ async def after_ready(url: str) -> dict[str, Any]:
     }
 
 
-async def read_ceilings(body: str, *, seconds: float, progress: bool) -> dict[str, Any]:
-    """Status reads against the bare Starlette route and the canned server."""
-    result: dict[str, Any] = {}
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time ``pid`` has used so far (``/proc/<pid>/stat``)."""
+    # The fields after the command name, which is in parentheses and may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """A server under read load: its base URL and process."""
+
+    url: str
+    pid: int
+
+
+async def timed_load(server: Server, **kwargs: Any) -> Any:
+    """`run_load` against ``server``, with the server's CPU time per read."""
+    before = cpu_seconds(server.pid)
+    result = await run_load(server.url, **kwargs)
+    used = cpu_seconds(server.pid) - before
+    result["cpu_us_per_read"] = (
+        round(used / result["requests"] * 1e6, 1) if result["requests"] else None
+    )
+    return result
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's figures: the median of its rounds, each round kept under ``rounds``."""
+    middle = {
+        key: statistics.median(r[key] for r in rounds)
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_read")
+        if all(r[key] is not None for r in rounds)
+    }
+    return {
+        **rounds[0],
+        **middle,
+        "requests": sum(r["requests"] for r in rounds),
+        "rounds": rounds,
+    }
+
+
+async def alternating_reads(
+    url: str,
+    pid: int,
+    bare: Server | None,
+    *,
+    labs: int,
+    seconds: float,
+    rounds: int,
+    sim: RemoteSim,
+    profile: Path | None,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Status reads at 1, 16 and 128 clients: labd's, and the bare route's.
+
+    Both servers stay up; at each level, rounds alternate between them
+    (labd, bare, labd, ...), so that a slow spell of a shared host falls on
+    both, and each figure is the median of its rounds.
+    """
+    labd = Server(url, pid)
+    reads: list[dict[str, Any]] = []
+    ceilings: list[dict[str, Any]] = []
+    for concurrency in (1, 16, 128):
+        ours: list[dict[str, Any]] = []
+        theirs: list[dict[str, Any]] = []
+        for n in range(rounds):
+            await sim.reset_stats()
+            spy = None
+            if profile is not None and concurrency == 16 and n == 0:
+                spy = await py_spy(pid, seconds, profile)
+            load = {
+                "users": labs,
+                "prefix": "user",
+                "concurrency": concurrency,
+                "seconds": seconds,
+            }
+            ours.append(await timed_load(labd, **load))
+            ours[-1]["kube_calls"] = await sim.total_requests()
+            if spy is not None:
+                await spy.wait()
+            if bare is not None:
+                theirs.append(await timed_load(bare, **load))
+        reads.append(median_round(ours))
+        say(progress, f"status reads x{concurrency}", _brief(reads[-1]))
+        if theirs:
+            ceilings.append(median_round(theirs))
+            say(progress, f"bare route x{concurrency}", _brief(ceilings[-1]))
+    return reads, ceilings
+
+
+def _brief(level: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in level.items() if key != "rounds"}
+
+
+@contextlib.asynccontextmanager
+async def ceiling_server(
+    mode: str, body: str, *, enabled: bool = True
+) -> AsyncIterator[Server | None]:
+    """Run `ceiling_server.py` in ``mode`` answering ``body``, and yield it.
+
+    Yields None when not ``enabled``.
+    """
+    if not enabled:
+        yield None
+        return
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
         file.write(body)
         file.flush()
-        for mode, levels in (("starlette", (1, 16, 128)), ("raw", (16, 128))):
-            port = free_port()
-            server = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(HERE / "ceiling_server.py"),
-                "--mode",
-                mode,
-                "--port",
-                str(port),
-                "--body",
-                file.name,
-                stdout=subprocess.DEVNULL,
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(HERE / "ceiling_server.py"),
+            *("--mode", mode, "--port", str(port), "--body", file.name),
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            await wait_for_port(port)
+            yield Server(f"http://127.0.0.1:{port}", process.pid)
+        finally:
+            process.terminate()
+            await process.wait()
+
+
+async def generator_ceiling(body: str, *, seconds: float, progress: bool) -> list[dict[str, Any]]:
+    """Status reads against the canned server: the load generator's own limit."""
+    result: list[dict[str, Any]] = []
+    async with ceiling_server("raw", body) as raw:
+        assert raw is not None
+        for concurrency in (16, 128):
+            result.append(
+                await run_load(
+                    raw.url, users=10_000, prefix="user", concurrency=concurrency, seconds=seconds
+                )
             )
-            try:
-                await wait_for_port(port)
-                url = f"http://127.0.0.1:{port}"
-                result[mode] = []
-                for concurrency in levels:
-                    result[mode].append(
-                        await run_load(
-                            url,
-                            users=10_000,
-                            prefix="user",
-                            concurrency=concurrency,
-                            seconds=seconds,
-                        )
-                    )
-                    say(progress, f"{mode} x{concurrency}", result[mode][-1])
-            finally:
-                server.terminate()
-                await server.wait()
+            say(progress, f"raw x{concurrency}", result[-1])
     return result
 
 
@@ -750,6 +856,7 @@ async def measure(
     progress: bool,
     profile: Path | None = None,
     read_ceiling: bool = True,
+    read_rounds: int = 3,
 ) -> dict[str, Any]:
     configure_logging(level="warning", fmt="json")
     result: dict[str, Any] = {"backend": backend, "machine": machine()}
@@ -786,11 +893,15 @@ async def measure(
                     latency_labs=latency_labs,
                     progress=progress,
                     profile=profile,
+                    read_rounds=read_rounds,
+                    read_ceiling=read_ceiling,
                 )
             )
         body = result.pop("status_body")
         if read_ceiling:
-            result["read_ceiling"] = await read_ceilings(body, seconds=seconds, progress=progress)
+            result["read_ceiling"]["raw"] = await generator_ceiling(
+                body, seconds=seconds, progress=progress
+            )
     result["machine"]["loadavg_at_end"] = loadavg()
     return result
 
@@ -803,7 +914,10 @@ def summary(result: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for c in (1, 16, 128):
         r = reads[c]
         of_bare = (
-            f" ({r['rps'] / bare[c]['rps']:.2f} of bare {bare[c]['rps']:.0f}/s)" if bare else ""
+            f" ({r['rps'] / bare[c]['rps']:.2f} of bare {bare[c]['rps']:.0f}/s;"
+            f" CPU {r.get('cpu_us_per_read')} vs {bare[c].get('cpu_us_per_read')} us/read)"
+            if bare
+            else ""
         )
         yield (
             f"status reads, {c} clients",
@@ -867,6 +981,12 @@ def main() -> None:
         action="store_true",
         help="skip the status-read ceilings (bare Starlette route, canned server)",
     )
+    parser.add_argument(
+        "--read-rounds",
+        type=int,
+        default=3,
+        help="rounds per status-read level, alternating with the bare route; medians reported",
+    )
     parser.add_argument("--output", type=Path)
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
@@ -886,6 +1006,7 @@ def main() -> None:
             progress=not args.quiet,
             profile=args.profile,
             read_ceiling=not args.no_read_ceiling,
+            read_rounds=args.read_rounds,
         )
     )
     print(f"labd at scale, {args.backend}, load {' '.join(result['machine']['loadavg_at_start'])}")
