@@ -138,19 +138,28 @@ class StaleLabError(Exception):
 
 _LIVE = [state.value for state in LIVE_STATES]
 
+_LAB = (
+    *(each for each in labs.c if each.name != "spec"),
+    cast(labs.c.spec, Text).label("spec"),
+)
+"""The columns of a lab row as the store reads them: ``spec`` as text, which
+neither SQLAlchemy nor asyncpg parses.  A lab's spec never changes, and
+`_Specs` keeps the specs of the labs at work, so most reads need not parse
+it at all."""
+
 _CURRENT_FIRST = (labs.c.state.in_(_LIVE).desc(), labs.c.created_at.desc())
 """Of one user's labs not deleted, the current one first: live, then newest."""
 
 # Statements of the hot paths, built once: SQLAlchemy then skips building
 # and hashing them again on every call (its compiled cache still applies).
-_SELECT_LAB = select(labs).where(labs.c.id == bindparam("lab_id"))
+_SELECT_LAB = select(*_LAB).where(labs.c.id == bindparam("lab_id"))
 _NEXT_DUE = select(func.min(labs.c.next_attempt_at))
 _LOCK_LAB = _SELECT_LAB.with_for_update()
 _LOCK_TERM = select(labd_leader.c.term).where(labd_leader.c.id == 1).with_for_update(read=True)
 _INSERT_TRANSITION = insert(lab_transitions)
 _INSERT_EVENT = insert(lab_events)
 _SELECT_CURRENT = (
-    select(labs)
+    select(*_LAB)
     .where(labs.c.username == bindparam("username"), labs.c.state != LabState.DELETED.value)
     .order_by(*_CURRENT_FIRST)
     .limit(1)
@@ -162,7 +171,7 @@ _WANTED = (
     .render_derived(name="wanted")
 )
 _LOCKED_CURRENT = (
-    select(labs)
+    select(*_LAB)
     .where(labs.c.username == _WANTED.c.username, labs.c.state != LabState.DELETED.value)
     .order_by(*_CURRENT_FIRST)
     .limit(1)
@@ -172,7 +181,7 @@ _LOCKED_CURRENT = (
 _LOCK_CURRENTS = select(_LOCKED_CURRENT).select_from(_WANTED.join(_LOCKED_CURRENT, true()))
 """`_LOCK_CURRENT` for many users at once (``usernames``), PostgreSQL only."""
 _SELECT_USERS_LABS = (
-    select(labs)
+    select(*_LAB)
     .where(
         labs.c.username.in_(bindparam("usernames", expanding=True)),
         labs.c.state != LabState.DELETED.value,
@@ -203,7 +212,7 @@ def _update_lab(
     }
     # SQL NULL, not JSON null: `secret_env IS NULL` finds them all.
     values.update(dict.fromkeys(nulls, null()))
-    return update(labs).where(*where).values(values).returning(labs)
+    return update(labs).where(*where).values(values).returning(*_LAB)
 
 
 def _update_params(lab_id: str, values: Mapping[str, Any], **where: Any) -> dict[str, Any]:
@@ -468,7 +477,7 @@ def _batched_moves(columns: tuple[str, ...], nulls: tuple[str, ...], events: boo
             labs.c.pod_phase.is_not_distinct_from(given.c.was_pod_phase),
         )
         .values(values)
-        .returning(*labs.c, given.c.ord, *(given.c[name] for name, _ in _MOVE_AUDIT))
+        .returning(*_LAB, given.c.ord, *(given.c[name] for name, _ in _MOVE_AUDIT))
     )
     lab = write.cte("lab")
     transition = select(
@@ -682,7 +691,7 @@ class LabStore:
         def work(conn: Connection) -> Row[Any]:
             if leader_term is not None:
                 _check_term(conn, leader_term)
-            write = insert(labs).values(values).returning(labs)
+            write = insert(labs).values(values).returning(*_LAB)
             if not self._one_statement:
                 row = conn.execute(write).one()
                 self._record(conn, row, LabState.NEW, record)
@@ -983,7 +992,7 @@ class LabStore:
         """
         now = utcnow()
         statement = (
-            select(labs)
+            select(*_LAB)
             .where(labs.c.next_attempt_at <= now)
             .order_by(labs.c.next_attempt_at)
             .limit(limit)
@@ -1093,7 +1102,7 @@ class LabStore:
             with several live rows counts each).
         """
         statement = (
-            select(labs)
+            select(*_LAB)
             .where(labs.c.state != LabState.DELETED.value, labs.c.username > after)
             .order_by(labs.c.username, *_CURRENT_FIRST)
             .limit(limit)
@@ -1108,7 +1117,7 @@ class LabStore:
     async def get_latest_lab(self, username: str) -> LabRecord | None:
         """Return the user's most recent lab, deleted or not."""
         statement = (
-            select(labs)
+            select(*_LAB)
             .where(labs.c.username == username)
             .order_by(labs.c.created_at.desc(), labs.c.id.desc())
             .limit(1)
@@ -1118,7 +1127,7 @@ class LabStore:
 
     async def list_labs(self, states: Iterable[LabState] | None = None) -> list[LabRecord]:
         """Return labs, optionally only those in some states, by username."""
-        statement = select(labs).order_by(labs.c.username, labs.c.created_at)
+        statement = select(*_LAB).order_by(labs.c.username, labs.c.created_at)
         if states is not None:
             statement = statement.where(labs.c.state.in_([s.value for s in states]))
         rows = await self._db.fetch(statement)
@@ -1144,7 +1153,7 @@ class LabStore:
         The leader's Event watch uses it for spawns that another replica steps.
         """
         statement = (
-            select(labs)
+            select(*_LAB)
             .where(
                 labs.c.state.in_([LabState.CREATING.value, LabState.STARTING.value]),
                 labs.c.namespace == namespace,
@@ -1444,7 +1453,7 @@ class _Specs:
             if spec is not None:
                 self._specs.move_to_end(row.id)
                 return spec
-        spec = LabSpec.from_row(row.spec)
+        spec = LabSpec.from_row_text(row.spec)  # The text, as `_LAB` reads it.
         if not keep:
             return spec
         with self._lock:

@@ -276,6 +276,21 @@ class LabSpec(_Part):
             raise LabSpecError(f"invalid lab spec: {exc}") from exc
 
     @classmethod
+    def from_row_text(cls, text: str | bytes) -> Self:
+        """Read the spec from the text of ``labs.spec``, as the database holds it.
+
+        Raises
+        ------
+        LabSpecError
+            If the text is not JSON, not a JSON object, or one of its values
+            has the wrong type.
+        """
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            raise LabSpecError(f"invalid lab spec: {exc}") from exc
+
+    @classmethod
     def from_annotation(cls, text: str) -> Self:
         """Read the spec from the text of the ``labd.io/spec`` annotation.
 

@@ -209,6 +209,20 @@ def test_a_bad_row_is_refused(data: Any) -> None:
         LabSpec.from_row(data)
 
 
+@pytest.mark.parametrize("text", ["", "not json", "null", "[]", '"{}"', '{"quota": 3}'])
+def test_a_bad_row_text_is_refused(text: str) -> None:
+    with pytest.raises(LabSpecError):
+        LabSpec.from_row_text(text)
+
+
+@pytest.mark.parametrize("text", [TODAY_ROW, TODAY_HUB_ROW])
+def test_the_row_text_reads_as_its_json_value(text: str) -> None:
+    # The store reads the column as text; PostgreSQL's jsonb text differs in spacing.
+    spec = LabSpec.from_row(json.loads(text))
+    assert LabSpec.from_row_text(text) == spec
+    assert LabSpec.from_row_text(json.dumps(spec.to_row(), indent=1)) == spec
+
+
 def test_the_spec_is_frozen() -> None:
     spec = LabSpec.from_row(json.loads(TODAY_ROW))
     with pytest.raises(ValidationError):
