@@ -828,10 +828,26 @@ def loadavg() -> list[str]:
     return Path("/proc/loadavg").read_text().split()[:3]
 
 
+def python_speed() -> float:
+    """Seconds this host takes for 10 million additions in a Python loop.
+
+    A shared host's speed drifts (a neighbour's load, CPU steal): the same
+    host gave 0.8 s and 1.6 s an hour apart.  Taken at the start and the
+    end of a run, it says whether the run's absolute figures are comparable
+    with another's.
+    """
+    began = time.perf_counter()
+    total = 0
+    for n in range(10_000_000):
+        total += n
+    return round(time.perf_counter() - began, 2)
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     load = loadavg()
     return {
+        "python_loop_s_at_start": python_speed(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "cpu": next(
@@ -903,6 +919,7 @@ async def measure(
                 body, seconds=seconds, progress=progress
             )
     result["machine"]["loadavg_at_end"] = loadavg()
+    result["machine"]["python_loop_s_at_end"] = python_speed()
     return result
 
 
@@ -1009,7 +1026,12 @@ def main() -> None:
             read_rounds=args.read_rounds,
         )
     )
-    print(f"labd at scale, {args.backend}, load {' '.join(result['machine']['loadavg_at_start'])}")
+    host = result["machine"]
+    print(
+        f"labd at scale, {args.backend}, load {' '.join(host['loadavg_at_start'])};"
+        f" 10 million additions in {host['python_loop_s_at_start']} s at start,"
+        f" {host['python_loop_s_at_end']} s at end"
+    )
     for what, figure in summary(result):
         print(f"  {what:<42}{figure}")
     output = args.output or Path(f"bench-results/scale-{args.backend}.json")

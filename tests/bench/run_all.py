@@ -49,6 +49,15 @@ def _read_ratio(concurrency: int) -> Figure:
     return figure
 
 
+def _bare(concurrency: int, key: str) -> Figure:
+    def figure(result: dict[str, Any]) -> float:
+        bare = {r["concurrency"]: r for r in result["read_ceiling"]["starlette"]}
+        value: float = bare[concurrency][key]
+        return value
+
+    return figure
+
+
 def _calls_per_kind(result: dict[str, Any]) -> float:
     return float(max(result["reconcile"]["kube_calls"].values()))
 
@@ -57,6 +66,9 @@ TARGETS: list[tuple[str, Figure, str, Callable[[float], bool]]] = [
     ("status reads/s, 16 clients", _reads(16, "rps"), ">= 5000", lambda v: v >= 5000),
     ("status read p99 ms, 16 clients", _reads(16, "p99_ms"), "< 5", lambda v: v < 5),
     ("status reads / bare fastest stack, 16", _read_ratio(16), ">= 0.7", lambda v: v >= 0.7),
+    ("  bare route p99 ms, 16 clients", _bare(16, "p99_ms"), "", lambda v: True),
+    ("  CPU us per read, 16: labd", _reads(16, "cpu_us_per_read"), "", lambda v: True),
+    ("  CPU us per read, 16: bare route", _bare(16, "cpu_us_per_read"), "", lambda v: True),
     ("status reads/s, 1 client", _reads(1, "rps"), "", lambda v: True),
     ("status reads/s, 128 clients", _reads(128, "rps"), "", lambda v: True),
     ("status read p99 ms, 128 clients", _reads(128, "p99_ms"), "", lambda v: True),
@@ -171,7 +183,9 @@ def main() -> None:
         print(
             f"{backend}: load {' '.join(machine['loadavg_at_start'])} at start,"
             f" {' '.join(machine['loadavg_at_end'])} at end; {machine['cpus']} CPUs"
-            f" ({machine['cpu']}), Python {machine['python']}"
+            f" ({machine['cpu']}), Python {machine['python']}; 10 million additions in"
+            f" {machine.get('python_loop_s_at_start')} s at start,"
+            f" {machine.get('python_loop_s_at_end')} s at end"
         )
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
