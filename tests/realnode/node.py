@@ -43,6 +43,7 @@ from typing import Any, Final
 import yaml
 
 from tests.support.controlplane import VERSION, ControlPlane, binaries
+from tests.support.processes import free_port
 
 __all__ = [
     "BRIDGE",
@@ -133,13 +134,6 @@ def missing_requirements() -> str | None:
             f"{MARKER.read_text().strip()}); stop it with scripts/realnode/down"
         )
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _run(*argv: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -430,7 +424,7 @@ disabled_plugins = [
         kubeconfig = self.control_plane.write_kubeconfig(
             self.workdir / "scheduler.kubeconfig", self.control_plane.scheduler_token
         )
-        port = _free_port()
+        port = free_port()
         popen = self._spawn(
             "kube-scheduler",
             [
@@ -459,10 +453,10 @@ disabled_plugins = [
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
             "address": BRIDGE_IP,
-            "port": _free_port(),
+            "port": free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": _free_port(),
+            "healthzPort": free_port(),
             # Nobody may use the kubelet's API: no client is authenticated.
             "authentication": {
                 "anonymous": {"enabled": False},

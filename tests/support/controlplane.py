@@ -40,7 +40,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import yaml
+
+from tests.support.processes import free_port
 
 __all__ = [
     "ADMIN_TOKEN",
@@ -93,13 +94,6 @@ def missing_binaries() -> str | None:
         f"real apiserver tier: {', '.join(missing)} not found (kube binaries in "
         f"{_cache() / 'bin'}, etcd on PATH); run scripts/kube-apiserver/build"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -252,7 +246,7 @@ class ControlPlane:
         tokens_file.write_text(tokens)
 
     def _start_etcd(self, etcd: Path) -> str:
-        client, peer = _free_port(), _free_port()
+        client, peer = free_port(), free_port()
         # etcd fsyncs every write; on tmpfs that costs nothing.
         shm = Path("/dev/shm")
         data = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
@@ -278,7 +272,7 @@ class ControlPlane:
 
     def _start_apiserver(self, apiserver: Path, etcd_url: str) -> None:
         work = self.workdir
-        self.port = _free_port()
+        self.port = free_port()
         authorization, admission, node_flags = "RBAC", "", []
         if self.node is not None:
             authorization, admission = "Node,RBAC", ",NodeRestriction"

@@ -9,24 +9,58 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
 import httpx
 
-__all__ = ["Daemon", "SimProcess", "free_port", "vm_status"]
+__all__ = ["Daemon", "SimProcess", "ephemeral_ports", "free_port", "vm_status"]
+
+
+_LOWEST_PORT: Final = 10_000
+_handed_out: set[int] = set()
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel picks from for ``bind(0)`` and for outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        low, high = "32768", "60999"  # Linux's default
+    return range(int(low), int(high) + 1)
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """Return a TCP port on 127.0.0.1 that nothing holds now and no connection will take.
+
+    The port comes from outside the kernel's ephemeral range. A port that
+    ``bind(0)`` hands out comes from the range the kernel also draws the
+    source ports of outgoing connections from, so between this function's
+    check and the server's own bind any client connection could take it: in
+    CI, etcd once lost its port that way. Outside the range a port is taken
+    only by an explicit bind. No port is handed out twice in one process.
+    """
+    ephemeral = ephemeral_ports()
+    outside: list[int] = [
+        port
+        for port in (*range(_LOWEST_PORT, ephemeral.start), *range(ephemeral.stop, 65_536))
+        if port >= _LOWEST_PORT and port not in _handed_out
+    ]
+    for port in random.sample(outside, k=min(len(outside), 1_000)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 outside the ephemeral range {ephemeral}")
 
 
 class SimProcess:
