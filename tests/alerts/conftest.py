@@ -18,6 +18,8 @@ from typing import Any, Literal
 import pytest
 from aiohttp import web
 
+from tests.support.processes import free_port
+
 Mode = Literal["ok", "error", "hang", "throttle", "not_found"]
 
 SECRET_PATH = "/services/T0FAKE/B0FAKE/s3cr3t-webhook-path"
@@ -97,7 +99,4 @@ async def receivers() -> AsyncIterator[dict[str, Receiver]]:
 
 def refused_url() -> str:
     """A URL on a port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}{SECRET_PATH}"
+    return f"http://127.0.0.1:{free_port()}{SECRET_PATH}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import socket
 from pathlib import Path
 
 import pytest
@@ -168,11 +167,8 @@ async def test_permanent_error_is_not_retried(
 
 
 async def test_connection_error_is_retried_then_raised(config: Config) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     calls: list[tuple[str, str, bool]] = []
-    async with ApiClient(Configuration(host=f"http://127.0.0.1:{port}")) as client:
+    async with ApiClient(Configuration(host=f"http://127.0.0.1:{free_port()}")) as client:
         kube = kube_with_hook(client, config, calls)
         with pytest.raises(KubeError) as caught:
             await kube.namespace_gone("labd-alice")
