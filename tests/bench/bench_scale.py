@@ -595,7 +595,10 @@ async def served(
             async with http.get(f"{url}/spawner/v1/labs/user0", headers=headers) as response:
                 assert response.status == 200
                 body = await response.text()
-        async with ceiling_server("starlette", body, enabled=read_ceiling) as bare:
+        bare_server: contextlib.AbstractAsyncContextManager[Server | None] = (
+            ceiling_server("starlette", body) if read_ceiling else contextlib.nullcontext()
+        )
+        async with bare_server as bare:
             reads, ceilings = await alternating_reads(
                 url,
                 daemon.pid,
@@ -696,17 +699,17 @@ async def timed_load(server: Server, **kwargs: Any) -> Any:
 
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One level's figures: the median of its rounds, each round kept under ``rounds``."""
-    middle = {
-        key: statistics.median(r[key] for r in rounds)
+    medians = {
+        key: round(statistics.median(r[key] for r in rounds), 2)
         for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_read")
         if all(r[key] is not None for r in rounds)
     }
-    return {
-        **rounds[0],
-        **middle,
-        "requests": sum(r["requests"] for r in rounds),
-        "rounds": rounds,
+    sums = {
+        key: round(sum(r[key] for r in rounds), 2)
+        for key in ("seconds", "requests", "non_2xx", "socket_errors", "kube_calls")
+        if all(key in r for r in rounds)
     }
+    return {**rounds[0], **medians, **sums, "rounds": rounds}
 
 
 async def alternating_reads(
@@ -763,16 +766,8 @@ def _brief(level: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def ceiling_server(
-    mode: str, body: str, *, enabled: bool = True
-) -> AsyncIterator[Server | None]:
-    """Run `ceiling_server.py` in ``mode`` answering ``body``, and yield it.
-
-    Yields None when not ``enabled``.
-    """
-    if not enabled:
-        yield None
-        return
+async def ceiling_server(mode: str, body: str) -> AsyncIterator[Server]:
+    """Run `ceiling_server.py` in ``mode`` answering ``body``, and yield it."""
     with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
         file.write(body)
         file.flush()
@@ -795,7 +790,6 @@ async def generator_ceiling(body: str, *, seconds: float, progress: bool) -> lis
     """Status reads against the canned server: the load generator's own limit."""
     result: list[dict[str, Any]] = []
     async with ceiling_server("raw", body) as raw:
-        assert raw is not None
         for concurrency in (16, 128):
             result.append(
                 await run_load(

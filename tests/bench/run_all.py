@@ -40,19 +40,23 @@ def _reads(concurrency: int, key: str) -> Figure:
     return figure
 
 
+def _bare_level(result: dict[str, Any], concurrency: int) -> dict[str, Any]:
+    """The bare fastest-stack route's figures at ``concurrency`` clients."""
+    return next(r for r in result["read_ceiling"]["starlette"] if r["concurrency"] == concurrency)
+
+
 def _read_ratio(concurrency: int) -> Figure:
     def figure(result: dict[str, Any]) -> float:
         reads = {r["concurrency"]: r for r in result["status_reads"]}
-        bare = {r["concurrency"]: r for r in result["read_ceiling"]["starlette"]}
-        return round(float(reads[concurrency]["rps"]) / float(bare[concurrency]["rps"]), 2)
+        bare = _bare_level(result, concurrency)
+        return round(float(reads[concurrency]["rps"]) / float(bare["rps"]), 2)
 
     return figure
 
 
 def _bare(concurrency: int, key: str) -> Figure:
     def figure(result: dict[str, Any]) -> float:
-        bare = {r["concurrency"]: r for r in result["read_ceiling"]["starlette"]}
-        value: float = bare[concurrency][key]
+        value: float = _bare_level(result, concurrency)[key]
         return value
 
     return figure
