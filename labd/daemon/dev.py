@@ -42,6 +42,7 @@ import yaml
 
 from labd.api import TokenFileError, hash_token
 from labd.config import Config, ConfigError, load_config
+from labd.daemon.collector import tune_collector
 from labd.daemon.factory import Labd
 from labd.daemon.logs import configure_logging
 from labd.daemon.serving import EXIT_CONFIG, EXIT_IN_USE, run_daemon
@@ -282,6 +283,7 @@ def dev(port: int, state_dir: Path, pod_start_delay: float) -> None:
             click.echo(f"labd: invalid configuration:\n{exc}", err=True)
             raise SystemExit(EXIT_CONFIG) from None
         configure_logging(level=config.log_level, fmt="console")
+        tune_collector()
         try:
             with sole_server(config.database_url):
                 run_on_stack(_run(config, state_dir, pod_start_delay))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
@@ -32,6 +31,7 @@ from labd.api import Authenticator, TokenFileError, create_app
 from labd.api.connections import H11_BACKSTOP, bounded_protocol
 from labd.api.models import Ready
 from labd.config import Config, ConfigError, load_config
+from labd.daemon.collector import tune_collector
 from labd.daemon.factory import Labd
 from labd.daemon.logs import configure_logging
 from labd.daemon.stack import fastest_stack
@@ -218,9 +218,7 @@ def serve(config_file: Path | None) -> None:
     """
     config = load_or_exit(config_file)
     configure_logging(level=config.log_level, fmt=config.log_format)
-    # What is loaded by now (modules, classes, the configuration) lives as
-    # long as the process: keep it out of the collector's full passes.
-    gc.freeze()
+    tune_collector()
     try:
         with sole_server(config.database_url):
             run_on_stack(run_daemon(config))

@@ -92,6 +92,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from labd.api import hash_token
 from labd.config import Config
+from labd.daemon.collector import tune_collector
 from labd.daemon.factory import Labd
 from labd.daemon.logs import configure_logging
 from labd.db.database import Database
@@ -428,13 +429,15 @@ async def spawn_and_delete(
     result: dict[str, Any] = {}
     try:
         names = [f"spawn{i}" for i in range(spawns)]
+        backend = make_url(config.database_url).get_backend_name()
         if profile is not None:
-            backend = make_url(config.database_url).get_backend_name()
             await py_spy(os.getpid(), 15, profile / f"spawn-{backend}.txt")
         result["spawn"] = await spawn_batch(labd, sim, observer, sql, names)
         template = await labd.store.get_current_lab(names[0])
         assert template is not None
         say(progress, "spawn", result["spawn"])
+        if profile is not None:
+            await py_spy(os.getpid(), 3, profile / f"delete-{backend}.txt")
         result["delete"] = await delete_batch(labd, sim, sql, names)
         say(progress, "delete", result["delete"])
     finally:
@@ -899,6 +902,7 @@ async def measure(
     read_rounds: int = 3,
 ) -> dict[str, Any]:
     configure_logging(level="warning", fmt="json")
+    tune_collector()  # as `labd serve` does: labd runs in this process for phases 2 to 4
     result: dict[str, Any] = {"backend": backend, "machine": machine()}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -1047,7 +1051,7 @@ def main() -> None:
         "--profile",
         type=Path,
         help="directory for py-spy profiles (collapsed stacks) of the daemon's 16-client"
-        " status reads and of this process during the spawns",
+        " status reads and of this process during the spawns and the deletes",
     )
     args = parser.parse_args()
     result = asyncio.run(
